@@ -1,0 +1,1 @@
+"""Ray actors: the Controller and the PartitionActor."""

@@ -1,0 +1,1 @@
+"""ray-broker: a Kafka-class message broker on Ray."""
