@@ -1,1 +1,54 @@
-"""ray-broker: a Kafka-class message broker on Ray."""
+"""ray-broker: a Kafka-class message broker on Ray.
+
+``import ray_broker`` is cheap: the client API (and Ray) load on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ray_broker import errors
+from ray_broker.structs import Record, RecordMetadata, TopicPartition
+
+# Ray rewrites loopback addresses to another interface unless this is set before Ray is
+# imported; it is harmless otherwise (see ray_broker/runtime.py).
+if os.environ.get("RAY_ADDRESS", "127.0.0.1").startswith(("127.0.0.1", "localhost", "auto")):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "connect": "ray_broker.broker",
+    "Broker": "ray_broker.broker",
+    "Producer": "ray_broker.producer",
+    "Consumer": "ray_broker.consumer",
+    "Admin": "ray_broker.admin",
+}
+
+if TYPE_CHECKING:
+    from ray_broker.admin import Admin
+    from ray_broker.broker import Broker, connect
+    from ray_broker.consumer import Consumer
+    from ray_broker.producer import Producer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ray_broker' has no attribute {name!r}")
+
+
+__all__ = [
+    "Admin",
+    "Broker",
+    "Consumer",
+    "Producer",
+    "Record",
+    "RecordMetadata",
+    "TopicPartition",
+    "connect",
+    "errors",
+]

@@ -123,6 +123,12 @@ class ConsumerClosed(BrokerError):
     """The consumer was closed; create a new one to read more records."""
 
 
+class OutOfOrderSequence(BrokerError):
+    """A producer batch skipped sequence numbers; the producer resends its batches in order."""
+
+    retriable = True
+
+
 class ProducerFenced(BrokerError):
     """A newer producer with the same transactional id took over."""
 

@@ -1,0 +1,133 @@
+"""Idempotent-producer state of one partition: which sequence numbers each producer has written.
+
+A producer numbers its records per partition. A retried batch whose sequences were already
+appended is answered with the original offsets instead of being written twice; a batch that skips
+sequences (an earlier one failed) is refused with ``OutOfOrderSequence`` so the producer resends
+in order. This is Kafka's KIP-98 idempotence, keyed by (producer id, epoch).
+
+The state is rebuilt from the log's own ``producer_id``/``sequence`` columns after a restart, so
+a retry that crosses an actor crash is still deduplicated.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from ray_broker.errors import OutOfOrderSequence, ProducerFenced
+
+RUNS_KEPT_PER_PRODUCER = 16  # Kafka keeps 5 batches; runs merge adjacent batches, so a few more
+
+
+@dataclass
+class SequenceRun:
+    """Records ``first_sequence..last_sequence`` of one producer at offsets from ``base_offset``."""
+
+    first_sequence: int
+    last_sequence: int
+    base_offset: int
+
+
+@dataclass
+class ProducerEntry:
+    epoch: int
+    runs: deque[SequenceRun] = field(default_factory=lambda: deque(maxlen=RUNS_KEPT_PER_PRODUCER))
+
+    @property
+    def last_sequence(self) -> int:
+        return self.runs[-1].last_sequence if self.runs else -1
+
+
+class ProducerStates:
+    """Per-producer sequence bookkeeping for one partition."""
+
+    def __init__(self) -> None:
+        self._producers: dict[int, ProducerEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._producers)
+
+    def check(self, producer_id: int, epoch: int, first_sequence: int, count: int) -> int | None:
+        """Validate a batch before it is appended.
+
+        Returns the base offset the batch already has if it is a duplicate, else None.
+
+        Raises:
+            ProducerFenced: ``epoch`` is older than the producer's current epoch.
+            OutOfOrderSequence: the batch does not continue the producer's sequence.
+        """
+        entry = self._producers.get(producer_id)
+        if entry is None:
+            return None  # a new producer, or one whose state aged out of the log
+        if epoch < entry.epoch:
+            raise ProducerFenced(
+                f"producer {producer_id} epoch {epoch} is older than its current epoch "
+                f"{entry.epoch}; a newer producer instance took over"
+            )
+        if epoch > entry.epoch:
+            if first_sequence != 0:
+                raise OutOfOrderSequence(
+                    f"producer {producer_id} started epoch {epoch} at sequence {first_sequence}, "
+                    "expected 0"
+                )
+            return None
+        last = first_sequence + count - 1
+        if first_sequence == entry.last_sequence + 1:
+            return None
+        for run in entry.runs:
+            if run.first_sequence <= first_sequence and last <= run.last_sequence:
+                return run.base_offset + (first_sequence - run.first_sequence)
+        raise OutOfOrderSequence(
+            f"producer {producer_id} sent sequences {first_sequence}..{last} but the partition "
+            f"expects {entry.last_sequence + 1}; resend the earlier batches first"
+        )
+
+    def record(
+        self, producer_id: int, epoch: int, first_sequence: int, count: int, base_offset: int
+    ) -> None:
+        """Remember an appended batch (merging it into the previous run when contiguous)."""
+        entry = self._producers.get(producer_id)
+        if entry is None or epoch > entry.epoch:
+            entry = self._producers[producer_id] = ProducerEntry(epoch)
+        last = first_sequence + count - 1
+        if entry.runs:
+            run = entry.runs[-1]
+            follows = run.last_sequence + 1 == first_sequence
+            adjacent = run.base_offset + (run.last_sequence - run.first_sequence) + 1 == base_offset
+            if follows and adjacent:
+                run.last_sequence = last
+                return
+        entry.runs.append(SequenceRun(first_sequence, last, base_offset))
+
+    def rebuild(self, table: pa.Table) -> None:
+        """Replay the producer columns of records read back from the log, in offset order."""
+        if table.num_rows == 0:
+            return
+        pids = table.column("producer_id")
+        if pids.null_count == table.num_rows:
+            return
+        mask = pids.is_valid()
+        rows = table.filter(mask)
+        pid = rows.column("producer_id").to_numpy()
+        epoch = rows.column("producer_epoch").to_numpy()
+        seq = rows.column("sequence").to_numpy()
+        offset = rows.column("offset").to_numpy()
+        starts = np.ones(len(pid), dtype=bool)
+        starts[1:] = (
+            (pid[1:] != pid[:-1])
+            | (epoch[1:] != epoch[:-1])
+            | (seq[1:] != seq[:-1] + 1)
+            | (offset[1:] != offset[:-1] + 1)
+        )
+        bounds = [*np.flatnonzero(starts).tolist(), len(pid)]
+        for begin, end in zip(bounds, bounds[1:], strict=False):
+            self.record(
+                int(pid[begin]),
+                int(epoch[begin]),
+                int(seq[begin]),
+                end - begin,
+                int(offset[begin]),
+            )

@@ -1,0 +1,141 @@
+"""Topic metadata and its rules, kept durable by the ``MetadataStore`` (no Ray here).
+
+The Controller actor asks this registry what may be done and records what was done; it never
+edits the topic table itself, so every change is validated and persisted in one place.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ray_broker.actors.metadata_store import MetadataStore
+from ray_broker.config import MAX_PARTITIONS, TopicConfig, parse_config, validate_topic_name
+from ray_broker.errors import (
+    InvalidPartitions,
+    InvalidReplicationFactor,
+    TopicExists,
+    TopicNotFound,
+)
+
+_TOPIC_KEY = "topic:"
+
+
+@dataclass
+class TopicRecord:
+    name: str
+    topic_id: str
+    partitions: int
+    replication_factor: int
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> TopicConfig:
+        return parse_config(TopicConfig, self.config_overrides)
+
+    def actor_name(self, partition: int) -> str:
+        # The topic id, not the name: a deleted and re-created topic never meets old actors.
+        return f"ray_broker.partition.{self.topic_id}.{partition}"
+
+
+class TopicRegistry:
+    """Validated, persisted create/delete/alter of topics."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+        self.topics: dict[str, TopicRecord] = {}
+        for key, document in store.load().items():
+            if key.startswith(_TOPIC_KEY):
+                record = TopicRecord(**document)
+                self.topics[record.name] = record
+
+    def get(self, name: str) -> TopicRecord:
+        """Raises TopicNotFound if there is no such topic."""
+        validate_topic_name(name)
+        try:
+            return self.topics[name]
+        except KeyError:
+            raise TopicNotFound(
+                f"topic {name!r} does not exist; create it with admin.create_topic() or "
+                "`ray-broker topic create`"
+            ) from None
+
+    def create(
+        self,
+        name: str,
+        partitions: int,
+        replication_factor: int,
+        config: dict[str, Any] | None,
+        live_nodes: int,
+    ) -> TopicRecord:
+        """Validate and persist a new topic.
+
+        Raises:
+            InvalidTopicName, TopicExists, InvalidPartitions, InvalidReplicationFactor,
+            InvalidConfig.
+        """
+        validate_topic_name(name)
+        if name in self.topics:
+            raise TopicExists(f"topic {name!r} already exists")
+        _check_partition_count(partitions)
+        if not isinstance(replication_factor, int) or replication_factor < 1:
+            raise InvalidReplicationFactor(
+                f"replication_factor must be an int >= 1, got {replication_factor!r}"
+            )
+        if replication_factor > live_nodes:
+            raise InvalidReplicationFactor(
+                f"replication_factor {replication_factor} exceeds the {live_nodes} live Ray "
+                "node(s); replicas must live on distinct nodes"
+            )
+        if replication_factor > 1:
+            raise InvalidReplicationFactor(
+                "this version keeps one replica per partition (replication_factor=1); "
+                "replica actors on other nodes are not built yet"
+            )
+        overrides = parse_config(TopicConfig, config).model_dump(by_alias=True, exclude_unset=True)
+        record = TopicRecord(name, uuid.uuid4().hex, partitions, replication_factor, overrides)
+        self._save(record)
+        return record
+
+    def delete(self, name: str) -> TopicRecord:
+        record = self.get(name)
+        self._store.put(_TOPIC_KEY + name, None)
+        del self.topics[name]
+        return record
+
+    def add_partitions(self, name: str, total: int) -> TopicRecord:
+        """Raises InvalidPartitions unless ``total`` exceeds the current count (Kafka's rule)."""
+        record = self.get(name)
+        _check_partition_count(total)
+        if total <= record.partitions:
+            raise InvalidPartitions(
+                f"topic {name!r} has {record.partitions} partitions; the new total {total} must "
+                "be larger (partitions cannot be removed)"
+            )
+        record.partitions = total
+        self._save(record)
+        return record
+
+    def alter_config(self, name: str, updates: dict[str, Any]) -> TopicRecord:
+        """Raises InvalidConfig if the merged config is invalid; nothing changes then."""
+        record = self.get(name)
+        normalized = parse_config(TopicConfig, updates).model_dump(
+            by_alias=True, exclude_unset=True
+        )
+        merged = {**record.config_overrides, **normalized}
+        parse_config(TopicConfig, merged)
+        record.config_overrides = merged
+        self._save(record)
+        return record
+
+    def _save(self, record: TopicRecord) -> None:
+        self._store.put(_TOPIC_KEY + record.name, asdict(record))
+        self.topics[record.name] = record
+
+
+def _check_partition_count(partitions: object) -> None:
+    if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+        raise InvalidPartitions(f"partitions must be an int >= 1, got {partitions!r}")
+    if partitions > MAX_PARTITIONS:
+        raise InvalidPartitions(f"partitions must be <= {MAX_PARTITIONS}, got {partitions}")

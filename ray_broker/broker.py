@@ -1,0 +1,138 @@
+"""``connect()``: attach to (or start) a broker and hand out admin, producers and consumers."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from ray_broker.config import (
+    CONTROLLER_NAME,
+    DEFAULT_DATA_DIR,
+    DEFAULT_NAMESPACE,
+    BrokerConfig,
+    parse_config,
+)
+from ray_broker.errors import BrokerNotRunning, InvalidConfig
+from ray_broker.runtime import ensure_ray
+
+
+class Broker:
+    """A connection to the broker of one Ray namespace."""
+
+    def __init__(self, controller: Any, namespace: str, info: dict[str, Any], owns_ray: bool):
+        from ray_broker.metadata import MetadataCache
+
+        self.namespace = namespace
+        self.data_dir = Path(info["data_dir"])
+        self._controller = controller
+        self._owns_ray = owns_ray
+        self._metadata = MetadataCache(controller)
+        self._clients: list[Any] = []
+
+    def admin(self) -> Any:
+        from ray_broker.admin import Admin
+
+        return Admin(self._controller, self._metadata)
+
+    def producer(self, **options: Any) -> Any:
+        """A ``Producer``; options are kafka-python names or Kafka's dotted names.
+
+        Raises:
+            InvalidConfig: an unknown option or a bad value.
+        """
+        from ray_broker.producer import Producer
+
+        producer = Producer(self._metadata, **options)
+        self._clients.append(producer)
+        return producer
+
+    def consumer(self, *topics: str, **options: Any) -> Any:
+        """A ``Consumer`` of ``topics`` (every partition, as no group is given).
+
+        Raises:
+            InvalidConfig, TopicNotFound.
+        """
+        from ray_broker.consumer import Consumer
+
+        consumer = Consumer(self._metadata, topics, **options)
+        self._clients.append(consumer)
+        return consumer
+
+    def close(self) -> None:
+        """Close the clients made here; stop Ray if ``connect()`` started it (embedded mode)."""
+        for client in reversed(self._clients):
+            # Closing the others matters more than this one's error.
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    address: str | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    config: dict[str, Any] | None = None,
+) -> Broker:
+    """Attach to the broker in ``namespace``, starting its Controller if none runs yet.
+
+    Without ``address`` (and no ``RAY_ADDRESS``) and outside a Ray job, this starts an embedded
+    single-node Ray on 127.0.0.1; ``Broker.close()`` stops it again. Data lives under
+    ``data_dir`` (default ``~/.ray_broker`` or ``RAY_BROKER_DATA_DIR``).
+
+    Raises:
+        InvalidConfig: a bad broker setting, or ``data_dir`` differs from the running broker's.
+        BrokerNotRunning: the Controller could not be started or reached.
+    """
+    settings = dict(config or {})
+    if data_dir is not None:
+        settings["log.dirs"] = str(Path(data_dir).expanduser().resolve())
+    else:
+        settings.setdefault("log.dirs", str(DEFAULT_DATA_DIR))
+    parse_config(BrokerConfig, settings)  # fail fast, in the caller's process
+    owns_ray = ensure_ray(address, namespace)
+
+    import ray
+
+    from ray_broker._remote import resolve
+    from ray_broker.actors.controller import Controller
+
+    controller = (
+        ray.remote(Controller)
+        .options(
+            name=CONTROLLER_NAME,
+            namespace=namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            num_cpus=0,
+        )
+        .remote(settings, namespace)
+    )
+    try:
+        info = resolve(controller.ready.remote(), timeout_s=120, unavailable=BrokerNotRunning)
+    except BaseException:
+        if owns_ray:
+            ray.shutdown()
+        raise
+    if data_dir is not None and Path(info["data_dir"]) != Path(settings["log.dirs"]):
+        if owns_ray:
+            ray.shutdown()
+        raise InvalidConfig(
+            f"the broker in namespace {namespace!r} already runs with data_dir "
+            f"{info['data_dir']}; connect without data_dir or use another namespace"
+        )
+    return Broker(controller, namespace, info, owns_ray)

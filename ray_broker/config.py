@@ -1,0 +1,169 @@
+"""Every named limit and default of the broker and its clients, validated with pydantic.
+
+A leaf module like ``errors`` and ``structs``: the actors import it too, so it imports nothing of
+the client API and no Ray.
+
+Clients accept kafka-python keyword names (``linger_ms``) and Kafka's dotted names
+(``"linger.ms"``). Unknown keys raise ``InvalidConfig`` instead of being ignored, so a typo is
+found at construction time, not in production.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ray_broker.errors import InvalidConfig, InvalidTopicName
+from ray_broker.storage.config import LogConfig, merge_config, parse_config
+
+__all__ = [
+    "BrokerConfig",
+    "ConsumerConfig",
+    "LogConfig",
+    "ProducerConfig",
+    "TopicConfig",
+    "merge_config",
+    "parse_config",
+]
+
+DEFAULT_NAMESPACE = "ray_broker"
+DEFAULT_DATA_DIR = Path(os.environ.get("RAY_BROKER_DATA_DIR", Path.home() / ".ray_broker"))
+CONTROLLER_NAME = "ray_broker.controller"
+METADATA_TOPIC = "__cluster_metadata"
+TOPIC_NAME_MAX_CHARS = 249
+MAX_PARTITIONS = 10_000
+
+_MODEL = ConfigDict(
+    populate_by_name=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
+)
+
+
+class TopicConfig(LogConfig):
+    """A topic's settings: the log's plus replication's."""
+
+    min_insync_replicas: int = Field(1, alias="min.insync.replicas", ge=1)
+    unclean_leader_election_enable: bool = Field(False, alias="unclean.leader.election.enable")
+
+
+class BrokerConfig(BaseModel):
+    """Broker-wide settings, fixed when the Controller starts."""
+
+    model_config = _MODEL
+
+    data_dir: str = Field(str(DEFAULT_DATA_DIR), alias="log.dirs")
+    auto_create_topics_enable: bool = Field(False, alias="auto.create.topics.enable")
+    num_partitions: int = Field(1, alias="num.partitions", ge=1, le=MAX_PARTITIONS)
+    default_replication_factor: int = Field(1, alias="default.replication.factor", ge=1)
+    # How often partitions apply retention, compaction and segment.ms rolls.
+    log_retention_check_interval_ms: int = Field(
+        60_000, alias="log.retention.check.interval.ms", ge=10
+    )
+    # A long-poll fetch never waits longer than this, whatever the client asks.
+    fetch_max_wait_cap_ms: int = Field(30_000, alias="fetch.max.wait.cap.ms", ge=0)
+
+
+Acks = Literal[0, 1, -1]
+
+
+class ProducerConfig(BaseModel):
+    """kafka-python's producer settings that apply to this broker."""
+
+    model_config = _MODEL
+
+    client_id: str = Field("ray-broker-producer", alias="client.id")
+    acks: Acks = -1
+    linger_ms: int = Field(5, alias="linger.ms", ge=0)
+    # Records per partition batch; the sender ships a batch when it holds this many.
+    batch_size: int = Field(16_384, alias="batch.size", ge=1)
+    # Bytes the producer may hold unsent across partitions before send() blocks.
+    buffer_memory: int = Field(256 * 1024 * 1024, alias="buffer.memory", ge=1024)
+    max_block_ms: int = Field(60_000, alias="max.block.ms", ge=0)
+    max_in_flight_requests_per_connection: int = Field(
+        5, alias="max.in.flight.requests.per.connection", ge=1, le=64
+    )
+    delivery_timeout_ms: int = Field(120_000, alias="delivery.timeout.ms", ge=1)
+    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1)
+    retry_backoff_ms: int = Field(100, alias="retry.backoff.ms", ge=0)
+    enable_idempotence: bool = Field(True, alias="enable.idempotence")
+    key_serializer: Callable[[Any], bytes] | None = Field(None, alias="key.serializer")
+    value_serializer: Callable[[Any], bytes] | None = Field(None, alias="value.serializer")
+    metadata_max_age_ms: int = Field(300_000, alias="metadata.max.age.ms", ge=0)
+
+    @field_validator("acks", mode="before")
+    @classmethod
+    def _acks(cls, value: Any) -> int:
+        mapping = {"all": -1, "-1": -1, "0": 0, "1": 1}
+        if isinstance(value, str) and value in mapping:
+            return mapping[value]
+        return value
+
+
+class ConsumerConfig(BaseModel):
+    """kafka-python's consumer settings that apply to this broker."""
+
+    model_config = _MODEL
+
+    client_id: str = Field("ray-broker-consumer", alias="client.id")
+    group_id: str | None = Field(None, alias="group.id")
+    auto_offset_reset: Literal["earliest", "latest", "none"] = Field(
+        "latest", alias="auto.offset.reset"
+    )
+    enable_auto_commit: bool = Field(True, alias="enable.auto.commit")
+    auto_commit_interval_ms: int = Field(5_000, alias="auto.commit.interval.ms", ge=0)
+    fetch_max_wait_ms: int = Field(500, alias="fetch.max.wait.ms", ge=0)
+    # Records per fetch call to one partition (Arrow slices: large is cheap).
+    max_partition_fetch_records: int = Field(100_000, alias="max.partition.fetch.records", ge=1)
+    max_partition_fetch_bytes: int = Field(
+        64 * 1024 * 1024, alias="max.partition.fetch.bytes", ge=1
+    )
+    max_poll_records: int = Field(500, alias="max.poll.records", ge=1)
+    session_timeout_ms: int = Field(10_000, alias="session.timeout.ms", ge=1)
+    heartbeat_interval_ms: int = Field(3_000, alias="heartbeat.interval.ms", ge=1)
+    max_poll_interval_ms: int = Field(300_000, alias="max.poll.interval.ms", ge=1)
+    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1)
+    retry_backoff_ms: int = Field(100, alias="retry.backoff.ms", ge=0)
+    key_deserializer: Callable[[bytes], Any] | None = Field(None, alias="key.deserializer")
+    value_deserializer: Callable[[bytes], Any] | None = Field(None, alias="value.deserializer")
+    metadata_max_age_ms: int = Field(300_000, alias="metadata.max.age.ms", ge=0)
+    # Iteration (``for record in consumer``) stops after this long without a record; -1: never.
+    consumer_timeout_ms: int = Field(-1, alias="consumer.timeout.ms", ge=-1)
+
+
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+
+def validate_topic_name(name: object) -> str:
+    """Kafka's topic naming rules.
+
+    Raises:
+        InvalidTopicName: the name is empty, too long, "." or "..", or has other characters.
+    """
+    if not isinstance(name, str):
+        raise InvalidTopicName(f"a topic name is a str, got {type(name).__name__}")
+    if not name or name in (".", ".."):
+        raise InvalidTopicName(f"topic name {name!r} is not allowed")
+    if len(name) > TOPIC_NAME_MAX_CHARS:
+        raise InvalidTopicName(
+            f"topic name is {len(name)} characters; the limit is {TOPIC_NAME_MAX_CHARS}"
+        )
+    if not _TOPIC_NAME.match(name):
+        raise InvalidTopicName(
+            f"topic name {name!r} may only contain ASCII letters, digits, '.', '_' and '-'"
+        )
+    return name
+
+
+def client_config(model: type[BaseModel], options: dict[str, Any]) -> Any:
+    """Build a client config from keyword or dotted options.
+
+    Raises:
+        InvalidConfig: an unknown option or a bad value.
+    """
+    if not isinstance(options, dict):
+        raise InvalidConfig(f"options must be a dict, got {type(options).__name__}")
+    return parse_config(model, options)

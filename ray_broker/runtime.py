@@ -1,0 +1,51 @@
+"""Attaching to Ray, or starting an embedded single-node Ray bound to 127.0.0.1.
+
+Ray rewrites loopback addresses to the machine's other interface unless
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is in the environment before Ray is imported; a second
+process joining a cluster started by ``ray.init`` needs ``RAY_AUTH_MODE=token``. ``ensure_ray``
+sets both for the user, so connecting "just works" on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def _prepare_environment(address: str | None) -> None:
+    if (
+        address is None
+        or address in ("auto", "local")
+        or address.startswith((LOOPBACK, "localhost", "ray://127.0.0.1", "ray://localhost"))
+    ):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address not in (None, "local") and _TOKEN_FILE.exists():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def ensure_ray(address: str | None = None, namespace: str | None = None) -> bool:
+    """Make sure this process is connected to Ray; returns True if it started Ray itself.
+
+    ``address`` (or ``RAY_ADDRESS``) attaches to a running cluster; without either, an embedded
+    local Ray starts on 127.0.0.1 with no dashboard.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    _prepare_environment(address)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+        return False
+    ray.init(
+        _node_ip_address=LOOPBACK,
+        include_dashboard=False,
+        namespace=namespace,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return True

@@ -1,0 +1,120 @@
+"""Value types shared by the client API and the actors (a leaf module, like ``errors``).
+
+Frozen and slotted: they cross actor boundaries by pickle and are created per record on the
+``poll()`` path, so they stay small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    """Where an acknowledged record landed. ``offset`` is -1 under ``acks=0``."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record. ``value`` None is a tombstone."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: Any
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ProduceResult:
+    """A partition's answer to one produce batch."""
+
+    base_offset: int
+    last_offset: int
+    log_append_time: int
+    log_start_offset: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOffsets:
+    log_start_offset: int
+    high_watermark: int
+    log_end_offset: int
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    partition: int
+    leader: str
+    leader_node_id: str
+    leader_epoch: int
+    replicas: list[str]
+    isr: list[str]
+    log_start_offset: int
+    high_watermark: int
+    log_end_offset: int
+
+
+@dataclass(frozen=True)
+class TopicDescription:
+    name: str
+    topic_id: str
+    config: dict[str, Any]
+    partitions: list[PartitionInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResponse:
+    """A partition's answer to one fetch: records as an Arrow IPC stream, and its offsets.
+
+    IPC rather than a Table: pickling a zero-copy slice of a large in-memory batch would ship the
+    whole batch; the IPC writer ships only the slice, and the reader maps it without a copy.
+    """
+
+    records_ipc: Any  # pyarrow.Buffer
+    num_records: int
+    high_watermark: int
+    log_start_offset: int
+
+
+@dataclass(frozen=True)
+class TopicMetadata:
+    """What a client needs to reach a topic's partitions: one leader actor handle each."""
+
+    name: str
+    topic_id: str
+    leaders: list[Any]  # ray.actor.ActorHandle of each partition's leader, by partition number
+    config: dict[str, Any]
+
+    @property
+    def num_partitions(self) -> int:
+        return len(self.leaders)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchMetadata:
+    """Where one partition's share of a ``send_batch`` landed: offsets base..last inclusive."""
+
+    topic: str
+    partition: int
+    base_offset: int
+    last_offset: int
+
+
+class OffsetAndTimestamp(NamedTuple):
+    offset: int
+    timestamp: int
