@@ -186,5 +186,23 @@ class Controller:
             handles = await self._start_partitions(record)
         return TopicMetadata(record.name, record.topic_id, handles, record.config.to_kafka_dict())
 
+    async def shutdown(self) -> int:
+        """Stop every partition actor (their data stays on disk); returns how many were stopped.
+
+        The caller then kills this Controller; the next ``connect()`` starts a fresh one that
+        recovers everything from the data directory.
+        """
+        async with self._mutex():
+            for record in self.registry.topics.values():
+                for partition in range(record.partitions):
+                    self._attach_or_start(record, partition)
+            handles = list(self._partitions.values())
+            await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
+            for handle in handles:
+                ray.kill(handle, no_restart=True)
+            self._partitions.clear()
+            self.registry.close()
+        return len(handles)
+
     async def broker_config(self) -> dict[str, Any]:
         return self.config.model_dump(by_alias=True)

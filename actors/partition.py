@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 # Producer state is rebuilt from this many of the newest records after a restart: far more than
 # a producer can have in flight within delivery.timeout.ms at the rates this broker sustains.
 PRODUCER_STATE_REBUILD_RECORDS = 500_000
+# How long a producer batch that arrived before its predecessor waits for it (Ray does not
+# order an async actor's calls). Past this an unknown producer starts fresh and a known one gets
+# OutOfOrderSequence and resends in order.
+SEQUENCE_WAIT_MS = 5_000
 
 
 class Partition:
@@ -228,11 +232,22 @@ class PartitionActor:
         acks: int = -1,
     ) -> ProduceResult:
         self._start_background()
+        if producer_id is not None:
+            await self._await_predecessors(producer_id, producer_epoch, base_sequence)
         result = self.core.produce(batch, producer_id, producer_epoch, base_sequence)
         if not result.duplicate:
             self._wake_fetchers()
             self._seal_in_background()
         return result
+
+    async def _await_predecessors(self, producer_id: int, epoch: int, sequence: int) -> None:
+        deadline = time.monotonic() + SEQUENCE_WAIT_MS / 1000
+        while self.core.producers.is_ahead(producer_id, epoch, sequence):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._data_arrived is None:
+                return  # produce() decides: a fresh start, or OutOfOrderSequence
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._data_arrived.wait(), remaining)
 
     def _seal_in_background(self) -> asyncio.Task[None] | None:
         """One sealing task at a time: two would write the same segment's Parquet file."""
@@ -281,6 +296,15 @@ class PartitionActor:
         if sealing is not None:
             await sealing
         return report
+
+    async def close(self) -> None:
+        """Finish sealing and close the log's files (before the actor is killed)."""
+        for task in self._background:
+            task.cancel()
+        if self._sealing is not None:
+            with contextlib.suppress(Exception):
+                await self._sealing
+        self.core.log.close()
 
     async def delete(self) -> None:
         for task in self._background:

@@ -85,6 +85,17 @@ class ProducerStates:
             f"expects {entry.last_sequence + 1}; resend the earlier batches first"
         )
 
+    def is_ahead(self, producer_id: int, epoch: int, first_sequence: int) -> bool:
+        """True if the batch skips sequences that may still be on their way.
+
+        Ray runs an async actor's calls in no guaranteed order, so a producer's batches can
+        arrive swapped; the partition waits a little for the earlier ones instead of refusing.
+        """
+        entry = self._producers.get(producer_id)
+        if entry is None or epoch > entry.epoch:
+            return first_sequence > 0
+        return epoch == entry.epoch and first_sequence > entry.last_sequence + 1
+
     def record(
         self, producer_id: int, epoch: int, first_sequence: int, count: int, base_offset: int
     ) -> None:

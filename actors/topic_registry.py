@@ -129,6 +129,9 @@ class TopicRegistry:
         self._save(record)
         return record
 
+    def close(self) -> None:
+        self._store.close()
+
     def _save(self, record: TopicRecord) -> None:
         self._store.put(_TOPIC_KEY + record.name, asdict(record))
         self.topics[record.name] = record

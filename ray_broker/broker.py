@@ -59,13 +59,30 @@ class Broker:
         self._clients.append(consumer)
         return consumer
 
-    def close(self) -> None:
-        """Close the clients made here; stop Ray if ``connect()`` started it (embedded mode)."""
+    def shutdown(self) -> None:
+        """Stop this namespace's broker actors (Controller and partitions), keeping their data.
+
+        Other processes connected to it lose it; the next ``connect()`` recovers from disk.
+        """
+        import ray
+
+        from ray_broker._remote import resolve
+
+        self.close_clients()
+        resolve(self._controller.shutdown.remote(), unavailable=BrokerNotRunning)
+        ray.kill(self._controller, no_restart=True)
+        self.close()
+
+    def close_clients(self) -> None:
         for client in reversed(self._clients):
             # Closing the others matters more than this one's error.
             with contextlib.suppress(Exception):
                 client.close()
         self._clients.clear()
+
+    def close(self) -> None:
+        """Close the clients made here; stop Ray if ``connect()`` started it (embedded mode)."""
+        self.close_clients()
         if self._owns_ray:
             import ray
 

@@ -253,7 +253,7 @@ class Producer:
         """
         if self._closed:
             raise ProducerClosed("send() on a closed producer")
-        metadata = self._metadata.topic(topic)
+        metadata = self._metadata.topic(topic, auto_create=True)
         value = _serialize(value, self.config.value_serializer, "value")
         key = _serialize(key, self.config.key_serializer, "key")
         size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
@@ -312,7 +312,7 @@ class Producer:
             raise InvalidRecord(f"send_batch takes a pyarrow Table, got {type(table).__name__}")
         if "value" not in table.column_names:
             raise InvalidRecord("send_batch needs a 'value' column")
-        metadata = self._metadata.topic(topic)
+        metadata = self._metadata.topic(topic, auto_create=True)
         batches: list[ProducerBatch] = []
         with self._cond:
             for partition, part in self._split(table, metadata):

@@ -1,0 +1,45 @@
+"""Shared fixtures: one real local Ray per test session (bound to 127.0.0.1), and a fresh broker
+(own namespace, own data directory) per test that needs one."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            num_cpus=2,
+        )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def broker(ray_session, tmp_path) -> Iterator[object]:
+    import ray_broker as rb
+
+    connection = rb.connect(data_dir=tmp_path / "data", namespace=f"test-{uuid.uuid4().hex[:8]}")
+    yield connection
+    connection.shutdown()
+
+
+@pytest.fixture
+def topic(broker) -> str:
+    """A fresh 3-partition topic."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    broker.admin().create_topic(name, partitions=3)
+    return name
