@@ -36,6 +36,7 @@ class Controller:
         self.data_dir = Path(self.config.data_dir)
         self.registry = TopicRegistry(MetadataStore(self.data_dir / METADATA_TOPIC / "partition=0"))
         self._partitions: dict[tuple[str, int], Any] = {}  # (topic id, partition) -> handle
+        self._starting: set[tuple[str, int]] = set()  # created, not yet known to be ready
         self._lock: asyncio.Lock | None = None
 
     def _mutex(self) -> asyncio.Lock:
@@ -49,6 +50,7 @@ class Controller:
         return self.data_dir / record.name / f"partition={partition}"
 
     def _attach_or_start(self, record: TopicRecord, partition: int) -> Any:
+        """The partition's actor handle: cached, found by name, or newly started."""
         key = (record.topic_id, partition)
         handle = self._partitions.get(key)
         if handle is not None:
@@ -57,6 +59,7 @@ class Controller:
         try:
             handle = ray.get_actor(name, namespace=self.namespace)
         except ValueError:
+            self._starting.add(key)
             handle = (
                 ray.remote(PartitionActor)
                 .options(
@@ -81,8 +84,16 @@ class Controller:
         return handle
 
     async def _start_partitions(self, record: TopicRecord) -> list[Any]:
+        """Handles of all the topic's partitions, waiting until newly started ones are ready.
+
+        Running ones are not waited for: a restarting partition must not stall metadata, the
+        clients retry against it themselves.
+        """
         handles = [self._attach_or_start(record, p) for p in range(record.partitions)]
-        await asyncio.gather(*(h.ready.remote() for h in handles))
+        fresh = [(record.topic_id, p) for p in range(record.partitions)]
+        fresh = [key for key in fresh if key in self._starting]
+        await asyncio.gather(*(self._partitions[key].ready.remote() for key in fresh))
+        self._starting.difference_update(fresh)
         return handles
 
     # --- API ------------------------------------------------------------------------------------

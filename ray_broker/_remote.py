@@ -26,7 +26,8 @@ def unwrap(
         if isinstance(cause, BrokerError):
             return cause
         if isinstance(cause, RayActorError):
-            return unavailable(f"{cause}")
+            # An actor the callee relied on (a partition the Controller asked) is restarting.
+            return PartitionUnavailable(f"{cause}")
         return BrokerError(f"unexpected broker failure: {type(cause).__name__}: {cause}")
     if isinstance(exc, BrokerError):
         return exc

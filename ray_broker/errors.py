@@ -112,7 +112,9 @@ class NotEnoughReplicas(BrokerError):
 
 
 class BrokerNotRunning(BrokerError):
-    """No broker is reachable in this Ray namespace."""
+    """No broker is reachable in this Ray namespace (or its Controller is restarting)."""
+
+    retriable = True
 
 
 class ProducerClosed(BrokerError):
