@@ -8,6 +8,7 @@ a Python object per record; ``poll()`` builds ``Record`` objects only for what i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from ray_broker.structs import (
 )
 
 USER_COLUMNS = ["offset", "timestamp", "key", "value", "headers"]
+CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Consumer:
         self._metadata = metadata
         self._fetches: dict[TopicPartition, _PartitionFetch] = {}
         self._next_partition = 0
+        self._abandoned: list[Any] = []
         self._closed = False
         if topics:
             self.subscribe(topics)
@@ -94,13 +97,16 @@ class Consumer:
         for tp in wanted:
             if not 0 <= tp.partition < self._metadata.topic(tp.topic).num_partitions:
                 raise UnknownTopicOrPartition(f"{tp.topic}-{tp.partition} does not exist")
+        for tp, state in self._fetches.items():
+            if tp not in wanted:
+                self._abandon(state)
         self._fetches = {tp: self._fetches.get(tp, _PartitionFetch()) for tp in wanted}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._fetches)
 
     def unsubscribe(self) -> None:
-        self._fetches = {}
+        self.assign([])
 
     # --- positions ------------------------------------------------------------------------------
 
@@ -120,7 +126,26 @@ class Consumer:
         state = self._state(tp)
         state.position = state.fetch_offset = offset
         state.buffer = None
-        state.in_flight = None  # an outstanding reply for the old position is ignored
+        self._abandon(state)
+
+    def _abandon(self, state: _PartitionFetch) -> None:
+        """Drop an outstanding fetch; its reply (or error) is collected and ignored later.
+
+        Ray reports errors of results nobody ever reads, so none is left unread.
+        """
+        if state.in_flight is not None:
+            self._abandoned.append(state.in_flight)
+            state.in_flight = None
+
+    def _reap_abandoned(self, timeout_s: float = 0) -> None:
+        if not self._abandoned:
+            return
+        done, self._abandoned = ray.wait(
+            self._abandoned, num_returns=len(self._abandoned), timeout=timeout_s
+        )
+        for ref in done:
+            with contextlib.suppress(Exception):
+                ray.get(ref)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` next.
@@ -225,6 +250,7 @@ class Consumer:
         self, timeout_ms: int, max_records: int
     ) -> list[tuple[TopicPartition, pa.Table]]:
         self._check_open()
+        self._reap_abandoned()
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
         while True:
             self._send_fetches()
@@ -340,8 +366,16 @@ class Consumer:
             raise ConsumerClosed("this consumer was closed")
 
     def close(self) -> None:
-        self._closed = True
+        """Stop fetching; outstanding long polls are cancelled."""
+        if self._closed:
+            return
+        for state in self._fetches.values():
+            if state.in_flight is not None:
+                ray.cancel(state.in_flight)
+            self._abandon(state)
         self._fetches = {}
+        self._reap_abandoned(timeout_s=CLOSE_TIMEOUT_S)
+        self._closed = True
 
     def __enter__(self) -> Consumer:
         return self

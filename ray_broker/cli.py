@@ -1,0 +1,266 @@
+"""``ray-broker``: the demo, topic administration, and produce/consume from the shell.
+
+Without ``--address`` (or ``RAY_ADDRESS``) every command runs an embedded single-node Ray for
+its own duration, with data under ``--data-dir``; with an address it talks to the broker that
+lives in that Ray cluster.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ray_broker.config import DEFAULT_DATA_DIR, DEFAULT_NAMESPACE
+from ray_broker.errors import BrokerError
+
+app = typer.Typer(help="A Kafka-class message broker on Ray.", no_args_is_help=True)
+topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
+app.add_typer(topic_app, name="topic")
+console = Console()
+
+AddressOption = Annotated[
+    str | None, typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to attach to.")
+]
+DataDirOption = Annotated[
+    Path, typer.Option("--data-dir", envvar="RAY_BROKER_DATA_DIR", help="Broker data directory.")
+]
+NamespaceOption = Annotated[str, typer.Option("--namespace", help="Broker's Ray namespace.")]
+
+
+@contextmanager
+def _broker(address: str | None, data_dir: Path | None, namespace: str) -> Any:
+    import ray_broker as rb
+
+    try:
+        with rb.connect(address, data_dir=data_dir, namespace=namespace) as broker:
+            yield broker
+    except BrokerError as exc:
+        console.print(f"[bold red]{type(exc).__name__}:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _parse_config(pairs: list[str]) -> dict[str, str]:
+    config = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--config takes key=value, got {pair!r}")
+        config[key.strip()] = value.strip()
+    return config
+
+
+# --- topics -------------------------------------------------------------------------------------
+
+
+@topic_app.command("create")
+def topic_create(
+    name: str,
+    partitions: Annotated[int, typer.Option("--partitions", "-p")] = 1,
+    replication_factor: Annotated[int, typer.Option("--replication-factor", "-r")] = 1,
+    config: Annotated[list[str], typer.Option("--config", "-c", help="key=value")] = [],  # noqa: B006
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Create a topic."""
+    with _broker(address, data_dir, namespace) as broker:
+        described = broker.admin().create_topic(
+            name, partitions, replication_factor, _parse_config(config)
+        )
+        console.print(f"Created topic [bold]{name}[/] with {len(described.partitions)} partitions")
+
+
+@topic_app.command("list")
+def topic_list(
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """List topics."""
+    with _broker(address, data_dir, namespace) as broker:
+        for name in broker.admin().list_topics():
+            console.print(name)
+
+
+@topic_app.command("describe")
+def topic_describe(
+    name: str,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Show a topic's partitions, offsets and settings."""
+    with _broker(address, data_dir, namespace) as broker:
+        described = broker.admin().describe_topic(name)
+    table = Table(title=f"topic {name} ({described.topic_id})")
+    for column in ("partition", "leader epoch", "log start", "high watermark", "log end", "node"):
+        table.add_column(column, justify="right")
+    for p in described.partitions:
+        table.add_row(
+            str(p.partition),
+            str(p.leader_epoch),
+            f"{p.log_start_offset:,}",
+            f"{p.high_watermark:,}",
+            f"{p.log_end_offset:,}",
+            p.leader_node_id[:12],
+        )
+    console.print(table)
+    settings = Table(title="config", show_header=False)
+    for key, value in sorted(described.config.items()):
+        settings.add_row(key, str(value))
+    console.print(settings)
+
+
+@topic_app.command("delete")
+def topic_delete(
+    name: str,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Delete a topic and its data."""
+    with _broker(address, data_dir, namespace) as broker:
+        broker.admin().delete_topic(name)
+        console.print(f"Deleted topic [bold]{name}[/]")
+
+
+# --- produce / consume --------------------------------------------------------------------------
+
+
+@app.command()
+def produce(
+    topic: str,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Default: stdin.")] = None,
+    key_separator: Annotated[
+        str | None, typer.Option(help="Split each line into key and value at this string.")
+    ] = None,
+    partition: Annotated[int | None, typer.Option("--partition", "-p")] = None,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Send each line of a file (or stdin) as one record."""
+    source = file.open("rb") if file else sys.stdin.buffer
+    total = file.stat().st_size if file else None
+    sent = 0
+    with _broker(address, data_dir, namespace) as broker, _progress() as progress:
+        task = progress.add_task("producing", total=total)
+        producer = broker.producer()
+        for line in source:
+            value = line.rstrip(b"\r\n")
+            key = None
+            if key_separator is not None:
+                key, _, value = value.partition(key_separator.encode())
+            producer.send(topic, value=value, key=key, partition=partition)
+            sent += 1
+            progress.advance(task, len(line))
+        producer.flush()
+    console.print(f"Produced {sent:,} records to [bold]{topic}[/]")
+
+
+@app.command()
+def consume(
+    topic: str,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+    offset: Annotated[
+        int | None, typer.Option(help="Start at this offset (with --partition).")
+    ] = None,
+    partition: Annotated[int | None, typer.Option("--partition", "-p")] = None,
+    max_messages: Annotated[int | None, typer.Option("--max-messages", "-n")] = None,
+    timeout_ms: Annotated[
+        int, typer.Option(help="Stop after this long without a record; -1 waits forever.")
+    ] = 5_000,
+    print_key: Annotated[bool, typer.Option("--print-key")] = False,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Print records of a topic, one per line."""
+    from ray_broker.structs import TopicPartition
+
+    reset = "earliest" if from_beginning else "latest"
+    count = 0
+    out = sys.stdout.buffer
+    with _broker(address, data_dir, namespace) as broker:
+        consumer = broker.consumer(auto_offset_reset=reset, consumer_timeout_ms=timeout_ms)
+        if partition is not None:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            if offset is not None:
+                consumer.seek(tp, offset)
+        elif offset is not None:
+            raise typer.BadParameter("--offset needs --partition")
+        else:
+            consumer.subscribe([topic])
+        for record in consumer:
+            if print_key:
+                out.write((record.key or b"") + b"\t")
+            out.write((record.value or b"") + b"\n")
+            count += 1
+            if max_messages is not None and count >= max_messages:
+                break
+        out.flush()
+    console.print(f"Consumed {count:,} records", style="dim", highlight=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    records: Annotated[
+        int, typer.Option(help="How many records to produce and consume.")
+    ] = 1_000_000,
+    partitions: Annotated[int, typer.Option()] = 4,
+    value_bytes: Annotated[int, typer.Option()] = 100,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Default: a fresh temporary directory, removed after.")
+    ] = None,
+) -> None:
+    """Start an embedded broker, produce records, consume them back, and report what happened."""
+    from ray_broker.demo import run_demo
+
+    with tempfile.TemporaryDirectory(prefix="ray-broker-demo-") as tmp:
+        try:
+            report = run_demo(
+                data_dir or Path(tmp), records, partitions, value_bytes, _progress, console
+            )
+        except BrokerError as exc:
+            console.print(f"[bold red]{type(exc).__name__}:[/] {exc}")
+            raise typer.Exit(1) from None
+    table = Table(title="ray-broker demo")
+    table.add_column("step")
+    table.add_column("records", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("records/s", justify="right")
+    for step, count, seconds in report.steps:
+        rate = "" if count is None else f"{count / seconds:,.0f}"
+        table.add_row(step, "" if count is None else f"{count:,}", f"{seconds:.2f}", rate)
+    console.print(table)
+    for line in report.notes:
+        console.print(f"• {line}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()
