@@ -267,11 +267,11 @@ class Producer:
             timestamp_ms = time.time_ns() // 1_000_000  # CreateTime is the producer's clock
         with self._cond:
             if partition is None:
-                partition = (
-                    partition_for_key(key, metadata.num_partitions)
-                    if key is not None
-                    else self._sticky.setdefault(topic, 0) % metadata.num_partitions
-                )
+                if key is not None:
+                    partition = partition_for_key(key, metadata.num_partitions)
+                else:
+                    partition = self._sticky.get(topic, 0) % metadata.num_partitions
+                    self._sticky[topic] = partition  # normalised, so rotation can compare it
             else:
                 _check_partition(partition, metadata)
             self._reserve(size)
@@ -291,8 +291,8 @@ class Producer:
             if index + 1 >= self.config.batch_size:
                 self._close_open_batch(topic, partition, queue)
                 self._cond.notify_all()
-            elif index == 0 and self._linger_s == 0:
-                self._cond.notify_all()
+            elif index == 0:
+                self._cond.notify_all()  # the sender must learn this batch's linger deadline
         return RecordFuture(batch, index, timestamp_ms)
 
     def send_batch(self, topic: str, table: pa.Table | pa.RecordBatch) -> BatchFuture:

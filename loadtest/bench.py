@@ -1,0 +1,283 @@
+"""ray-broker throughput and latency, with ``ray.util.queue.Queue`` measured in the same run.
+
+Run: ``python loadtest/bench.py [--records 2000000] [--quick]``. Starts its own single-node Ray on
+127.0.0.1 (or attaches to ``RAY_ADDRESS``), prints a table, then one JSON line per figure.
+Figures (100-byte values):
+
+* produce, ``send_batch`` of 10k-record tables into 4 partitions, RF=1
+* produce, per-record ``send()`` from one process
+* consume, ``poll_arrow`` from 4 partitions
+* end-to-end latency p50/p99 of per-record sends at a fixed rate (1 partition, linger.ms=5),
+  one consumer polling in another thread
+* the same for ``ray.util.queue.Queue`` (per-item and 10k batches): the baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+VALUE_BYTES = 100
+BATCH_RECORDS = 10_000
+PARTITIONS = 4
+LATENCY_LINGER_MS = 5
+_STAMP = struct.Struct("<q")
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def values(count: int) -> pa.Array:
+    from ray_broker.demo import random_values
+
+    return random_values(count, VALUE_BYTES)
+
+
+def percentile_ms(samples_ns: list[int], q: float) -> float:
+    return float(np.percentile(np.array(samples_ns), q)) / 1e6 if samples_ns else float("nan")
+
+
+# --- ray-broker ---------------------------------------------------------------------------------
+
+
+def bench_broker(
+    broker: Any, records: int, per_record: int, rate: int, seconds: float, queue_rate: int
+) -> dict:
+    admin = broker.admin()
+    topic = f"bench-{uuid.uuid4().hex[:6]}"
+    admin.create_topic(topic, partitions=PARTITIONS)
+    out: dict[str, float] = {}
+
+    batch = pa.table({"value": values(BATCH_RECORDS)})
+    producer = broker.producer()
+    producer.send_batch(topic, batch).result()  # warm-up: actors, code paths
+    started = time.perf_counter()
+    for _ in range(records // BATCH_RECORDS):
+        producer.send_batch(topic, batch)
+    producer.flush()
+    out["produce_send_batch"] = records / (time.perf_counter() - started)
+
+    one = batch.column("value")[0].as_py()
+    started = time.perf_counter()
+    for _ in range(per_record):
+        producer.send(topic, one)
+    producer.flush()
+    out["produce_per_record"] = per_record / (time.perf_counter() - started)
+
+    total = records + per_record + BATCH_RECORDS
+    consumer = broker.consumer(topic, auto_offset_reset="earliest")
+    consumed = 0
+    started = time.perf_counter()
+    while consumed < total:
+        consumed += consumer.poll_arrow(timeout_ms=2_000, max_records=400_000).num_rows
+    out["consume_poll_arrow"] = consumed / (time.perf_counter() - started)
+    consumer.close()
+    producer.close()
+
+    admin.delete_topic(topic)
+    # Latency on its own single-partition topic: a latency-sensitive stream, linger.ms=5.
+    admin.create_topic(topic, partitions=1)
+    p50, p99, achieved = broker_latency(broker, topic, rate, seconds, LATENCY_LINGER_MS)
+    out.update(e2e_p50_ms=p50, e2e_p99_ms=p99, e2e_rate=achieved)
+    # And at the rate the baseline can sustain, for a like-for-like comparison.
+    p50, p99, _ = broker_latency(broker, topic, queue_rate, seconds, LATENCY_LINGER_MS)
+    out.update(e2e_p50_ms_at_queue_rate=p50, e2e_p99_ms_at_queue_rate=p99)
+    admin.delete_topic(topic)
+    return out
+
+
+def broker_latency(
+    broker: Any, topic: str, rate: int, seconds: float, linger_ms: int = 1
+) -> tuple[float, float, float]:
+    consumer = broker.consumer(topic, auto_offset_reset="latest", fetch_max_wait_ms=100)
+    consumer.poll(timeout_ms=100)  # take positions at the log end before sending
+    producer = broker.producer(linger_ms=linger_ms)
+    samples: list[int] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set():
+            table = consumer.poll_arrow(timeout_ms=100)
+            now = time.time_ns()
+            for value in table.column("value").to_pylist():
+                samples.append(now - _STAMP.unpack_from(value)[0])
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    sent = pace(
+        lambda: producer.send(topic, _STAMP.pack(time.time_ns()) + b"x" * 92), rate, seconds
+    )
+    producer.flush()
+    time.sleep(0.5)
+    done.set()
+    reader.join()
+    producer.close()
+    consumer.close()
+    warm = samples[len(samples) // 10 :]  # skip the first tenth: connection warm-up
+    return percentile_ms(warm, 50), percentile_ms(warm, 99), sent / seconds
+
+
+def pace(send: Any, rate: int, seconds: float) -> int:
+    """Call ``send`` ``rate`` times a second for ``seconds``, in 1 ms ticks; returns calls made."""
+    tick = 0.001
+    start = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = int(elapsed * rate) + 1
+        while sent < due:
+            send()
+            sent += 1
+        time.sleep(tick)
+    return sent
+
+
+# --- baseline: ray.util.queue.Queue --------------------------------------------------------------
+
+
+def bench_ray_queue(per_item: int, batches: int, rate: int, seconds: float) -> dict:
+    from ray.util.queue import Queue
+
+    queue = Queue(maxsize=0)
+    one = values(1)[0].as_py()
+    out: dict[str, float] = {}
+    started = time.perf_counter()
+    for _ in range(per_item):
+        queue.put(one)
+    out["produce_per_record"] = per_item / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(per_item):
+        queue.get()
+    out["consume_per_record"] = per_item / (time.perf_counter() - started)
+
+    items = values(BATCH_RECORDS).to_pylist()
+    started = time.perf_counter()
+    for _ in range(batches):
+        queue.put_nowait_batch(items)
+    out["produce_send_batch"] = batches * BATCH_RECORDS / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(batches):
+        queue.get_nowait_batch(BATCH_RECORDS)
+    out["consume_poll_arrow"] = batches * BATCH_RECORDS / (time.perf_counter() - started)
+
+    samples: list[int] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        while not done.is_set() or not queue.empty():
+            try:
+                value = queue.get(timeout=0.1)
+            except Exception:  # queue.Empty after the timeout
+                continue
+            samples.append(time.time_ns() - _STAMP.unpack_from(value)[0])
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    sent = pace(lambda: queue.put(_STAMP.pack(time.time_ns())), rate, seconds)
+    done.set()
+    reader.join()
+    warm = samples[len(samples) // 10 :]
+    out.update(
+        e2e_p50_ms=percentile_ms(warm, 50),
+        e2e_p99_ms=percentile_ms(warm, 99),
+        e2e_rate=sent / seconds,
+    )
+    queue.shutdown()
+    return out
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+FIGURES = [
+    ("produce_send_batch", "produce, 10k-record batches (rec/s)"),
+    ("produce_per_record", "produce, per-record send (rec/s)"),
+    ("consume_poll_arrow", "consume, batched (rec/s)"),
+    ("e2e_p50_ms", "end-to-end latency p50 (ms)"),
+    ("e2e_p99_ms", "end-to-end latency p99 (ms)"),
+    ("e2e_rate", "latency run: offered rate (msg/s)"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=2_000_000)
+    parser.add_argument("--per-record", type=int, default=300_000)
+    parser.add_argument("--rate", type=int, default=10_000, help="latency run, msg/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="latency run length")
+    parser.add_argument("--queue-items", type=int, default=3_000)
+    parser.add_argument("--queue-rate", type=int, default=500, help="ray queue latency, msg/s")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.per_record, args.seconds, args.queue_items = 200_000, 50_000, 2, 500
+
+    import ray_broker as rb
+
+    with tempfile.TemporaryDirectory(prefix="ray-broker-bench-") as data_dir:
+        broker = rb.connect(data_dir=data_dir, namespace=f"bench-{uuid.uuid4().hex[:6]}")
+        try:
+            ours = bench_broker(
+                broker, args.records, args.per_record, args.rate, args.seconds, args.queue_rate
+            )
+            baseline = bench_ray_queue(args.queue_items, 10, args.queue_rate, args.seconds)
+        finally:
+            broker.shutdown()
+
+    print(
+        f"\nray-broker vs ray.util.queue.Queue — {machine()}, {VALUE_BYTES}-byte values, "
+        f"{PARTITIONS} partitions, RF=1"
+    )
+    print(f"{'figure':40} {'ray-broker':>14} {'ray queue':>14} {'ratio':>9}")
+    rows = []
+    for key, label in FIGURES:
+        ratio = ours[key] / baseline[key] if baseline.get(key) else float("nan")
+        if key.startswith("e2e_p"):
+            ratio = baseline[key] / ours[key]  # >1: ray-broker is faster
+        print(
+            f"{label:40} {ours[key]:>14,.2f} {baseline.get(key, float('nan')):>14,.2f} "
+            f"{ratio:>9,.1f}"
+        )
+        rows.append(
+            {
+                "figure": key,
+                "ray_broker": ours[key],
+                "ray_queue": baseline.get(key),
+                "ratio": ratio,
+                "machine": machine(),
+            }
+        )
+    per_item = ours["produce_per_record"] / baseline["produce_per_record"]
+    get_item = ours["consume_poll_arrow"] / baseline["consume_per_record"]
+    print(f"{'per-item put vs ray queue put':40} {per_item:>39,.0f}x")
+    print(f"{'batched consume vs ray queue get':40} {get_item:>39,.0f}x")
+    for q in ("p50", "p99"):
+        key = f"e2e_{q}_ms_at_queue_rate"
+        print(
+            f"{'latency ' + q + ' at the queue rate (ms)':40} {ours[key]:>14,.2f} "
+            f"{baseline[f'e2e_{q}_ms']:>14,.2f} {baseline[f'e2e_{q}_ms'] / ours[key]:>9,.1f}"
+        )
+        rows.append({"figure": key, "ray_broker": ours[key], "ray_queue": baseline[f"e2e_{q}_ms"]})
+    rows.append({"figure": "per_record_put_vs_queue_put", "ratio": per_item})
+    rows.append({"figure": "consume_vs_queue_get", "ratio": get_item})
+    for row in rows:
+        print(json.dumps(row))
+    if args.json_out:
+        args.json_out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
