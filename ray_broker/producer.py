@@ -455,7 +455,12 @@ class Producer:
         limit = self.config.max_in_flight_requests_per_connection
         for (topic, partition), queue in self._queues.items():
             if queue.open is not None and (
-                self._flushing or self._closed or now - queue.open.created >= self._linger_s
+                self._flushing
+                or self._closed
+                # A lingered, partly full batch waits while the partition has a request in
+                # flight: under load records pile into fewer, larger requests (Nagle's idea),
+                # when idle they go at once.
+                or (now - queue.open.created >= self._linger_s and not queue.in_flight)
             ):
                 self._close_open_batch(topic, partition, queue)
             if now < queue.backoff_until:
