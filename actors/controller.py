@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
@@ -23,8 +24,12 @@ from ray_broker.config import METADATA_TOPIC, BrokerConfig, parse_config
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
 
 
+def live_nodes() -> list[str]:
+    return sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
+
+
 def live_node_count() -> int:
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+    return len(live_nodes())
 
 
 class Controller:
@@ -70,6 +75,9 @@ class Controller:
                     max_task_retries=0,  # producers retry with idempotence, in order
                     num_cpus=0,
                     max_concurrency=1000,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        record.placement[partition], soft=False
+                    ),
                 )
                 .remote(
                     record.name,
@@ -83,12 +91,39 @@ class Controller:
         self._partitions[key] = handle
         return handle
 
+    def _place(self, record: TopicRecord) -> TopicRecord:
+        """Give every partition a live node, keeping existing placements on live nodes.
+
+        A partition's files are on its node's disk, so its actor is pinned there (hard node
+        affinity): a crashed actor restarts beside its data. Partitions whose node is gone (a
+        whole-cluster restart on the same disk) move to the least-loaded live node.
+        """
+        nodes = live_nodes()
+        load = {node: 0 for node in nodes}
+        for other in self.registry.topics.values():
+            for node in other.placement:
+                if node in load:
+                    load[node] += 1
+        placement = list(record.placement[: record.partitions])
+        for index in range(record.partitions):
+            if index < len(placement) and placement[index] in load:
+                continue
+            node = min(nodes, key=lambda n: (load[n], n))
+            load[node] += 1
+            if index < len(placement):
+                placement[index] = node
+            else:
+                placement.append(node)
+        return self.registry.set_placement(record.name, placement)
+
     async def _start_partitions(self, record: TopicRecord) -> list[Any]:
         """Handles of all the topic's partitions, waiting until newly started ones are ready.
 
         Running ones are not waited for: a restarting partition must not stall metadata, the
         clients retry against it themselves.
         """
+        if any((record.topic_id, p) not in self._partitions for p in range(record.partitions)):
+            record = self._place(record)
         handles = [self._attach_or_start(record, p) for p in range(record.partitions)]
         fresh = [(record.topic_id, p) for p in range(record.partitions)]
         fresh = [key for key in fresh if key in self._starting]

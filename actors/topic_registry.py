@@ -29,6 +29,8 @@ class TopicRecord:
     partitions: int
     replication_factor: int
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    # Ray node id hosting each partition: its data lives on that node's disk.
+    placement: list[str] = field(default_factory=list)
 
     @property
     def config(self) -> TopicConfig:
@@ -127,6 +129,13 @@ class TopicRegistry:
         parse_config(TopicConfig, merged)
         record.config_overrides = merged
         self._save(record)
+        return record
+
+    def set_placement(self, name: str, placement: list[str]) -> TopicRecord:
+        record = self.get(name)
+        if record.placement != placement:
+            record.placement = list(placement)
+            self._save(record)
         return record
 
     def close(self) -> None:
