@@ -160,3 +160,20 @@ def test_embedded_broker_restart_in_new_processes_keeps_all_data(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
     assert "READ 5000 True" in done.stdout
+
+
+def test_send_to_a_partition_that_stays_down_fails_after_delivery_timeout(broker, topic):
+    producer = broker.producer(delivery_timeout_ms=1_500, retry_backoff_ms=50)
+    assert producer.send(topic, b"before", partition=2).result(timeout=30).offset == 0
+    ray.kill(broker._metadata.topic(topic).leaders[2], no_restart=True)
+    started = time.monotonic()
+    future = producer.send(topic, b"lost", partition=2)
+    try:
+        future.result(timeout=30)
+        raise AssertionError("a send to a dead partition was acknowledged")
+    except rb.errors.BrokerTimeoutError as exc:
+        assert "delivery.timeout.ms=1500" in str(exc)
+        assert "PartitionUnavailable" in str(exc)
+    assert 1.4 < time.monotonic() - started < 20
+    # Other partitions keep serving.
+    assert producer.send(topic, b"ok", partition=0).result(timeout=30).offset == 0
