@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
 from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
-from ray_broker.config import METADATA_TOPIC, BrokerConfig, parse_config
+from ray_broker.config import GROUP_COORDINATOR_NAME, METADATA_TOPIC, BrokerConfig, parse_config
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
 
 
@@ -162,6 +162,7 @@ class Controller:
                 live_node_count(),
             )
             await self._start_partitions(record)
+        self._nudge_group_coordinator()
         return await self.describe_topic(name)
 
     async def delete_topic(self, name: str) -> None:
@@ -174,6 +175,20 @@ class Controller:
                 self._partitions.pop((record.topic_id, partition), None)
             self.registry.delete(name)
             shutil.rmtree(self.data_dir / record.name, ignore_errors=True)
+        self._nudge_group_coordinator()
+
+    async def topic_partitions(self) -> dict[str, int]:
+        """Partition count of every topic (what group assignment works from)."""
+        return {name: record.partitions for name, record in self.registry.topics.items()}
+
+    def _nudge_group_coordinator(self) -> None:
+        """Tell the group coordinator topics changed, so groups rebalance now (best effort: it
+        also polls)."""
+        try:
+            coordinator = ray.get_actor(GROUP_COORDINATOR_NAME, namespace=self.namespace)
+        except ValueError:
+            return
+        coordinator.topics_changed.remote()
 
     async def list_topics(self, include_internal: bool = False) -> list[str]:
         return sorted(
@@ -184,6 +199,7 @@ class Controller:
         async with self._mutex():
             record = self.registry.add_partitions(name, total)
             await self._start_partitions(record)
+        self._nudge_group_coordinator()
         return await self.describe_topic(name)
 
     async def alter_topic_config(self, name: str, updates: dict[str, Any]) -> TopicDescription:

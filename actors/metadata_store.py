@@ -1,9 +1,9 @@
-"""The Controller's durable metadata: a compacted log of JSON records, one key per entity.
+"""Durable key → JSON documents on a compacted log: the Controller's topic metadata
+(``__cluster_metadata``) and the group coordinator's committed offsets (``__consumer_offsets``).
 
-Using the broker's own storage engine (as Kafka's KRaft uses ``__cluster_metadata``) gives the
-Controller crash recovery for free: a restarted Controller replays the log and the newest record
-per key wins; a null value deletes the key. Every write is fsynced before it is acknowledged,
-since metadata is small and losing a topic is not acceptable.
+Using the broker's own storage engine (as Kafka does for both) gives crash recovery for free: a
+restarted actor replays the log and the newest record per key wins; a null value deletes the key.
+Every write is fsynced before it is acknowledged: losing a topic or a commit is not acceptable.
 """
 
 from __future__ import annotations
@@ -48,8 +48,18 @@ class MetadataStore:
 
     def put(self, key: str, document: dict[str, Any] | None) -> None:
         """Durably store (or, with None, delete) ``key``."""
-        value = None if document is None else json.dumps(document, sort_keys=True).encode()
-        self.log.append(pa.table({"key": [key.encode()], "value": pa.array([value], pa.binary())}))
+        self.put_many({key: document})
+
+    def put_many(self, documents: dict[str, dict[str, Any] | None]) -> None:
+        """Durably store several keys at once: one append, one fsync, all or nothing."""
+        if not documents:
+            return
+        keys = [key.encode() for key in documents]
+        values = [
+            None if doc is None else json.dumps(doc, sort_keys=True).encode()
+            for doc in documents.values()
+        ]
+        self.log.append(pa.table({"key": keys, "value": pa.array(values, pa.binary())}))
         self._writes += 1
         if self._writes % COMPACT_EVERY_WRITES == 0:
             self.log.roll()

@@ -1,26 +1,31 @@
-"""Topic administration, the way kafka-python's ``KafkaAdminClient`` does it."""
+"""Topic and consumer-group administration, the way kafka-python's ``KafkaAdminClient`` does it."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from ray_broker._remote import resolve
 from ray_broker.errors import BrokerNotRunning
 from ray_broker.metadata import MetadataCache
-from ray_broker.structs import TopicDescription
+from ray_broker.structs import GroupDescription, GroupListing, TopicDescription, TopicPartition
 
 
 class Admin:
-    """Create, describe, alter and delete topics. Every method raises typed ``BrokerError``s."""
+    """Manage topics and consumer groups. Every method raises typed ``BrokerError``s."""
 
-    def __init__(self, controller: Any, metadata: MetadataCache) -> None:
+    def __init__(self, controller: Any, coordinator: Any, metadata: MetadataCache) -> None:
         self._controller = controller
+        self._coordinator = coordinator
         self._metadata = metadata
 
     def _call(self, method: str, *args: Any) -> Any:
-        return resolve(
-            getattr(self._controller, method).remote(*args), unavailable=BrokerNotRunning
-        )
+        call = getattr(self._controller, method).remote(*args)
+        return resolve(call, unavailable=BrokerNotRunning)
+
+    def _group_call(self, method: str, *args: Any) -> Any:
+        call = getattr(self._coordinator, method).remote(*args)
+        return resolve(call, unavailable=BrokerNotRunning)
 
     def create_topic(
         self,
@@ -60,3 +65,37 @@ class Admin:
         description = self._call("alter_topic_config", name, updates)
         self._metadata.forget(name)
         return description
+
+    # --- consumer groups --------------------------------------------------------------------------
+
+    def list_groups(self) -> list[GroupListing]:
+        """Groups with members or committed offsets, with their state and member count."""
+        return self._group_call("list_groups")
+
+    def describe_group(self, group_id: str) -> GroupDescription:
+        """State, members and their assignment, and per partition the committed offset, log
+        end and lag. Raises GroupNotFound."""
+        return self._group_call("describe_group", group_id)
+
+    def delete_group(self, group_id: str) -> None:
+        """Forget an empty group's committed offsets. Raises GroupNotFound, GroupNotEmpty."""
+        self._group_call("delete_group", group_id)
+
+    def reset_offsets(
+        self,
+        group_id: str,
+        topic: str,
+        to: str,
+        value: int | datetime | None = None,
+    ) -> dict[TopicPartition, int]:
+        """Move an empty group's committed offsets on ``topic`` to "earliest", "latest",
+        "datetime" (``value``: a datetime or ms timestamp) or "offset" (``value``: the offset).
+
+        Raises:
+            GroupNotEmpty: the group has active members.
+            TopicNotFound, OffsetOutOfRange, InvalidConfig.
+        """
+        if isinstance(value, datetime):
+            value = int(value.timestamp() * 1000)
+        moved = self._group_call("reset_offsets", group_id, topic, to, value)
+        return {TopicPartition(t, p): offset for (t, p), offset in moved.items()}

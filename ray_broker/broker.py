@@ -10,6 +10,7 @@ from ray_broker.config import (
     CONTROLLER_NAME,
     DEFAULT_DATA_DIR,
     DEFAULT_NAMESPACE,
+    GROUP_COORDINATOR_NAME,
     BrokerConfig,
     parse_config,
 )
@@ -20,12 +21,20 @@ from ray_broker.runtime import ensure_ray
 class Broker:
     """A connection to the broker of one Ray namespace."""
 
-    def __init__(self, controller: Any, namespace: str, info: dict[str, Any], owns_ray: bool):
+    def __init__(
+        self,
+        controller: Any,
+        coordinator: Any,
+        namespace: str,
+        info: dict[str, Any],
+        owns_ray: bool,
+    ) -> None:
         from ray_broker.metadata import MetadataCache
 
         self.namespace = namespace
         self.data_dir = Path(info["data_dir"])
         self._controller = controller
+        self._coordinator = coordinator
         self._owns_ray = owns_ray
         self._metadata = MetadataCache(controller)
         self._clients: list[Any] = []
@@ -33,7 +42,7 @@ class Broker:
     def admin(self) -> Any:
         from ray_broker.admin import Admin
 
-        return Admin(self._controller, self._metadata)
+        return Admin(self._controller, self._coordinator, self._metadata)
 
     def producer(self, **options: Any) -> Any:
         """A ``Producer``; options are kafka-python names or Kafka's dotted names.
@@ -48,14 +57,15 @@ class Broker:
         return producer
 
     def consumer(self, *topics: str, **options: Any) -> Any:
-        """A ``Consumer`` of ``topics`` (every partition, as no group is given).
+        """A ``Consumer`` of ``topics``: joins group ``group_id`` if given, else reads every
+        partition.
 
         Raises:
             InvalidConfig, TopicNotFound.
         """
         from ray_broker.consumer import Consumer
 
-        consumer = Consumer(self._metadata, topics, **options)
+        consumer = Consumer(self._metadata, topics, self._coordinator, **options)
         self._clients.append(consumer)
         return consumer
 
@@ -69,6 +79,8 @@ class Broker:
         from ray_broker._remote import resolve
 
         self.close_clients()
+        resolve(self._coordinator.shutdown.remote(), unavailable=BrokerNotRunning)
+        ray.kill(self._coordinator, no_restart=True)
         resolve(self._controller.shutdown.remote(), unavailable=BrokerNotRunning)
         ray.kill(self._controller, no_restart=True)
         self.close()
@@ -125,20 +137,25 @@ def connect(
 
     from ray_broker._remote import resolve
     from ray_broker.actors.controller import Controller
+    from ray_broker.actors.group_coordinator import GroupCoordinator
 
-    controller = (
-        ray.remote(Controller)
-        .options(
-            name=CONTROLLER_NAME,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=0,
+    def singleton(cls: type, name: str) -> Any:
+        return (
+            ray.remote(cls)
+            .options(
+                name=name,
+                namespace=namespace,
+                lifetime="detached",
+                get_if_exists=True,
+                max_restarts=-1,
+                max_task_retries=-1,
+                num_cpus=0,
+            )
+            .remote(settings, namespace)
         )
-        .remote(settings, namespace)
-    )
+
+    controller = singleton(Controller, CONTROLLER_NAME)
+    coordinator = singleton(GroupCoordinator, GROUP_COORDINATOR_NAME)
     try:
         info = resolve(controller.ready.remote(), timeout_s=120, unavailable=BrokerNotRunning)
     except BaseException:
@@ -152,4 +169,4 @@ def connect(
             f"the broker in namespace {namespace!r} already runs with data_dir "
             f"{info['data_dir']}; connect without data_dir or use another namespace"
         )
-    return Broker(controller, namespace, info, owns_ray)
+    return Broker(controller, coordinator, namespace, info, owns_ray)

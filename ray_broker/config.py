@@ -34,6 +34,8 @@ __all__ = [
 DEFAULT_NAMESPACE = "ray_broker"
 DEFAULT_DATA_DIR = Path(os.environ.get("RAY_BROKER_DATA_DIR", Path.home() / ".ray_broker"))
 CONTROLLER_NAME = "ray_broker.controller"
+GROUP_COORDINATOR_NAME = "ray_broker.group_coordinator"
+OFFSETS_TOPIC = "__consumer_offsets"
 METADATA_TOPIC = "__cluster_metadata"
 TOPIC_NAME_MAX_CHARS = 249
 MAX_PARTITIONS = 10_000
@@ -63,6 +65,9 @@ class BrokerConfig(BaseModel):
     log_retention_check_interval_ms: int = Field(
         60_000, alias="log.retention.check.interval.ms", ge=10
     )
+    # How often the group coordinator checks session timeouts and topic changes.
+    group_check_interval_ms: int = Field(100, alias="group.check.interval.ms", ge=10)
+    group_metadata_refresh_ms: int = Field(1_000, alias="group.metadata.refresh.ms", ge=10)
     # A long-poll fetch never waits longer than this, whatever the client asks.
     fetch_max_wait_cap_ms: int = Field(30_000, alias="fetch.max.wait.cap.ms", ge=0)
 
@@ -130,6 +135,10 @@ class ConsumerConfig(BaseModel):
     key_deserializer: Callable[[bytes], Any] | None = Field(None, alias="key.deserializer")
     value_deserializer: Callable[[bytes], Any] | None = Field(None, alias="value.deserializer")
     metadata_max_age_ms: int = Field(300_000, alias="metadata.max.age.ms", ge=0)
+    group_instance_id: str | None = Field(None, alias="group.instance.id")
+    partition_assignment_strategy: Literal[
+        "range", "roundrobin", "sticky", "cooperative-sticky"
+    ] = Field("range", alias="partition.assignment.strategy")
     # Iteration (``for record in consumer``) stops after this long without a record; -1: never.
     consumer_timeout_ms: int = Field(-1, alias="consumer.timeout.ms", ge=-1)
 

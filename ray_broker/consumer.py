@@ -9,8 +9,10 @@ a Python object per record; ``poll()`` builds ``Record`` objects only for what i
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +26,11 @@ from ray_broker.errors import (
     BrokerError,
     ConsumerClosed,
     InvalidConfig,
+    NoOffsetForPartition,
     OffsetOutOfRange,
     UnknownTopicOrPartition,
 )
+from ray_broker.group_member import ConsumerRebalanceListener, GroupMembership
 from ray_broker.metadata import MetadataCache
 from ray_broker.structs import (
     FetchResponse,
@@ -35,6 +39,8 @@ from ray_broker.structs import (
     Record,
     TopicPartition,
 )
+
+logger = logging.getLogger(__name__)
 
 USER_COLUMNS = ["offset", "timestamp", "key", "value", "headers"]
 CLOSE_TIMEOUT_S = 2.0
@@ -53,38 +59,81 @@ class _PartitionFetch:
 
 
 class Consumer:
-    """Reads records from assigned partitions. Not thread-safe, like kafka-python's."""
+    """Reads records from assigned partitions. Not thread-safe, like kafka-python's.
 
-    def __init__(self, metadata: MetadataCache, topics: Sequence[str] = (), **options: Any) -> None:
+    With ``group_id``, ``subscribe()`` joins the consumer group: the group's partitions are
+    shared among its members, offsets are committed to the group (automatically every
+    ``auto_commit_interval_ms`` by default) and a restarted member resumes where the group left
+    off. Without it, ``subscribe()`` reads every partition and commits nothing.
+    """
+
+    def __init__(
+        self,
+        metadata: MetadataCache,
+        topics: Sequence[str] = (),
+        coordinator: Any = None,
+        **options: Any,
+    ) -> None:
         self.config: ConsumerConfig = client_config(ConsumerConfig, options)
-        if self.config.group_id is not None:
-            raise InvalidConfig(
-                "group_id: consumer groups are not available in this version; consume without "
-                "group_id (all partitions) or assign() partitions explicitly"
-            )
         self._metadata = metadata
+        self._coordinator = coordinator
+        self._membership: GroupMembership | None = None
         self._fetches: dict[TopicPartition, _PartitionFetch] = {}
         self._next_partition = 0
         self._abandoned: list[Any] = []
+        self._last_auto_commit = time.monotonic()
         self._closed = False
         if topics:
             self.subscribe(topics)
 
     # --- assignment -----------------------------------------------------------------------------
 
-    def subscribe(self, topics: Sequence[str] | str) -> None:
-        """Read every partition of ``topics`` (no group: nothing is shared or committed).
+    def subscribe(
+        self,
+        topics: Sequence[str] | str = (),
+        pattern: str | None = None,
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> None:
+        """Consume ``topics`` (or every topic whose name fully matches ``pattern``).
+
+        With a ``group_id`` the group shares the partitions (the assignment arrives in
+        ``poll()``, with ``listener`` told of every change, and topics created later that match
+        ``pattern`` join in); without one, every partition is read and nothing is committed.
 
         Raises:
-            TopicNotFound: a topic does not exist.
+            TopicNotFound: a listed topic does not exist.
+            InvalidConfig: neither or both of topics and pattern, or a bad pattern.
         """
         names = [topics] if isinstance(topics, str) else list(topics)
-        partitions = [
-            TopicPartition(name, p)
-            for name in names
-            for p in range(self._metadata.topic(name).num_partitions)
-        ]
-        self.assign(partitions)
+        if bool(names) == (pattern is not None):
+            raise InvalidConfig("subscribe() takes topics or a pattern, not both or neither")
+        if pattern is not None:
+            try:
+                regex = re.compile(pattern)
+            except re.error as exc:
+                raise InvalidConfig(f"bad subscription pattern {pattern!r}: {exc}") from None
+        for name in names:
+            self._metadata.topic(name)  # TopicNotFound now, not in a later poll
+        self._check_open()
+        if self.config.group_id is not None:
+            for state in self._fetches.values():
+                self._abandon(state)
+            self._fetches = {}
+            if self._membership is not None:
+                self._membership.close(leave=True)
+            self._membership = GroupMembership(
+                self._coordinator, self.config, names, pattern, listener
+            )
+            return
+        if pattern is not None:
+            names = [n for n in self._metadata.topic_names() if regex.fullmatch(n)]
+        self.assign(
+            [
+                TopicPartition(name, p)
+                for name in names
+                for p in range(self._metadata.topic(name).num_partitions)
+            ]
+        )
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions from now on.
@@ -93,6 +142,10 @@ class Consumer:
             UnknownTopicOrPartition: a partition does not exist.
         """
         self._check_open()
+        if self._membership is not None:
+            raise InvalidConfig(
+                "assign() cannot be mixed with a group subscription; call unsubscribe() first"
+            )
         wanted = [TopicPartition(*tp) for tp in partitions]
         for tp in wanted:
             if not 0 <= tp.partition < self._metadata.topic(tp.topic).num_partitions:
@@ -106,6 +159,10 @@ class Consumer:
         return set(self._fetches)
 
     def unsubscribe(self) -> None:
+        if self._membership is not None:
+            self._commit_quietly(set(self._fetches))
+            self._membership.close(leave=True)
+            self._membership = None
         self.assign([])
 
     # --- positions ------------------------------------------------------------------------------
@@ -178,10 +235,18 @@ class Consumer:
         return state.position
 
     def _reset(self, tp: TopicPartition, cause: BrokerError | None = None) -> None:
+        if cause is None and self.config.group_id is not None:
+            committed = self.committed(tp)
+            if committed is not None:
+                self._move(tp, committed)
+                return
         policy = self.config.auto_offset_reset
         if policy == "none":
-            raise cause or OffsetOutOfRange(
-                f"{tp.topic}-{tp.partition} has no position and auto_offset_reset='none'"
+            if cause is not None:
+                raise cause
+            raise NoOffsetForPartition(
+                f"{tp.topic}-{tp.partition} has no committed offset in group "
+                f"{self.config.group_id!r} and auto_offset_reset='none'"
             )
         offsets = self._offsets(tp)
         self._move(tp, offsets.log_start_offset if policy == "earliest" else offsets.high_watermark)
@@ -251,13 +316,17 @@ class Consumer:
     ) -> list[tuple[TopicPartition, pa.Table]]:
         self._check_open()
         self._reap_abandoned()
+        self._maybe_auto_commit()
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
         while True:
+            self._sync_group()
             self._send_fetches()
             slices = self._drain(max_records)
             remaining = deadline - time.monotonic()
             if slices or remaining <= 0:
                 return slices
+            if self._membership is not None:  # wake up for rebalances, not only for records
+                remaining = min(remaining, self.config.heartbeat_interval_ms / 1000)
             self._await_fetches(remaining)
 
     def _send_fetches(self) -> None:
@@ -359,6 +428,97 @@ class Consumer:
             )
         ]
 
+    # --- groups and commits ---------------------------------------------------------------------
+
+    def _sync_group(self) -> None:
+        if self._membership is None:
+            return
+        revoked, assigned = self._membership.reconcile(self._commit_before_revoke)
+        for tp in revoked:
+            state = self._fetches.pop(tp, None)
+            if state is not None:
+                self._abandon(state)
+        for tp in assigned:
+            self._fetches.setdefault(tp, _PartitionFetch())
+
+    def _commit_before_revoke(self, partitions: set[TopicPartition]) -> None:
+        if self.config.enable_auto_commit:
+            self._commit_quietly(partitions)
+
+    def _commit_quietly(self, partitions: set[TopicPartition]) -> None:
+        try:
+            self.commit(self._positions(partitions))
+        except BrokerError as exc:
+            logger.warning("auto-commit for group %s failed: %s", self.config.group_id, exc)
+
+    def _maybe_auto_commit(self) -> None:
+        if self.config.group_id is None or not self.config.enable_auto_commit:
+            return
+        if time.monotonic() - self._last_auto_commit < self.config.auto_commit_interval_ms / 1000:
+            return
+        self._last_auto_commit = time.monotonic()
+        self._commit_quietly(set(self._fetches))
+
+    def _positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return {
+            tp: state.position
+            for tp in partitions
+            if (state := self._fetches.get(tp)) is not None and state.position is not None
+        }
+
+    def _group_id(self) -> str:
+        if self.config.group_id is None:
+            raise InvalidConfig("commits need a group_id; create the consumer with group_id=...")
+        return self.config.group_id
+
+    def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit ``offsets`` (default: the current positions) to the group, synchronously.
+
+        An offset is the next one to read, as in Kafka: commit ``record.offset + 1``.
+
+        Raises:
+            InvalidConfig: the consumer has no group_id.
+            CommitFailed: a partition is not assigned to this member (a rebalance moved it).
+            IllegalGeneration: this member was removed from the group (fenced).
+            OffsetOutOfRange: an offset is beyond the partition's end.
+        """
+        resolve(self._commit_ref(offsets), self.config.request_timeout_ms / 1000)
+
+    def commit_async(
+        self,
+        offsets: dict[TopicPartition, int] | None = None,
+        callback: Callable[[dict[TopicPartition, int], BrokerError | None], None] | None = None,
+    ) -> None:
+        """Commit without waiting; ``callback(offsets, error)`` runs when the answer arrives."""
+        chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
+        ref = self._commit_ref(chosen)
+
+        def done(fut: Any) -> None:
+            try:
+                fut.result()
+                error = None
+            except Exception as exc:  # Ray's types; unwrap() maps them to BrokerError
+                error = unwrap(exc)
+            if callback is not None:
+                callback(chosen, error)
+
+        ref.future().add_done_callback(done)
+
+    def _commit_ref(self, offsets: dict[TopicPartition, int] | None) -> Any:
+        group_id = self._group_id()
+        chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
+        member = self._membership.member_id if self._membership is not None else None
+        payload = {(tp[0], tp[1]): (offset, "") for tp, offset in chosen.items()}
+        return self._coordinator.commit.remote(group_id, member, payload)
+
+    def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for ``tp`` (None if it has none)."""
+        found = resolve(
+            self._coordinator.committed.remote(self._group_id(), [(tp[0], tp[1])]),
+            self.config.request_timeout_ms / 1000,
+        )
+        return found.get((tp[0], tp[1]))
+
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -366,9 +526,14 @@ class Consumer:
             raise ConsumerClosed("this consumer was closed")
 
     def close(self) -> None:
-        """Stop fetching; outstanding long polls are cancelled."""
+        """Commit (with auto-commit), leave the group, stop fetching."""
         if self._closed:
             return
+        if self._membership is not None:
+            if self.config.enable_auto_commit:
+                self._commit_quietly(set(self._fetches))
+            self._membership.close(leave=True)
+            self._membership = None
         for state in self._fetches.values():
             if state.in_flight is not None:
                 ray.cancel(state.in_flight)

@@ -135,6 +135,37 @@ class ProducerFenced(BrokerError):
     """A newer producer with the same transactional id took over."""
 
 
+class GroupNotFound(BrokerError, LookupError):
+    """The consumer group does not exist (no members and no committed offsets)."""
+
+
+class GroupNotEmpty(BrokerError):
+    """The operation needs a group without active members; stop its consumers first."""
+
+
+class InconsistentGroupProtocol(BrokerError, ValueError):
+    """The consumer's partition.assignment.strategy differs from the group's."""
+
+
+class RebalanceInProgress(BrokerError):
+    """The group is rebalancing; poll again and retry after the new assignment."""
+
+    retriable = True
+
+
+class CommitFailed(BrokerError):
+    """The commit was refused: the partition is not assigned to this consumer any more."""
+
+
+class IllegalGeneration(CommitFailed):
+    """The consumer is no longer a member of the group's current generation (it was removed
+    after its session timed out, or left); its commits are fenced until it rejoins."""
+
+
+class NoOffsetForPartition(OffsetOutOfRange):
+    """The group has no committed offset for the partition and auto_offset_reset is 'none'."""
+
+
 class Unauthorized(BrokerError, PermissionError):
     """The principal lacks the ACL for this operation."""
 

@@ -36,6 +36,9 @@ class MetadataCache:
             self._topics[name] = (time.monotonic(), metadata)
         return metadata
 
+    def topic_names(self) -> list[str]:
+        return resolve(self._controller.list_topics.remote(), unavailable=BrokerNotRunning)
+
     def forget(self, name: str) -> None:
         with self._lock:
             self._topics.pop(name, None)

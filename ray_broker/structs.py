@@ -118,3 +118,40 @@ class BatchMetadata:
 class OffsetAndTimestamp(NamedTuple):
     offset: int
     timestamp: int
+
+
+@dataclass(frozen=True)
+class MemberDescription:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    assignment: list[TopicPartition]
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """A group's progress on one partition: ``lag`` is None without a committed offset."""
+
+    topic: str
+    partition: int
+    committed_offset: int | None
+    log_end_offset: int
+    lag: int | None
+    member_id: str | None
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    group_id: str
+    state: str
+    generation: int
+    strategy: str | None
+    members: list[MemberDescription]
+    partitions: list[PartitionLag]
+
+
+@dataclass(frozen=True)
+class GroupListing:
+    group_id: str
+    state: str
+    members: int

@@ -1,0 +1,346 @@
+"""The group coordinator: consumer-group membership, assignment and committed offsets.
+
+A separate named, detached actor rather than part of the Controller: every consumer heartbeats
+it every few seconds and commits through it, and that traffic must not queue behind topic
+administration (which waits for partition actors to start), nor should a slow rebalance stall
+metadata. Kafka separates the two roles for the same reason.
+
+Committed offsets live in ``<data_dir>/__consumer_offsets/partition=0``, a compacted log of the
+storage engine (key = group/topic/partition); a restarted coordinator replays it. Membership is
+soft state: after a restart members rejoin (their next heartbeat gets ``IllegalGeneration``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ray_broker.actors.group import Group, GroupState, Heartbeat
+from ray_broker.actors.metadata_store import MetadataStore
+from ray_broker.config import (
+    CONTROLLER_NAME,
+    OFFSETS_TOPIC,
+    BrokerConfig,
+    parse_config,
+)
+from ray_broker.errors import (
+    GroupNotEmpty,
+    GroupNotFound,
+    InvalidConfig,
+    OffsetOutOfRange,
+    TopicNotFound,
+)
+from ray_broker.structs import (
+    GroupDescription,
+    GroupListing,
+    MemberDescription,
+    PartitionLag,
+    TopicMetadata,
+    TopicPartition,
+)
+
+logger = logging.getLogger(__name__)
+
+OffsetKey = tuple[str, str, int]  # (group, topic, partition)
+
+
+def _offset_key(group: str, topic: str, partition: int) -> str:
+    return f"{group}\x00{topic}\x00{partition}"
+
+
+def _now_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class GroupCoordinator:
+    """All consumer groups of one broker namespace."""
+
+    def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
+        self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
+        self.namespace = namespace
+        self.store = MetadataStore(Path(self.config.data_dir) / OFFSETS_TOPIC / "partition=0")
+        self.offsets: dict[OffsetKey, dict[str, Any]] = {}
+        for key, document in self.store.load().items():
+            group, topic, partition = key.split("\x00")
+            self.offsets[(group, topic, int(partition))] = document
+        self.groups: dict[str, Group] = {}
+        self.partitions: dict[str, int] = {}
+        self._topics: dict[str, TopicMetadata] = {}
+        self._background: asyncio.Task[None] | None = None
+
+    # --- topic metadata -------------------------------------------------------------------------
+
+    def _controller(self) -> Any:
+        return ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
+
+    async def _refresh_topics(self) -> None:
+        partitions = await self._controller().topic_partitions.remote()
+        if partitions != self.partitions:
+            self._topics = {
+                name: meta
+                for name, meta in self._topics.items()
+                if partitions.get(name) == meta.num_partitions
+            }
+            self.partitions = partitions
+        for group in self.groups.values():
+            group.update_partitions(self.partitions)
+
+    async def _topic(self, name: str) -> TopicMetadata:
+        meta = self._topics.get(name)
+        if meta is None:
+            meta = self._topics[name] = await self._controller().metadata.remote(name)
+        return meta
+
+    async def _high_watermarks(
+        self, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], Any]:
+        refs = {}
+        for topic, partition in partitions:
+            meta = await self._topic(topic)
+            if partition >= meta.num_partitions:
+                raise TopicNotFound(f"partition {topic}-{partition} does not exist")
+            refs[(topic, partition)] = meta.leaders[partition].offsets.remote()
+        found = await asyncio.gather(*refs.values())
+        return dict(zip(refs, found, strict=True))
+
+    def _start(self) -> None:
+        if self._background is None:
+            self._background = asyncio.get_running_loop().create_task(self._housekeeping())
+
+    async def _housekeeping(self) -> None:
+        last_refresh = 0.0
+        while True:
+            await asyncio.sleep(self.config.group_check_interval_ms / 1000)
+            now = _now_ms()
+            for group in self.groups.values():
+                for member_id in group.expire(now):
+                    logger.info("group %s: member %s timed out", group.group_id, member_id)
+            if time.monotonic() - last_refresh >= self.config.group_metadata_refresh_ms / 1000:
+                last_refresh = time.monotonic()
+                with contextlib.suppress(Exception):  # the Controller may be restarting
+                    await self._refresh_topics()
+
+    def _group(self, group_id: str) -> Group:
+        if not isinstance(group_id, str) or not group_id:
+            raise InvalidConfig(f"group_id must be a non-empty str, got {group_id!r}")
+        group = self.groups.get(group_id)
+        if group is None:
+            group = self.groups[group_id] = Group(group_id)
+            group.update_partitions(self.partitions)
+        return group
+
+    def _known(self, group_id: str) -> Group | None:
+        """The group if it has members or committed offsets."""
+        group = self.groups.get(group_id)
+        if group is not None and group.members:
+            return group
+        if any(key[0] == group_id for key in self.offsets):
+            return group or self._group(group_id)
+        return None
+
+    # --- membership -----------------------------------------------------------------------------
+
+    async def join(
+        self,
+        group_id: str,
+        member_id: str | None,
+        instance_id: str | None,
+        client_id: str,
+        topics: list[str],
+        pattern: str | None,
+        strategy: str,
+        session_timeout_ms: int,
+    ) -> Heartbeat:
+        self._start()
+        if not self.partitions or any(t not in self.partitions for t in topics):
+            await self._refresh_topics()
+        return self._group(group_id).join(
+            member_id,
+            instance_id,
+            client_id,
+            topics,
+            pattern,
+            strategy,
+            session_timeout_ms,
+            _now_ms(),
+        )
+
+    async def heartbeat(
+        self, group_id: str, member_id: str, owned: list[tuple[str, int]]
+    ) -> Heartbeat:
+        self._start()
+        return self._group(group_id).heartbeat(member_id, owned, _now_ms())
+
+    async def leave(self, group_id: str, member_id: str) -> bool:
+        group = self.groups.get(group_id)
+        return group.leave(member_id) if group else False
+
+    async def topics_changed(self) -> None:
+        """The Controller's nudge after a topic was created, deleted or grown."""
+        await self._refresh_topics()
+
+    # --- offsets --------------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        group_id: str,
+        member_id: str | None,
+        offsets: dict[tuple[str, int], tuple[int, str]],
+    ) -> None:
+        """Durably record (offset, metadata) per partition for the group.
+
+        Raises:
+            IllegalGeneration: the member is not in the group any more (fenced zombie).
+            CommitFailed: a partition is not assigned to the member.
+            OffsetOutOfRange: an offset is negative or beyond the partition's high watermark.
+        """
+        self._start()
+        group = self._group(group_id)
+        group.check_commit(member_id, list(offsets))
+        marks = await self._high_watermarks(list(offsets))
+        for (topic, partition), (offset, _) in offsets.items():
+            high = marks[(topic, partition)].high_watermark
+            if not isinstance(offset, int) or not 0 <= offset <= high:
+                raise OffsetOutOfRange(
+                    f"cannot commit offset {offset!r} for {topic}-{partition}: valid offsets "
+                    f"are [0, {high}]"
+                )
+        documents = {}
+        stamp = time.time_ns() // 1_000_000
+        for (topic, partition), (offset, metadata) in offsets.items():
+            document = {"offset": offset, "metadata": metadata, "timestamp": stamp}
+            documents[_offset_key(group_id, topic, partition)] = document
+        self.store.put_many(documents)  # durable first; only then visible
+        for (topic, partition), _ in offsets.items():
+            key = (group_id, topic, partition)
+            self.offsets[key] = documents[_offset_key(*key)]
+
+    async def committed(
+        self, group_id: str, partitions: list[tuple[str, int]] | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Committed offsets of the group (for ``partitions`` or all)."""
+        found = {
+            (topic, partition): doc["offset"]
+            for (group, topic, partition), doc in self.offsets.items()
+            if group == group_id
+        }
+        if partitions is None:
+            return found
+        return {tuple(tp): found[tuple(tp)] for tp in partitions if tuple(tp) in found}
+
+    # --- administration -------------------------------------------------------------------------
+
+    async def list_groups(self) -> list[GroupListing]:
+        ids = {key[0] for key in self.offsets} | {
+            g for g, grp in self.groups.items() if grp.members
+        }
+        return [
+            GroupListing(gid, self._group(gid).state.value, len(self._group(gid).members))
+            for gid in sorted(ids)
+        ]
+
+    async def describe_group(self, group_id: str) -> GroupDescription:
+        group = self._known(group_id)
+        if group is None:
+            raise GroupNotFound(f"consumer group {group_id!r} does not exist")
+        owner = {tp: m.member_id for m in group.members.values() for tp in m.target}
+        committed = await self.committed(group_id)
+        partitions = sorted(set(committed) | set(owner))
+        marks = await self._high_watermarks([tp for tp in partitions if tp[0] in self.partitions])
+        lags = []
+        for tp in partitions:
+            end = marks[tp].high_watermark if tp in marks else -1
+            offset = committed.get(tp)
+            lag = None if offset is None or end < 0 else max(end - offset, 0)
+            lags.append(PartitionLag(tp[0], tp[1], offset, end, lag, owner.get(tp)))
+        members = [
+            MemberDescription(
+                m.member_id,
+                m.instance_id,
+                m.client_id,
+                [TopicPartition(t, p) for t, p in sorted(m.target)],
+            )
+            for m in group.members.values()
+        ]
+        return GroupDescription(
+            group_id, group.state.value, group.generation, group.strategy, members, lags
+        )
+
+    def _require_empty(self, group_id: str) -> Group:
+        group = self._known(group_id)
+        if group is None:
+            raise GroupNotFound(f"consumer group {group_id!r} does not exist")
+        if group.members:
+            raise GroupNotEmpty(
+                f"consumer group {group_id!r} has {len(group.members)} active member(s); stop "
+                "them (or wait for their session timeout) first"
+            )
+        return group
+
+    async def delete_group(self, group_id: str) -> None:
+        """Delete an empty group's committed offsets. Raises GroupNotFound, GroupNotEmpty."""
+        self._require_empty(group_id)
+        keys = [key for key in self.offsets if key[0] == group_id]
+        self.store.put_many({_offset_key(*key): None for key in keys})
+        for key in keys:
+            del self.offsets[key]
+        group = self.groups.pop(group_id, None)
+        if group is not None:
+            group.generation = -1
+
+    async def reset_offsets(
+        self, group_id: str, topic: str, to: str, value: int | None = None
+    ) -> dict[tuple[str, int], int]:
+        """Move an empty group's committed offsets on ``topic``.
+
+        ``to`` is "earliest", "latest", "datetime" (``value`` = ms timestamp) or "offset".
+
+        Raises:
+            GroupNotEmpty, TopicNotFound, InvalidConfig, OffsetOutOfRange.
+        """
+        if to not in ("earliest", "latest", "datetime", "offset"):
+            raise InvalidConfig(
+                f"reset to must be earliest, latest, datetime or offset; got {to!r}"
+            )
+        if to in ("datetime", "offset") and not isinstance(value, int):
+            raise InvalidConfig(f"reset to {to} needs an integer value, got {value!r}")
+        group = self.groups.get(group_id)
+        if group is not None and group.members:
+            self._require_empty(group_id)
+        meta = await self._topic(topic)
+        partitions = [(topic, p) for p in range(meta.num_partitions)]
+        marks = await self._high_watermarks(partitions)
+        new: dict[tuple[str, int], tuple[int, str]] = {}
+        for tp in partitions:
+            mark = marks[tp]
+            if to == "earliest":
+                offset = mark.log_start_offset
+            elif to == "latest":
+                offset = mark.high_watermark
+            elif to == "offset":
+                offset = value
+                if not mark.log_start_offset <= offset <= mark.high_watermark:
+                    raise OffsetOutOfRange(
+                        f"offset {offset} is outside [{mark.log_start_offset}, "
+                        f"{mark.high_watermark}] for {tp[0]}-{tp[1]}"
+                    )
+            else:
+                hit = await meta.leaders[tp[1]].offset_for_time.remote(value)
+                offset = mark.high_watermark if hit is None else hit[0]
+            new[tp] = (offset, "")
+        await self.commit(group_id, None, new)
+        return {tp: offset for tp, (offset, _) in new.items()}
+
+    async def shutdown(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+        self.store.close()
+
+
+__all__ = ["GroupCoordinator", "GroupState"]
