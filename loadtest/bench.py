@@ -33,6 +33,7 @@ VALUE_BYTES = 100
 BATCH_RECORDS = 10_000
 PARTITIONS = 4
 LATENCY_LINGER_MS = 0
+GROUP_SESSION_TIMEOUT_MS = 3_000
 _STAMP = struct.Struct("<q")
 
 
@@ -144,6 +145,104 @@ def pace(send: Any, rate: int, seconds: float) -> int:
     return sent
 
 
+# --- consumer groups ----------------------------------------------------------------------------
+
+
+def bench_groups(broker: Any, records: int) -> dict:
+    """A 4-member group (4 processes) against one consumer process reading the same 4
+    partitions, and the time a group takes to rebalance after a member leaves or dies."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Reader:
+        def __init__(self, namespace: str, topic: str, group: str | None) -> None:
+            import ray_broker as rb
+            from ray_broker.structs import TopicPartition
+
+            self.broker = rb.connect(namespace=namespace)
+            options = {
+                "auto_offset_reset": "earliest",
+                "heartbeat_interval_ms": 100,
+                "session_timeout_ms": GROUP_SESSION_TIMEOUT_MS,
+            }
+            if group is None:
+                self.consumer = self.broker.consumer(**options)
+                self.consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+            else:
+                self.consumer = self.broker.consumer(topic, group_id=group, **options)
+
+        def ready(self) -> int:
+            self.consumer.poll_arrow(timeout_ms=0, max_records=1)
+            return len(self.consumer.assignment())
+
+        def drain(self, idle_s: float) -> tuple[int, float, float]:
+            count, first, last = 0, 0.0, 0.0
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < idle_s:
+                n = self.consumer.poll_arrow(timeout_ms=100, max_records=400_000).num_rows
+                if n:
+                    now = time.time()
+                    first = first or now
+                    last, count, quiet_since = now, count + n, time.monotonic()
+            return count, first, last
+
+        def close(self) -> None:
+            self.consumer.close()
+
+    admin = broker.admin()
+    topic = f"groups-{uuid.uuid4().hex[:6]}"
+    admin.create_topic(topic, partitions=PARTITIONS)
+    producer = broker.producer()
+    batch = pa.table({"value": values(BATCH_RECORDS)})
+    for _ in range(records // BATCH_RECORDS):
+        producer.send_batch(topic, batch)
+    producer.flush()
+    producer.close()
+
+    def run(readers: list[Any]) -> float:
+        deadline = time.monotonic() + 60
+        while sum(ray.get([r.ready.remote() for r in readers])) < PARTITIONS:
+            assert time.monotonic() < deadline, "group did not settle"
+        results = ray.get([r.drain.remote(1.0) for r in readers])
+        total = sum(c for c, _, _ in results)
+        assert total == records, (total, records)
+        span = max(last for _, _, last in results) - min(f for _, f, _ in results if f)
+        return total / span
+
+    single = [Reader.remote(broker.namespace, topic, None)]
+    single_rate = run(single)
+    ray.get([r.close.remote() for r in single])
+    group = f"bench-{uuid.uuid4().hex[:6]}"
+    members = [Reader.remote(broker.namespace, topic, group) for _ in range(PARTITIONS)]
+    group_rate = run(members)
+
+    def settled(expected: int) -> bool:
+        described = admin.describe_group(group)
+        return described.state == "Stable" and len(described.members) == expected
+
+    def rebalance(action: Any, expected: int) -> float:
+        started = time.monotonic()
+        action()
+        while not settled(expected):
+            ray.get([m.ready.remote() for m in members])  # members reconcile inside poll
+        return time.monotonic() - started
+
+    leaver = members.pop()
+    leave_s = rebalance(lambda: ray.get(leaver.close.remote()), PARTITIONS - 1)
+    victim = members.pop()
+    kill_s = rebalance(lambda: ray.kill(victim), PARTITIONS - 2)
+    ray.get([m.close.remote() for m in members])
+    admin.delete_topic(topic)
+    return {
+        "group_consume": group_rate,
+        "single_consume": single_rate,
+        "group_vs_single": group_rate / single_rate,
+        "rebalance_after_leave_s": leave_s,
+        "rebalance_after_kill_s": kill_s,
+        "session_timeout_s": GROUP_SESSION_TIMEOUT_MS / 1000,
+    }
+
+
 # --- baseline: ray.util.queue.Queue --------------------------------------------------------------
 
 
@@ -219,11 +318,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="latency run length")
     parser.add_argument("--queue-items", type=int, default=3_000)
     parser.add_argument("--queue-rate", type=int, default=500, help="ray queue latency, msg/s")
+    parser.add_argument("--group-records", type=int, default=2_000_000)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     if args.quick:
         args.records, args.per_record, args.seconds, args.queue_items = 200_000, 50_000, 2, 500
+        args.group_records = 1_000_000  # smaller runs measure start-up, not throughput
 
     import ray_broker as rb
 
@@ -234,6 +335,7 @@ def main() -> None:
                 broker, args.records, args.per_record, args.rate, args.seconds, args.queue_rate
             )
             baseline = bench_ray_queue(args.queue_items, 10, args.queue_rate, args.seconds)
+            groups = bench_groups(broker, args.group_records)
         finally:
             broker.shutdown()
 
@@ -272,6 +374,16 @@ def main() -> None:
         )
         rows.append({"figure": key, "ray_broker": ours[key], "ray_queue": baseline[f"e2e_{q}_ms"]})
     rows.append({"figure": "per_record_put_vs_queue_put", "ratio": per_item})
+    print(f"\nconsumer groups ({PARTITIONS} partitions, members in separate processes)")
+    print(f"{'4-member group consume (rec/s)':40} {groups['group_consume']:>14,.0f}")
+    print(f"{'1 consumer, 4 partitions (rec/s)':40} {groups['single_consume']:>14,.0f}")
+    print(f"{'group / single':40} {groups['group_vs_single']:>14.2f}")
+    print(f"{'rebalance after a member leaves (s)':40} {groups['rebalance_after_leave_s']:>14.2f}")
+    print(
+        f"{'rebalance after a member dies (s)':40} {groups['rebalance_after_kill_s']:>14.2f}"
+        f"   (session.timeout.ms={GROUP_SESSION_TIMEOUT_MS})"
+    )
+    rows.append({"figure": "consumer_groups", **groups, "machine": machine()})
     rows.append({"figure": "consume_vs_queue_get", "ratio": get_item})
     for row in rows:
         print(json.dumps(row))

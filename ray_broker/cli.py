@@ -24,6 +24,10 @@ from ray_broker.errors import BrokerError
 app = typer.Typer(help="A Kafka-class message broker on Ray.", no_args_is_help=True)
 topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
 app.add_typer(topic_app, name="topic")
+group_app = typer.Typer(
+    help="List, describe, reset and delete consumer groups.", no_args_is_help=True
+)
+app.add_typer(group_app, name="group")
 console = Console()
 
 AddressOption = Annotated[
@@ -132,6 +136,113 @@ def topic_delete(
         console.print(f"Deleted topic [bold]{name}[/]")
 
 
+# --- consumer groups ------------------------------------------------------------------------------
+
+
+@group_app.command("list")
+def group_list(
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """List consumer groups with their state and member count."""
+    with _broker(address, data_dir, namespace) as broker:
+        groups = broker.admin().list_groups()
+    table = Table(title="consumer groups")
+    for column in ("group", "state", "members"):
+        table.add_column(column)
+    for g in groups:
+        table.add_row(g.group_id, g.state, str(g.members))
+    console.print(table)
+
+
+@group_app.command("describe")
+def group_describe(
+    group_id: str,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Show a group's members, committed offsets and lag per partition."""
+    with _broker(address, data_dir, namespace) as broker:
+        described = broker.admin().describe_group(group_id)
+    title = (
+        f"group {group_id}: {described.state}, generation {described.generation}, "
+        f"strategy {described.strategy or '-'}"
+    )
+    table = Table(title=title)
+    for column in ("topic", "partition", "committed", "log end", "lag", "member"):
+        table.add_column(
+            column,
+            justify="right" if column in ("partition", "committed", "log end", "lag") else "left",
+        )
+    for p in described.partitions:
+        table.add_row(
+            p.topic,
+            str(p.partition),
+            "-" if p.committed_offset is None else f"{p.committed_offset:,}",
+            f"{p.log_end_offset:,}",
+            "-" if p.lag is None else f"{p.lag:,}",
+            p.member_id or "-",
+        )
+    console.print(table)
+    total = sum(p.lag or 0 for p in described.partitions)
+    console.print(f"members: {len(described.members)}   total lag: {total:,}")
+
+
+@group_app.command("reset-offsets")
+def group_reset_offsets(
+    group_id: str,
+    topic: Annotated[str, typer.Option("--topic", "-t")],
+    to_earliest: Annotated[bool, typer.Option("--to-earliest")] = False,
+    to_latest: Annotated[bool, typer.Option("--to-latest")] = False,
+    to_offset: Annotated[int | None, typer.Option("--to-offset")] = None,
+    to_datetime: Annotated[
+        str | None, typer.Option("--to-datetime", help="ISO 8601, e.g. 2026-11-30T06:00:00")
+    ] = None,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Move an inactive group's committed offsets on a topic."""
+    from datetime import datetime
+
+    chosen = [to_earliest, to_latest, to_offset is not None, to_datetime is not None]
+    if sum(chosen) != 1:
+        raise typer.BadParameter(
+            "give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime"
+        )
+    if to_earliest:
+        target, value = "earliest", None
+    elif to_latest:
+        target, value = "latest", None
+    elif to_offset is not None:
+        target, value = "offset", to_offset
+    else:
+        try:
+            moment = datetime.fromisoformat(str(to_datetime))
+        except ValueError as exc:
+            raise typer.BadParameter(f"--to-datetime: {exc}") from None
+        target, value = "datetime", int(moment.timestamp() * 1000)
+    with _broker(address, data_dir, namespace) as broker:
+        moved = broker.admin().reset_offsets(group_id, topic, target, value)
+    for tp, offset in sorted(moved.items()):
+        console.print(f"{tp.topic}-{tp.partition} -> {offset:,}")
+
+
+@group_app.command("delete")
+def group_delete(
+    group_id: str,
+    address: AddressOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """Delete an inactive group and its committed offsets."""
+    with _broker(address, data_dir, namespace) as broker:
+        broker.admin().delete_group(group_id)
+    console.print(f"Deleted group [bold]{group_id}[/]")
+
+
 # --- produce / consume --------------------------------------------------------------------------
 
 
@@ -179,6 +290,9 @@ def consume(
         int, typer.Option(help="Stop after this long without a record; -1 waits forever.")
     ] = 5_000,
     print_key: Annotated[bool, typer.Option("--print-key")] = False,
+    group: Annotated[
+        str | None, typer.Option("--group", "-g", help="Consume as a member of this group.")
+    ] = None,
     address: AddressOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
@@ -190,7 +304,9 @@ def consume(
     count = 0
     out = sys.stdout.buffer
     with _broker(address, data_dir, namespace) as broker:
-        consumer = broker.consumer(auto_offset_reset=reset, consumer_timeout_ms=timeout_ms)
+        consumer = broker.consumer(
+            auto_offset_reset=reset, consumer_timeout_ms=timeout_ms, group_id=group
+        )
         if partition is not None:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])

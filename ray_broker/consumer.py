@@ -303,13 +303,24 @@ class Consumer:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def __iter__(self) -> Iterator[Record]:
+        """Records one at a time; the position only passes records actually handed out, so a
+        ``break`` leaves the rest to the next poll (and out of the next commit)."""
         timeout_ms = self.config.consumer_timeout_ms
         while True:
             batch = self.poll(timeout_ms=timeout_ms if timeout_ms >= 0 else 1_000)
             if not batch and timeout_ms >= 0:
                 return
-            for records in batch.values():
-                yield from records
+            unread = {tp: records[0].offset for tp, records in batch.items()}
+            try:
+                for tp, records in batch.items():
+                    for record in records:
+                        unread[tp] = record.offset + 1
+                        yield record
+                    del unread[tp]
+            finally:
+                for tp, offset in unread.items():  # only left on an early exit
+                    if tp in self._fetches:
+                        self._move(tp, offset)
 
     def _poll_slices(
         self, timeout_ms: int, max_records: int

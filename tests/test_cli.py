@@ -90,3 +90,21 @@ def test_demo_runs_end_to_end_on_an_embedded_broker():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "in order per" in done.stdout and "True" in done.stdout
     assert "produce (send_batch)" in done.stdout
+
+
+def test_group_commands_show_lag_reset_and_delete(cli, tmp_path):
+    assert cli("topic", "create", "jobs", "--partitions", "2").exit_code == 0
+    assert cli("produce", "jobs", "--partition", "0", input="a\nb\nc\n").exit_code == 0
+    consumed = cli("consume", "jobs", "--group", "workers", "--from-beginning", "-n", "2")
+    assert consumed.exit_code == 0, consumed.output
+    listed = cli("group", "list")
+    assert "workers" in listed.output and "Empty" in listed.output
+    described = cli("group", "describe", "workers")
+    assert described.exit_code == 0, described.output
+    assert "total lag: 1" in described.output  # 3 records, 2 consumed and committed on close
+    reset = cli("group", "reset-offsets", "workers", "--topic", "jobs", "--to-earliest")
+    assert reset.exit_code == 0 and "jobs-0 -> 0" in reset.output
+    assert "total lag: 3" in cli("group", "describe", "workers").output
+    assert cli("group", "delete", "workers").exit_code == 0
+    missing = cli("group", "describe", "workers")
+    assert missing.exit_code == 1 and "GroupNotFound" in missing.output
