@@ -1,15 +1,22 @@
 """The Controller: one named, detached actor per broker namespace that owns topic metadata.
 
-It validates and persists metadata through the ``TopicRegistry`` and starts one
-``PartitionActor`` per partition. Clients ask it for metadata (actor handles) and then talk to
-partitions directly. Created with ``max_restarts=-1``: a restarted Controller reloads its
-metadata log and re-attaches to the partition actors by name, starting any that are missing
-(after a whole-cluster restart), which rebuild themselves from their files.
+It validates and persists metadata through the ``TopicRegistry``, places each partition's
+replicas on distinct live Ray nodes (spreading preferred leaders), starts one ``PartitionActor``
+per replica, tells them their roles, and watches the cluster: when a node dies it elects new
+leaders from the in-sync replicas (bumping the leader epoch, which fences the old leader),
+replaces the lost replicas on other live nodes, and later moves leadership back to preferred
+replicas. Clients ask it for metadata (leader handles) and then talk to partitions directly.
+
+Created with ``max_restarts=-1`` on the head node (where its metadata log lives): a restarted
+Controller reloads its metadata log and re-attaches to the partition actors by name, starting
+any that are missing (after a whole-cluster restart), which rebuild themselves from their files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,52 +26,103 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
+from ray_broker.actors.partition_state import PartitionState
 from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
-from ray_broker.config import GROUP_COORDINATOR_NAME, METADATA_TOPIC, BrokerConfig, parse_config
+from ray_broker.config import (
+    CONTROLLER_NAME,
+    GROUP_COORDINATOR_NAME,
+    METADATA_TOPIC,
+    BrokerConfig,
+    parse_config,
+)
+from ray_broker.errors import FencedLeaderEpoch, UnknownTopicOrPartition
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
 
-
-def live_nodes() -> list[str]:
-    return sorted(node["NodeID"] for node in ray.nodes() if node.get("Alive"))
+logger = logging.getLogger(__name__)
 
 
-def live_node_count() -> int:
-    return len(live_nodes())
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
+
+
+def live_nodes(include_head: bool = True) -> list[str]:
+    return sorted(
+        node["NodeID"]
+        for node in ray.nodes()
+        if node.get("Alive")
+        and (include_head or HEAD_NODE_RESOURCE not in node.get("Resources", {}))
+    )
 
 
 class Controller:
-    """Topic metadata and partition placement for one broker namespace."""
+    """Topic metadata, replica placement and leader election for one broker namespace."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         self.data_dir = Path(self.config.data_dir)
         self.registry = TopicRegistry(MetadataStore(self.data_dir / METADATA_TOPIC / "partition=0"))
-        self._partitions: dict[tuple[str, int], Any] = {}  # (topic id, partition) -> handle
-        self._starting: set[tuple[str, int]] = set()  # created, not yet known to be ready
+        self._actors: dict[tuple[str, int, str], Any] = {}  # (topic id, partition, slot)
+        self._unanswered: dict[tuple[str, int], float] = {}  # leader probes: first miss time
         self._lock: asyncio.Lock | None = None
+        self._monitor: asyncio.Task[None] | None = None
 
     def _mutex(self) -> asyncio.Lock:
         if self._lock is None:
             self._lock = asyncio.Lock()
+        if self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self._watch_cluster())
         return self._lock
 
-    # --- partition actors ---------------------------------------------------------------------
+    # --- placement and replica actors -----------------------------------------------------------
 
-    def _partition_directory(self, record: TopicRecord, partition: int) -> Path:
-        return self.data_dir / record.name / f"partition={partition}"
+    def _directory(self, record: TopicRecord, partition: int, slot: str) -> Path:
+        base = self.data_dir / record.name / f"partition={partition}"
+        # One replica keeps the plain Hive layout; with several, each has its own directory
+        # (they may share a file system, as nodes on one machine do).
+        return base if record.replication_factor == 1 else base / f"replica={slot}"
 
-    def _attach_or_start(self, record: TopicRecord, partition: int) -> Any:
-        """The partition's actor handle: cached, found by name, or newly started."""
-        key = (record.topic_id, partition)
-        handle = self._partitions.get(key)
+    def _node_load(self) -> dict[str, list[int]]:
+        """Per live node: [replicas, leaders] it hosts, to spread new ones evenly."""
+        load = {node: [0, 0] for node in live_nodes(self.config.replicas_on_head_node)}
+        for record in self.registry.topics.values():
+            for state in record.states:
+                for slot, node in state.nodes.items():
+                    if node in load:
+                        load[node][0] += 1
+                        load[node][1] += slot == state.leader
+        return load
+
+    def _choose_nodes(self, count: int, exclude: set[str]) -> list[str]:
+        load = self._node_load()
+        candidates = [n for n in load if n not in exclude]
+        # Fewest leaders first (the first node becomes the preferred leader), then fewest
+        # replicas: leaders and data spread as partitions are added.
+        chosen = sorted(candidates, key=lambda n: (load[n][1], load[n][0], n))[:1]
+        rest = sorted((n for n in candidates if n not in chosen), key=lambda n: (load[n][0], n))
+        return (chosen + rest)[:count]
+
+    def _place(self, record: TopicRecord) -> bool:
+        """Give new partitions their replicas; returns True if anything was placed."""
+        changed = False
+        while len(record.states) < record.partitions:
+            nodes = self._choose_nodes(record.replication_factor, set())
+            record.states.append(PartitionState.placed(nodes))
+            changed = True
+        if changed:
+            self.registry.save(record)
+        return changed
+
+    def _actor(self, record: TopicRecord, partition: int, slot: str) -> Any:
+        """The replica's actor handle: cached, found by name, or started on its node."""
+        key = (record.topic_id, partition, slot)
+        handle = self._actors.get(key)
         if handle is not None:
             return handle
-        name = record.actor_name(partition)
+        name = record.actor_name(partition, slot)
         try:
             handle = ray.get_actor(name, namespace=self.namespace)
         except ValueError:
-            self._starting.add(key)
+            node = record.states[partition].nodes[slot]
             handle = (
                 ray.remote(PartitionActor)
                 .options(
@@ -75,67 +133,212 @@ class Controller:
                     max_task_retries=0,  # producers retry with idempotence, in order
                     num_cpus=0,
                     max_concurrency=1000,
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(
-                        record.placement[partition], soft=False
-                    ),
+                    # Pinned beside its data: a crash restarts it on the same node; a dead node
+                    # is handled by failover instead.
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
                 )
                 .remote(
                     record.name,
                     partition,
-                    str(self._partition_directory(record, partition)),
+                    str(self._directory(record, partition, slot)),
                     record.config_overrides,
                     self.config.log_retention_check_interval_ms,
                     self.config.fetch_max_wait_cap_ms,
+                    slot,
+                    ray.get_actor(CONTROLLER_NAME, namespace=self.namespace),
                 )
             )
-        self._partitions[key] = handle
+        self._actors[key] = handle
         return handle
 
-    def _place(self, record: TopicRecord) -> TopicRecord:
-        """Give every partition a live node, keeping existing placements on live nodes.
+    async def _start_partitions(self, record: TopicRecord) -> None:
+        """Make sure every replica runs and knows its role."""
+        self._place(record)
+        fresh = [
+            (p, slot)
+            for p, state in enumerate(record.states)
+            for slot in state.replicas
+            if (record.topic_id, p, slot) not in self._actors
+        ]
+        if not fresh:
+            return
+        for p, slot in fresh:
+            self._actor(record, p, slot)
+        readiness = [
+            asyncio.ensure_future(self._actor(record, p, slot).ready.remote()) for p, slot in fresh
+        ]
+        await asyncio.wait(readiness, timeout=REPLICA_START_TIMEOUT_S)
+        for p in sorted({p for p, _ in fresh}):
+            await self._push_roles(record, p)
 
-        A partition's files are on its node's disk, so its actor is pinned there (hard node
-        affinity): a crashed actor restarts beside its data. Partitions whose node is gone (a
-        whole-cluster restart on the same disk) move to the least-loaded live node.
-        """
-        nodes = live_nodes()
-        load = {node: 0 for node in nodes}
-        for other in self.registry.topics.values():
-            for node in other.placement:
-                if node in load:
-                    load[node] += 1
-        placement = list(record.placement[: record.partitions])
-        for index in range(record.partitions):
-            if index < len(placement) and placement[index] in load:
-                continue
-            node = min(nodes, key=lambda n: (load[n], n))
-            load[node] += 1
-            if index < len(placement):
-                placement[index] = node
+    async def _push_roles(self, record: TopicRecord, partition: int) -> None:
+        state = record.states[partition]
+        alive = set(live_nodes())
+        replicas = {
+            slot: self._actor(record, partition, slot)
+            for slot in state.replicas
+            if state.nodes.get(slot) in alive
+        }
+        calls = []
+        for slot, handle in replicas.items():
+            if slot == state.leader:
+                calls.append(handle.become_leader.remote(state.epoch, replicas, state.isr))
             else:
-                placement.append(node)
-        return self.registry.set_placement(record.name, placement)
+                calls.append(handle.become_follower.remote(state.epoch))
+        # Bounded: a hung replica (its call stays queued and lands when it wakes up) must not
+        # hold up the Controller, which would stall every client's metadata request.
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=ROLE_CHANGE_TIMEOUT_S)
+        for task in done:
+            if task.exception() is not None:
+                logger.info(
+                    "%s-%d: role change not delivered: %s", record.name, partition, task.exception()
+                )
+        if pending:
+            logger.info(
+                "%s-%d: %d replica(s) did not confirm their role yet",
+                record.name,
+                partition,
+                len(pending),
+            )
 
-    async def _start_partitions(self, record: TopicRecord) -> list[Any]:
-        """Handles of all the topic's partitions, waiting until newly started ones are ready.
+    # --- failure handling -----------------------------------------------------------------------
 
-        Running ones are not waited for: a restarting partition must not stall metadata, the
-        clients retry against it themselves.
+    async def _watch_cluster(self) -> None:
+        """Every check interval: fail over partitions whose leader's node died, replace replicas
+        on dead nodes, and move leadership back to preferred replicas."""
+        rounds = 0
+        while True:
+            await asyncio.sleep(self.config.controller_check_interval_ms / 1000)
+            rounds += 1
+            try:
+                hung = await self._probe_leaders()
+                async with self._mutex():
+                    await self._heal(prefer=rounds % PREFERRED_LEADER_EVERY_ROUNDS == 0, hung=hung)
+            except Exception:  # keep watching; the next round retries
+                logger.exception("cluster check failed")
+
+    async def _probe_leaders(self) -> set[tuple[str, int]]:
+        """Leaders that have not answered for leader.probe.timeout.ms (hung, or restarting)."""
+        probes = {}
+        for record in self.registry.topics.values():
+            if record.replication_factor == 1:
+                continue  # nobody to fail over to
+            for p, state in enumerate(record.states):
+                handle = self._actors.get((record.topic_id, p, state.leader or ""))
+                if handle is not None:
+                    probes[(record.topic_id, p)] = handle.ready.remote()
+        timeout = self.config.controller_check_interval_ms / 1000
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(ref, timeout) for ref in probes.values()), return_exceptions=True
+        )
+        now = asyncio.get_running_loop().time()
+        hung = set()
+        for key, answer in zip(probes, answers, strict=True):
+            if not isinstance(answer, BaseException):
+                self._unanswered.pop(key, None)
+                continue
+            first = self._unanswered.setdefault(key, now)
+            if now - first >= self.config.leader_probe_timeout_ms / 1000:
+                hung.add(key)
+                del self._unanswered[key]
+        return hung
+
+    async def _heal(self, prefer: bool, hung: set[tuple[str, int]] = frozenset()) -> None:
+        alive_nodes = set(live_nodes())
+        for record in list(self.registry.topics.values()):
+            unclean = record.config.unclean_leader_election_enable
+            for p, state in enumerate(record.states):
+                changed = False
+                dead = [slot for slot in state.replicas if state.nodes[slot] not in alive_nodes]
+                for slot in dead:
+                    logger.warning("%s-%d: replica %s lost with its node", record.name, p, slot)
+                    with contextlib.suppress(Exception):
+                        ray.kill(self._actors.pop((record.topic_id, p, slot)), no_restart=True)
+                    state.remove_slot(slot)
+                    changed = True
+                alive_slots = {s for s in state.replicas if state.nodes[s] in alive_nodes}
+                if (record.topic_id, p) in hung and state.leader is not None:
+                    logger.warning(
+                        "%s-%d: leader %s does not answer; failing over",
+                        record.name,
+                        p,
+                        state.leader,
+                    )
+                    state.isr = [s for s in state.isr if s != state.leader]
+                    alive_slots.discard(state.leader)
+                    changed |= state.elect(alive_slots, unclean)
+                elif state.leader is None or state.leader not in alive_slots:
+                    changed |= state.elect(alive_slots, unclean)
+                missing = record.replication_factor - len(state.replicas)
+                if missing > 0:
+                    used = set(state.nodes.values())
+                    for node in self._choose_nodes(missing, used):
+                        slot = state.add_slot(node)
+                        changed = True
+                        if state.leader is None and record.replication_factor == 1:
+                            # One replica: its data can only be where the directory is; start
+                            # it on a live node (whole-cluster restart, shared disk).
+                            state.leader = slot
+                            state.isr = [slot]
+                            state.epoch += 1
+                elif prefer and state.prefer(alive_slots):
+                    changed = True
+                if changed:
+                    self.registry.save(record)
+                    for slot in state.replicas:
+                        self._actor(record, p, slot)
+                    await self._push_roles(record, p)
+
+    async def replica_state(self, topic: str, partition: int, slot: str) -> dict[str, Any] | None:
+        """A (re)started replica asks what it is. None if it is no longer a replica."""
+        record = self.registry.topics.get(topic)
+        if record is None or partition >= len(record.states):
+            return None
+        state = record.states[partition]
+        if slot not in state.replicas:
+            return None
+        alive = set(live_nodes())
+        replicas = {
+            s: self._actor(record, partition, s)
+            for s in state.replicas
+            if state.nodes.get(s) in alive
+        }
+        role = "leader" if slot == state.leader else "follower"
+        return {"role": role, "epoch": state.epoch, "replicas": replicas, "isr": state.isr}
+
+    async def alter_isr(self, topic: str, partition: int, epoch: int, isr: list[str]) -> list[str]:
+        """The leader of ``epoch`` reports a new in-sync set; recorded if it is still leader.
+
+        Raises:
+            FencedLeaderEpoch: the caller is not the current leader.
+            UnknownTopicOrPartition: no such partition.
         """
-        if any((record.topic_id, p) not in self._partitions for p in range(record.partitions)):
-            record = self._place(record)
-        handles = [self._attach_or_start(record, p) for p in range(record.partitions)]
-        fresh = [(record.topic_id, p) for p in range(record.partitions)]
-        fresh = [key for key in fresh if key in self._starting]
-        await asyncio.gather(*(self._partitions[key].ready.remote() for key in fresh))
-        self._starting.difference_update(fresh)
-        return handles
+        async with self._mutex():
+            record = self.registry.topics.get(topic)
+            if record is None or partition >= len(record.states):
+                raise UnknownTopicOrPartition(f"{topic}-{partition} does not exist")
+            state = record.states[partition]
+            if epoch != state.epoch:
+                raise FencedLeaderEpoch(
+                    f"{topic}-{partition}: ISR change from epoch {epoch}, current {state.epoch}"
+                )
+            wanted = [s for s in state.replicas if s in set(isr)]
+            if state.leader is not None and state.leader not in wanted:
+                wanted.insert(0, state.leader)
+            if wanted != state.isr:
+                state.isr = wanted
+                self.registry.save(record)
+            return state.isr
 
     # --- API ------------------------------------------------------------------------------------
 
     async def ready(self) -> dict[str, Any]:
         """Start every known partition (after a restart) and describe the broker."""
         async with self._mutex():
+            await self._heal(prefer=False)
             for record in list(self.registry.topics.values()):
                 await self._start_partitions(record)
         return {
@@ -143,6 +346,15 @@ class Controller:
             "namespace": self.namespace,
             "topics": len(self.registry.topics),
         }
+
+    def _nudge_group_coordinator(self) -> None:
+        """Tell the group coordinator topics changed, so groups rebalance now (best effort: it
+        also polls)."""
+        try:
+            coordinator = ray.get_actor(GROUP_COORDINATOR_NAME, namespace=self.namespace)
+        except ValueError:
+            return
+        coordinator.topics_changed.remote()
 
     async def create_topic(
         self,
@@ -159,7 +371,7 @@ class Controller:
                 if replication_factor is None
                 else replication_factor,
                 config,
-                live_node_count(),
+                len(live_nodes(self.config.replicas_on_head_node)),
             )
             await self._start_partitions(record)
         self._nudge_group_coordinator()
@@ -168,32 +380,28 @@ class Controller:
     async def delete_topic(self, name: str) -> None:
         async with self._mutex():
             record = self.registry.get(name)
-            handles = [self._attach_or_start(record, p) for p in range(record.partitions)]
-            await asyncio.gather(*(h.delete.remote() for h in handles))
-            for partition, handle in enumerate(handles):
+            handles = [
+                self._actor(record, p, slot)
+                for p, state in enumerate(record.states)
+                for slot in state.replicas
+            ]
+            await asyncio.gather(*(h.delete.remote() for h in handles), return_exceptions=True)
+            for handle in handles:
                 ray.kill(handle, no_restart=True)
-                self._partitions.pop((record.topic_id, partition), None)
+            for key in [k for k in self._actors if k[0] == record.topic_id]:
+                del self._actors[key]
             self.registry.delete(name)
             shutil.rmtree(self.data_dir / record.name, ignore_errors=True)
         self._nudge_group_coordinator()
-
-    async def topic_partitions(self) -> dict[str, int]:
-        """Partition count of every topic (what group assignment works from)."""
-        return {name: record.partitions for name, record in self.registry.topics.items()}
-
-    def _nudge_group_coordinator(self) -> None:
-        """Tell the group coordinator topics changed, so groups rebalance now (best effort: it
-        also polls)."""
-        try:
-            coordinator = ray.get_actor(GROUP_COORDINATOR_NAME, namespace=self.namespace)
-        except ValueError:
-            return
-        coordinator.topics_changed.remote()
 
     async def list_topics(self, include_internal: bool = False) -> list[str]:
         return sorted(
             name for name in self.registry.topics if include_internal or not name.startswith("__")
         )
+
+    async def topic_partitions(self) -> dict[str, int]:
+        """Partition count of every topic (what group assignment works from)."""
+        return {name: record.partitions for name, record in self.registry.topics.items()}
 
     async def create_partitions(self, name: str, total: int) -> TopicDescription:
         async with self._mutex():
@@ -205,34 +413,49 @@ class Controller:
     async def alter_topic_config(self, name: str, updates: dict[str, Any]) -> TopicDescription:
         async with self._mutex():
             record = self.registry.alter_config(name, updates)
-            handles = await self._start_partitions(record)
+            await self._start_partitions(record)
+            handles = [
+                self._actor(record, p, slot)
+                for p, state in enumerate(record.states)
+                for slot in state.replicas
+            ]
             await asyncio.gather(
-                *(h.update_config.remote(record.config_overrides) for h in handles)
+                *(h.update_config.remote(record.config_overrides) for h in handles),
+                return_exceptions=True,
             )
         return await self.describe_topic(name)
 
     async def describe_topic(self, name: str) -> TopicDescription:
         record = self.registry.get(name)
-        handles = await self._start_partitions(record)
-        infos = await asyncio.gather(*(h.info.remote() for h in handles))
-        partitions = [
-            PartitionInfo(
-                partition=p,
-                leader=record.actor_name(p),
-                leader_node_id=info["node_id"],
-                leader_epoch=0,
-                replicas=[record.actor_name(p)],
-                isr=[record.actor_name(p)],
-                log_start_offset=info["offsets"].log_start_offset,
-                high_watermark=info["offsets"].high_watermark,
-                log_end_offset=info["offsets"].log_end_offset,
+        async with self._mutex():
+            await self._start_partitions(record)
+        partitions = []
+        for p, state in enumerate(record.states):
+            info: dict[str, Any] = {}
+            if state.leader is not None:
+                with contextlib.suppress(Exception):
+                    info = await asyncio.wait_for(
+                        self._actor(record, p, state.leader).info.remote(), DESCRIBE_TIMEOUT_S
+                    )
+            offsets = info.get("offsets")
+            partitions.append(
+                PartitionInfo(
+                    partition=p,
+                    leader=state.leader or "",
+                    leader_node_id=state.nodes.get(state.leader or "", ""),
+                    leader_epoch=state.epoch,
+                    replicas=list(state.replicas),
+                    isr=list(state.isr),
+                    log_start_offset=offsets.log_start_offset if offsets else -1,
+                    high_watermark=offsets.high_watermark if offsets else -1,
+                    log_end_offset=offsets.log_end_offset if offsets else -1,
+                )
             )
-            for p, info in enumerate(infos)
-        ]
         return TopicDescription(name, record.topic_id, record.config.to_kafka_dict(), partitions)
 
     async def metadata(self, name: str, auto_create: bool = False) -> TopicMetadata:
-        """Handles of a topic's partition leaders; creates the topic if allowed and asked."""
+        """Handles of a topic's partition leaders (None while a partition has no leader);
+        creates the topic if allowed and asked."""
         if (
             auto_create
             and self.config.auto_create_topics_enable
@@ -245,8 +468,12 @@ class Controller:
                     raise
         record = self.registry.get(name)
         async with self._mutex():
-            handles = await self._start_partitions(record)
-        return TopicMetadata(record.name, record.topic_id, handles, record.config.to_kafka_dict())
+            await self._start_partitions(record)
+        leaders = [
+            None if state.leader is None else self._actor(record, p, state.leader)
+            for p, state in enumerate(record.states)
+        ]
+        return TopicMetadata(record.name, record.topic_id, leaders, record.config.to_kafka_dict())
 
     async def shutdown(self) -> int:
         """Stop every partition actor (their data stays on disk); returns how many were stopped.
@@ -255,16 +482,21 @@ class Controller:
         recovers everything from the data directory.
         """
         async with self._mutex():
-            for record in self.registry.topics.values():
-                for partition in range(record.partitions):
-                    self._attach_or_start(record, partition)
-            handles = list(self._partitions.values())
+            if self._monitor is not None:
+                self._monitor.cancel()
+            handles = list(self._actors.values())
             await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
             for handle in handles:
                 ray.kill(handle, no_restart=True)
-            self._partitions.clear()
+            self._actors.clear()
             self.registry.close()
         return len(handles)
 
     async def broker_config(self) -> dict[str, Any]:
         return self.config.model_dump(by_alias=True)
+
+
+PREFERRED_LEADER_EVERY_ROUNDS = 20
+ROLE_CHANGE_TIMEOUT_S = 2.0
+REPLICA_START_TIMEOUT_S = 60.0
+DESCRIBE_TIMEOUT_S = 2

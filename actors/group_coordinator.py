@@ -105,7 +105,7 @@ class GroupCoordinator:
             meta = await self._topic(topic)
             if partition >= meta.num_partitions:
                 raise TopicNotFound(f"partition {topic}-{partition} does not exist")
-            refs[(topic, partition)] = meta.leaders[partition].offsets.remote()
+            refs[(topic, partition)] = meta.leader(partition).offsets.remote()
         found = await asyncio.gather(*refs.values())
         return dict(zip(refs, found, strict=True))
 
@@ -331,7 +331,7 @@ class GroupCoordinator:
                         f"{mark.high_watermark}] for {tp[0]}-{tp[1]}"
                     )
             else:
-                hit = await meta.leaders[tp[1]].offset_for_time.remote(value)
+                hit = await meta.leader(tp[1]).offset_for_time.remote(value)
                 offset = mark.high_watermark if hit is None else hit[0]
             new[tp] = (offset, "")
         await self.commit(group_id, None, new)

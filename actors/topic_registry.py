@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray_broker.actors.metadata_store import MetadataStore
+from ray_broker.actors.partition_state import PartitionState
 from ray_broker.config import MAX_PARTITIONS, TopicConfig, parse_config, validate_topic_name
 from ray_broker.errors import (
     InvalidPartitions,
@@ -29,16 +30,21 @@ class TopicRecord:
     partitions: int
     replication_factor: int
     config_overrides: dict[str, Any] = field(default_factory=dict)
-    # Ray node id hosting each partition: its data lives on that node's disk.
-    placement: list[str] = field(default_factory=list)
+    # Replicas, leader, epoch and ISR of each partition (filled in by the Controller).
+    states: list[PartitionState] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.states = [
+            s if isinstance(s, PartitionState) else PartitionState.from_dict(s) for s in self.states
+        ]
 
     @property
     def config(self) -> TopicConfig:
         return parse_config(TopicConfig, self.config_overrides)
 
-    def actor_name(self, partition: int) -> str:
+    def actor_name(self, partition: int, slot: str) -> str:
         # The topic id, not the name: a deleted and re-created topic never meets old actors.
-        return f"ray_broker.partition.{self.topic_id}.{partition}"
+        return f"ray_broker.partition.{self.topic_id}.{partition}.{slot}"
 
 
 class TopicRegistry:
@@ -90,11 +96,6 @@ class TopicRegistry:
                 f"replication_factor {replication_factor} exceeds the {live_nodes} live Ray "
                 "node(s); replicas must live on distinct nodes"
             )
-        if replication_factor > 1:
-            raise InvalidReplicationFactor(
-                "this version keeps one replica per partition (replication_factor=1); "
-                "replica actors on other nodes are not built yet"
-            )
         overrides = parse_config(TopicConfig, config).model_dump(by_alias=True, exclude_unset=True)
         record = TopicRecord(name, uuid.uuid4().hex, partitions, replication_factor, overrides)
         self._save(record)
@@ -131,12 +132,9 @@ class TopicRegistry:
         self._save(record)
         return record
 
-    def set_placement(self, name: str, placement: list[str]) -> TopicRecord:
-        record = self.get(name)
-        if record.placement != placement:
-            record.placement = list(placement)
-            self._save(record)
-        return record
+    def save(self, record: TopicRecord) -> None:
+        """Persist a record whose partition states the Controller changed."""
+        self._save(record)
 
     def close(self) -> None:
         self._store.close()

@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorUnschedulableError,
+    GetTimeoutError,
+    RayActorError,
+    RayTaskError,
+)
 
 from ray_broker.errors import BrokerError, BrokerTimeoutError, PartitionUnavailable
 
@@ -25,13 +30,13 @@ def unwrap(
         cause = exc.cause
         if isinstance(cause, BrokerError):
             return cause
-        if isinstance(cause, RayActorError):
+        if isinstance(cause, (RayActorError, ActorUnschedulableError)):
             # An actor the callee relied on (a partition the Controller asked) is restarting.
             return PartitionUnavailable(f"{cause}")
         return BrokerError(f"unexpected broker failure: {type(cause).__name__}: {cause}")
     if isinstance(exc, BrokerError):
         return exc
-    if isinstance(exc, RayActorError):
+    if isinstance(exc, (RayActorError, ActorUnschedulableError)):
         return unavailable(f"the actor serving this request is down or restarting ({exc})")
     if isinstance(exc, GetTimeoutError):
         return BrokerTimeoutError(f"the broker did not answer in time ({exc})")
@@ -49,5 +54,5 @@ def resolve(
     """
     try:
         return ray.get(refs, timeout=timeout_s)
-    except (RayTaskError, RayActorError, GetTimeoutError) as exc:
+    except (RayTaskError, RayActorError, ActorUnschedulableError, GetTimeoutError) as exc:
         raise unwrap(exc, unavailable) from None

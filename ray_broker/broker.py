@@ -17,6 +17,8 @@ from ray_broker.config import (
 from ray_broker.errors import BrokerNotRunning, InvalidConfig
 from ray_broker.runtime import ensure_ray
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
+
 
 class Broker:
     """A connection to the broker of one Ray namespace."""
@@ -150,6 +152,9 @@ def connect(
                 max_restarts=-1,
                 max_task_retries=-1,
                 num_cpus=0,
+                # On the head node, beside their metadata logs; losing the head loses the
+                # cluster anyway unless GCS fault tolerance is set up (see README).
+                resources={HEAD_NODE_RESOURCE: 0.001},
             )
             .remote(settings, namespace)
         )

@@ -49,6 +49,8 @@ class TopicConfig(LogConfig):
     """A topic's settings: the log's plus replication's."""
 
     min_insync_replicas: int = Field(1, alias="min.insync.replicas", ge=1)
+    # A follower that has not caught up for this long leaves the in-sync replicas.
+    replica_lag_time_max_ms: int = Field(30_000, alias="replica.lag.time.max.ms", ge=10)
     unclean_leader_election_enable: bool = Field(False, alias="unclean.leader.election.enable")
 
 
@@ -65,6 +67,14 @@ class BrokerConfig(BaseModel):
     log_retention_check_interval_ms: int = Field(
         60_000, alias="log.retention.check.interval.ms", ge=10
     )
+    # How often the Controller checks for dead nodes (failover, replica replacement).
+    controller_check_interval_ms: int = Field(250, alias="controller.check.interval.ms", ge=10)
+    # A leader that does not answer the Controller's probe for this long is failed over (a hung
+    # process on a live node); its replica rejoins as a follower when it answers again.
+    leader_probe_timeout_ms: int = Field(3_000, alias="leader.probe.timeout.ms", ge=100)
+    # Whether partition replicas may live on the Ray head node (which runs the GCS and the
+    # Controller); off keeps data on worker nodes, as Ray advises for production work.
+    replicas_on_head_node: bool = Field(True, alias="replicas.on.head.node")
     # How often the group coordinator checks session timeouts and topic changes.
     group_check_interval_ms: int = Field(100, alias="group.check.interval.ms", ge=10)
     group_metadata_refresh_ms: int = Field(1_000, alias="group.metadata.refresh.ms", ge=10)

@@ -53,6 +53,7 @@ class _PartitionFetch:
     position: int | None = None  # next offset handed to the application
     fetch_offset: int | None = None  # next offset to ask the partition for
     in_flight: Any = None  # ObjectRef of the outstanding fetch
+    sent_at: float = 0.0
     buffer: pa.Table | None = None  # fetched, not yet handed out
     backoff_until: float = 0.0
     high_watermark: int = -1
@@ -174,10 +175,25 @@ class Consumer:
             raise UnknownTopicOrPartition(f"{tp} is not assigned to this consumer") from None
 
     def _leader(self, tp: TopicPartition) -> Any:
-        return self._metadata.topic(tp.topic).leaders[tp.partition]
+        return self._metadata.topic(tp.topic).leader(tp.partition)
 
     def _offsets(self, tp: TopicPartition) -> PartitionOffsets:
-        return resolve(self._leader(tp).offsets.remote(), self.config.request_timeout_ms / 1000)
+        """The partition's offsets from its current leader, following a failover.
+
+        Raises:
+            BrokerError: no leader answered within request.timeout.ms.
+        """
+        deadline = time.monotonic() + self.config.request_timeout_ms / 1000
+        while True:
+            try:
+                return resolve(
+                    self._leader(tp).offsets.remote(), self.config.request_timeout_ms / 1000
+                )
+            except BrokerError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                self._metadata.forget(tp.topic)  # the leader moved or is restarting
+                time.sleep(self.config.retry_backoff_ms / 1000)
 
     def _move(self, tp: TopicPartition, offset: int) -> None:
         state = self._state(tp)
@@ -262,7 +278,7 @@ class Consumer:
     ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         """The earliest offset per partition whose timestamp is >= the given ms timestamp."""
         refs = {
-            TopicPartition(*tp): self._leader(tp).offset_for_time.remote(ts)
+            TopicPartition(*tp): self._leader(TopicPartition(*tp)).offset_for_time.remote(ts)
             for tp, ts in timestamps.items()
         }
         found = resolve(list(refs.values()), self.config.request_timeout_ms / 1000)
@@ -342,12 +358,17 @@ class Consumer:
 
     def _send_fetches(self) -> None:
         now = time.monotonic()
+        patience = (self.config.fetch_max_wait_ms + self.config.request_timeout_ms) / 1000
         for tp, state in self._fetches.items():
+            if state.in_flight is not None and now - state.sent_at > patience:
+                self._abandon(state)  # a hung leader: ask the current one
+                self._metadata.forget(tp.topic)
             if state.in_flight is not None or state.buffer is not None or now < state.backoff_until:
                 continue
             if state.position is None:
                 self._reset(tp)
             try:
+                state.sent_at = now
                 state.in_flight = self._leader(tp).fetch.remote(
                     state.fetch_offset,
                     self.config.max_partition_fetch_records,

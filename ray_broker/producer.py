@@ -67,6 +67,7 @@ class ProducerBatch:
         "callbacks",
         "last_error",
         "lock",
+        "sent_at",
     )
 
     def __init__(self, topic: str, partition: int, deadline: float) -> None:
@@ -89,6 +90,7 @@ class ProducerBatch:
         self.callbacks: list[Callable[[], None]] = []
         self.last_error: BrokerError | None = None
         self.lock = threading.Lock()
+        self.sent_at = 0.0
 
     @property
     def record_count(self) -> int:
@@ -380,10 +382,11 @@ class Producer:
         return queue
 
     def _new_batch(self, topic: str, partition: int) -> ProducerBatch:
-        self._unfinished += 1
-        return ProducerBatch(
+        batch = ProducerBatch(
             topic, partition, time.monotonic() + self.config.delivery_timeout_ms / 1000
         )
+        self._unfinished += 1
+        return batch
 
     def _close_open_batch(
         self, topic: str, partition: int, queue: _PartitionQueue, rotate_sticky: bool = True
@@ -431,12 +434,24 @@ class Producer:
     def _run_sender(self) -> None:
         while True:
             with self._cond:
+                expired = self._expire_requests(time.monotonic())
+            for batch in expired:
+                self._on_failure(
+                    batch,
+                    BrokerTimeoutError(
+                        f"no answer from the leader of {batch.topic}-{batch.partition} within "
+                        f"request.timeout.ms={self.config.request_timeout_ms}"
+                    ),
+                    batch.attempts,
+                )
+            with self._cond:
                 to_ship = self._collect(time.monotonic())
-                while not to_ship:
+                if not to_ship:
                     if self._closed and not self._unfinished:
                         return
+                    # Wakes on new records, replies, or the next linger/backoff/timeout check.
                     self._cond.wait(self._next_wakeup(time.monotonic()))
-                    to_ship = self._collect(time.monotonic())
+                    continue
             for batch in to_ship:
                 self._ship(batch)
 
@@ -489,8 +504,9 @@ class Producer:
                         batch.base_sequence = queue.next_sequence
                         batch.sequence_generation = queue.sequence_generation
                         queue.next_sequence += table.num_rows
-            leader = self._metadata.topic(batch.topic).leaders[batch.partition]
+            leader = self._metadata.topic(batch.topic).leader(batch.partition)
             batch.attempts += 1
+            batch.sent_at = time.monotonic()
             ref = leader.produce.remote(
                 table,
                 self._producer_id,
@@ -504,17 +520,37 @@ class Producer:
         if self.config.acks == 0:
             self._finish(batch, ProduceResult(-1, -1, -1, -1), None)
             return
-        ref.future().add_done_callback(lambda fut: self._on_reply(batch, fut))
+        attempt = batch.attempts
+        ref.future().add_done_callback(lambda fut: self._on_reply(batch, attempt, fut))
 
-    def _on_reply(self, batch: ProducerBatch, fut: Any) -> None:
+    def _on_reply(self, batch: ProducerBatch, attempt: int, fut: Any) -> None:
         try:
             result = fut.result()
         except BaseException as exc:  # Ray raises its own types here; unwrap() maps them
-            self._on_failure(batch, unwrap(exc))
+            self._on_failure(batch, unwrap(exc), attempt)
             return
+        with self._cond:
+            if attempt != batch.attempts or batch.done.is_set():
+                return  # an attempt given up on (request.timeout.ms); a newer one decides
         self._finish(batch, result, None)
 
-    def _on_failure(self, batch: ProducerBatch, error: BrokerError) -> None:
+    def _expire_requests(self, now: float) -> list[ProducerBatch]:
+        """In-flight batches without an answer for request.timeout.ms (a hung leader): they
+        are retried, with fresh metadata (caller holds the lock)."""
+        limit = self.config.request_timeout_ms / 1000
+        return [
+            batch
+            for queue in self._queues.values()
+            for batch in queue.in_flight
+            if batch.attempts and now - batch.sent_at > limit
+        ]
+
+    def _on_failure(
+        self, batch: ProducerBatch, error: BrokerError, attempt: int | None = None
+    ) -> None:
+        with self._cond:
+            if attempt is not None and (attempt != batch.attempts or batch.done.is_set()):
+                return  # a reply to an attempt already given up on
         queue = self._queues[(batch.topic, batch.partition)]
         now = time.monotonic()
         if error.retriable and now < batch.deadline:

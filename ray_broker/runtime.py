@@ -42,6 +42,7 @@ def ensure_ray(address: str | None = None, namespace: str | None = None) -> bool
         ray.init(address=address, namespace=namespace, log_to_driver=False)
         return False
     ray.init(
+        address="local",  # a new instance: never join another Ray found on this machine
         _node_ip_address=LOOPBACK,
         include_dashboard=False,
         namespace=namespace,

@@ -104,6 +104,22 @@ class TopicMetadata:
     def num_partitions(self) -> int:
         return len(self.leaders)
 
+    def leader(self, partition: int) -> Any:
+        """The partition's leader handle.
+
+        Raises:
+            PartitionUnavailable: the partition has no leader right now (failover under way, or
+                no in-sync replica is alive).
+        """
+        handle = self.leaders[partition]
+        if handle is None:
+            from ray_broker.errors import PartitionUnavailable
+
+            raise PartitionUnavailable(
+                f"{self.name}-{partition} has no leader right now; retrying after failover"
+            )
+        return handle
+
 
 @dataclass(frozen=True, slots=True)
 class BatchMetadata:

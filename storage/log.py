@@ -437,6 +437,14 @@ class Log:
             self._log_batch(batch, self._clock())
         assert self.log_end_offset == offset, (self.log_end_offset, offset)
 
+    def reset_to(self, offset: int) -> None:
+        """Drop every record and continue empty from ``offset``: a follower so far behind that
+        its leader no longer has the records it would need next (retention deleted them)."""
+        assert offset >= 0
+        for segment in reversed(self._all_segments()):
+            self._drop_segment(segment)
+        self._active = self._new_segment(offset)
+
     def _drop_segment(self, segment: Segment) -> None:
         if isinstance(segment, SealedSegment):
             self._sealed.remove(segment)

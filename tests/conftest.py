@@ -12,20 +12,32 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
+def start_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
         ray.init(
+            address="local",
             _node_ip_address="127.0.0.1",
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
             num_cpus=2,
         )
+
+
+@pytest.fixture(scope="session")
+def _session_ray() -> Iterator[None]:
     yield
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_session_ray) -> None:
+    """A local single-node Ray, started once and restarted only after a multi-node test."""
+    start_local_ray()
 
 
 @pytest.fixture

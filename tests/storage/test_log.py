@@ -217,3 +217,13 @@ def test_config_accepts_kafka_names_and_rejects_unknown_keys():
         parse_config(LogConfig, {"segment.bytes": -5})
     with pytest.raises(InvalidConfig, match="cleanup.policy"):
         parse_config(LogConfig, {"cleanup.policy": "forever"})
+
+
+def test_reset_to_continues_an_empty_log_from_any_offset(make_log):
+    log = make_log()
+    log.append(values_batch(0, 5))
+    log.reset_to(1_000)
+    assert (log.log_start_offset, log.log_end_offset) == (1_000, 1_000)
+    assert log.append(values_batch(0, 2)) == (1_000, 1_001)
+    log.close()
+    assert make_log().read(1_000).column("offset").to_pylist() == [1_000, 1_001]

@@ -1,0 +1,217 @@
+"""A partition replica's state without Ray: its log, producer state, leader epochs and high
+watermark. ``PartitionActor`` (``actors/partition.py``) wraps it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pyarrow as pa
+
+from ray_broker.actors.producer_state import ProducerStates
+from ray_broker.config import TopicConfig
+from ray_broker.errors import InvalidRecord, UnknownTopicOrPartition
+from ray_broker.storage.epochs import LeaderEpochCache
+from ray_broker.storage.log import Clock, Log, wall_clock_ms
+from ray_broker.structs import PartitionOffsets, ProduceResult
+
+# Producer state is rebuilt from this many of the newest records after a restart: far more than
+# a producer can have in flight within delivery.timeout.ms at the rates this broker sustains.
+PRODUCER_STATE_REBUILD_RECORDS = 500_000
+
+
+class Partition:
+    """A partition replica's state, usable without Ray (the actor wraps it)."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        directory: str | os.PathLike[str],
+        config: TopicConfig,
+        clock: Clock = wall_clock_ms,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.log = Log(directory, config, clock)
+        self.epochs = LeaderEpochCache(directory)
+        self.producers = ProducerStates()
+        self._rebuild_producers()
+        # Nothing is known committed after a start: the high watermark rises as the in-sync
+        # replicas report their log ends (at once when this replica is alone).
+        self.high_watermark = self.log.log_start_offset
+        self.deleted = False
+
+    def _rebuild_producers(self) -> None:
+        self.producers = ProducerStates()
+        start = max(
+            self.log.log_start_offset, self.log.log_end_offset - PRODUCER_STATE_REBUILD_RECORDS
+        )
+        while start < self.log.log_end_offset:
+            chunk = self.log.read(start, max_records=100_000)
+            self.producers.rebuild(chunk)
+            start = chunk.column("offset")[-1].as_py() + 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+    @property
+    def log_end_offset(self) -> int:
+        return self.log.log_end_offset
+
+    def advance_high_watermark(self, committed: int) -> bool:
+        """Raise the high watermark to ``committed`` (never past the log end, never down);
+        returns True if it moved."""
+        new = min(committed, self.log.log_end_offset)
+        if new > self.high_watermark:
+            self.high_watermark = new
+            return True
+        return False
+
+    # --- replication ----------------------------------------------------------------------------
+
+    def become_leader(self, epoch: int) -> None:
+        """Start writing as the leader of ``epoch`` from the current log end."""
+        self.epochs.assign(epoch, self.log.log_end_offset)
+
+    def append_replica(self, batch: pa.Table, epochs: list[tuple[int, int]]) -> int:
+        """Copy a leader's batch (offsets included) and the epochs that wrote it; returns the
+        new log end offset.
+
+        Raises:
+            InvalidRecord: the batch does not continue this log.
+        """
+        self._check_alive()
+        if batch.num_rows:
+            base = batch.column("offset")[0].as_py()
+            for epoch, start in epochs:
+                if start <= base + batch.num_rows - 1 and epoch > self.epochs.latest_epoch:
+                    self.epochs.assign(epoch, max(start, base))
+            self.log.append_replica(batch)
+            self.producers.rebuild(batch)
+        return self.log.log_end_offset
+
+    def truncate_to(self, offset: int) -> None:
+        """Cut records at and above ``offset`` (never committed ones: they came from a leader
+        that lost its leadership before they were replicated)."""
+        self._check_alive()
+        if offset < self.log.log_start_offset:
+            self.log.reset_to(offset)
+        elif offset < self.log.log_end_offset:
+            self.log.truncate_to(offset)
+        else:
+            return
+        self.epochs.truncate_from(offset)
+        self.high_watermark = min(self.high_watermark, offset)
+        self._rebuild_producers()  # a retried batch that was cut must be written again
+
+    def start_from(self, offset: int) -> None:
+        """Continue empty from ``offset`` (the leader no longer has what this replica needs)."""
+        self._check_alive()
+        self.log.reset_to(offset)
+        self.epochs.truncate_from(0)
+        self.high_watermark = offset
+        self._rebuild_producers()
+
+    def _check_alive(self) -> None:
+        if self.deleted:
+            raise UnknownTopicOrPartition(f"partition {self.name} was deleted")
+
+    def produce(
+        self,
+        batch: pa.Table | pa.RecordBatch,
+        producer_id: int | None = None,
+        producer_epoch: int = 0,
+        base_sequence: int = 0,
+    ) -> ProduceResult:
+        """Append a producer batch; with a producer id, deduplicate and order by sequence.
+
+        Raises:
+            InvalidRecord, RecordTooLarge: the batch is malformed.
+            OutOfOrderSequence, ProducerFenced: idempotence checks failed.
+            KafkaStorageError: the write-ahead file cannot be written.
+        """
+        self._check_alive()
+        if not isinstance(batch, (pa.Table, pa.RecordBatch)):
+            raise InvalidRecord(f"expected a pyarrow Table, got {type(batch).__name__}")
+        count = batch.num_rows
+        if producer_id is not None and count:
+            existing = self.producers.check(producer_id, producer_epoch, base_sequence, count)
+            if existing is not None:
+                return ProduceResult(
+                    existing, existing + count - 1, -1, self.log.log_start_offset, duplicate=True
+                )
+            batch = _with_producer_columns(batch, producer_id, producer_epoch, base_sequence)
+        base, last = self.log.append(batch)
+        if producer_id is not None:
+            self.producers.record(producer_id, producer_epoch, base_sequence, count, base)
+        append_time = -1
+        if self.log.config.message_timestamp_type == "LogAppendTime":
+            append_time = self.log.read(base, 1).column("timestamp")[0].as_py()
+        return ProduceResult(base, last, append_time, self.log.log_start_offset)
+
+    def read(self, offset: int, max_records: int, max_bytes: int) -> pa.Table:
+        """Committed records from ``offset`` (below the high watermark).
+
+        Raises:
+            OffsetOutOfRange: ``offset`` is outside [log start, log end].
+        """
+        self._check_alive()
+        self.log.check_offset(offset)
+        max_records = min(max_records, self.high_watermark - offset)
+        if max_records <= 0:
+            return self.log.read(self.log.log_end_offset, 1)
+        return self.log.read(offset, max_records, max_bytes)
+
+    def offsets(self) -> PartitionOffsets:
+        self._check_alive()
+        return PartitionOffsets(
+            self.log.log_start_offset, self.high_watermark, self.log.log_end_offset
+        )
+
+    def offset_for_time(self, timestamp: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first committed record stamped at or after ``timestamp``."""
+        self._check_alive()
+        offset = self.log.offset_for_time(timestamp)
+        if offset is None or offset >= self.high_watermark:
+            return None
+        record = self.log.read(offset, 1)
+        return record.column("offset")[0].as_py(), record.column("timestamp")[0].as_py()
+
+    def maintain(self) -> dict[str, int]:
+        """Periodic housekeeping: roll by segment.ms, retention, compaction, flush.ms."""
+        self._check_alive()
+        rolled = self.log.maybe_roll()
+        deleted = self.log.apply_retention()
+        compacted = self.log.compact() if self.log.config.compacts else 0
+        if self.log.config.flush_ms is not None:
+            self.log.flush()
+        return {"rolled": int(rolled), "segments_deleted": len(deleted), "compacted": compacted}
+
+    def delete(self) -> None:
+        """Remove the partition's files; every later call raises UnknownTopicOrPartition."""
+        if not self.deleted:
+            self.log.close()
+            shutil.rmtree(self.log.directory, ignore_errors=True)
+            self.deleted = True
+
+
+def _with_producer_columns(
+    batch: pa.Table | pa.RecordBatch, producer_id: int, epoch: int, base_sequence: int
+) -> pa.Table:
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    n = table.num_rows
+    for name in ("producer_id", "producer_epoch", "sequence"):
+        if name in table.column_names:
+            table = table.drop_columns([name])
+    return (
+        table.append_column("producer_id", pa.array(np.full(n, producer_id, dtype=np.int64)))
+        .append_column("producer_epoch", pa.array(np.full(n, epoch, dtype=np.int16)))
+        .append_column(
+            "sequence",
+            pa.array(np.arange(base_sequence, base_sequence + n, dtype=np.int32)),
+        )
+    )
