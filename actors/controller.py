@@ -35,7 +35,12 @@ from ray_broker.config import (
     BrokerConfig,
     parse_config,
 )
-from ray_broker.errors import FencedLeaderEpoch, UnknownTopicOrPartition
+from ray_broker.errors import (
+    BrokerTimeoutError,
+    FencedLeaderEpoch,
+    InvalidReplicationFactor,
+    UnknownTopicOrPartition,
+)
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
 
 logger = logging.getLogger(__name__)
@@ -474,6 +479,64 @@ class Controller:
             for p, state in enumerate(record.states)
         ]
         return TopicMetadata(record.name, record.topic_id, leaders, record.config.to_kafka_dict())
+
+    async def reassign_partition(
+        self, name: str, partition: int, nodes: list[str], timeout_s: float = 120.0
+    ) -> list[str]:
+        """Move a partition's replicas onto ``nodes`` (the first becomes the preferred leader):
+        new replicas are added and caught up from the leader while writes go on; once they are
+        in sync the replicas not on ``nodes`` are removed (leadership moves first, with a new
+        epoch, if the leader is among them). Returns the new replica slots.
+
+        Raises:
+            UnknownTopicOrPartition, InvalidReplicationFactor: bad target.
+            BrokerTimeoutError: the new replicas did not catch up in ``timeout_s`` (they stay as
+                extra followers; call again to finish).
+        """
+        record = self.registry.get(name)
+        if not 0 <= partition < record.partitions:
+            raise UnknownTopicOrPartition(f"{name}-{partition} does not exist")
+        alive = set(live_nodes())
+        if len(set(nodes)) != len(nodes) or len(nodes) != record.replication_factor:
+            raise InvalidReplicationFactor(
+                f"give {record.replication_factor} distinct nodes for {name}-{partition}, "
+                f"got {nodes}"
+            )
+        if missing := [n for n in nodes if n not in alive]:
+            raise InvalidReplicationFactor(f"nodes {missing} are not live Ray nodes")
+        async with self._mutex():
+            state = record.states[partition]
+            present = set(state.nodes.values())
+            added = [state.add_slot(node) for node in nodes if node not in present]
+            if added:
+                self.registry.save(record)
+                for slot in added:
+                    self._actor(record, partition, slot)
+                await self._push_roles(record, partition)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(slot not in state.isr for slot in state.replicas if state.nodes[slot] in nodes):
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerTimeoutError(
+                    f"{name}-{partition}: new replicas did not catch up within {timeout_s} s"
+                )
+            await asyncio.sleep(0.1)
+        async with self._mutex():
+            leaving = [slot for slot in state.replicas if state.nodes[slot] not in nodes]
+            for slot in leaving:
+                handle = self._actors.pop((record.topic_id, partition, slot), None)
+                was_leader = slot == state.leader
+                state.remove_slot(slot)
+                if was_leader:
+                    state.elect({s for s in state.replicas if state.nodes[s] in alive}, False)
+                if handle is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(handle.delete.remote(), ROLE_CHANGE_TIMEOUT_S)
+                    ray.kill(handle, no_restart=True)
+            order = {node: index for index, node in enumerate(nodes)}
+            state.replicas.sort(key=lambda slot: order[state.nodes[slot]])
+            self.registry.save(record)
+            await self._push_roles(record, partition)
+            return list(state.replicas)
 
     async def shutdown(self) -> int:
         """Stop every partition actor (their data stays on disk); returns how many were stopped.

@@ -66,6 +66,26 @@ class Admin:
         self._metadata.forget(name)
         return description
 
+    def reassign_partitions(
+        self, moves: dict[TopicPartition, list[str]], timeout_s: float = 120.0
+    ) -> dict[TopicPartition, list[str]]:
+        """Move partitions' replicas onto the given Ray node ids (first = preferred leader),
+        copying the data before switching over, without stopping writes. Returns each
+        partition's new replica slots.
+
+        Raises:
+            TopicNotFound, UnknownTopicOrPartition, InvalidReplicationFactor, BrokerTimeoutError.
+        """
+        done = {}
+        for tp, nodes in moves.items():
+            tp = TopicPartition(*tp)
+            call = self._controller.reassign_partition.remote(
+                tp.topic, tp.partition, nodes, timeout_s
+            )
+            done[tp] = resolve(call, timeout_s + 30, unavailable=BrokerNotRunning)
+            self._metadata.forget(tp.topic)
+        return done
+
     # --- consumer groups --------------------------------------------------------------------------
 
     def list_groups(self) -> list[GroupListing]:

@@ -332,3 +332,29 @@ def test_chaos_random_kills_keep_every_acknowledged_write(cluster):
     print(f"chaos: {kills} kills, {summary}")
     assert kills >= 20
     assert (summary["lost"], summary["duplicated"], summary["reordered"]) == (0, 0, 0)
+
+
+def test_reassignment_moves_a_replica_to_a_new_node_without_losing_writes(cluster):
+    local, broker = cluster
+    topic = "moving"
+    broker.admin().create_topic(
+        topic, partitions=1, replication_factor=2, config={"replica.lag.time.max.ms": 2_000}
+    )
+    before = partition_info(broker, topic, 0)
+    newcomer = local.add_worker()
+    local.workers.append(newcomer)
+    local.cluster.wait_for_nodes()
+    keep = before.leader_node_id
+    producer, futures, sender = produce_in_background(broker, topic, 20_000, rate=5_000)
+    time.sleep(1.0)
+    moved = broker.admin().reassign_partitions({TopicPartition(topic, 0): [newcomer.node_id, keep]})
+    sender.join()
+    acked = collect(producer, futures)
+    after = wait_until(
+        lambda: (p := partition_info(broker, topic, 0)).leader_node_id == newcomer.node_id and p
+    )
+    assert after.replicas == moved[TopicPartition(topic, 0)]
+    assert len(after.replicas) == 2 and sorted(after.isr) == sorted(after.replicas)
+    summary = jepsen_summary(acked, {0: read_partition(broker, topic, 0)})
+    assert summary["acked"] == 20_000
+    assert (summary["lost"], summary["duplicated"], summary["reordered"]) == (0, 0, 0)
