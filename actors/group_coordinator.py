@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from ray_broker.actors.group import Group, GroupState, Heartbeat
+from ray_broker.actors.group import Group, Heartbeat
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.config import (
     CONTROLLER_NAME,
@@ -341,6 +341,3 @@ class GroupCoordinator:
         if self._background is not None:
             self._background.cancel()
         self.store.close()
-
-
-__all__ = ["GroupCoordinator", "GroupState"]

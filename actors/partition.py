@@ -32,7 +32,6 @@ import pyarrow as pa
 from ray_broker.actors.partition_core import Partition
 from ray_broker.config import TopicConfig, parse_config
 from ray_broker.errors import (
-    BrokerTimeoutError,
     FencedLeaderEpoch,
     InvalidRecord,
     NotEnoughReplicas,
@@ -538,6 +537,3 @@ class PartitionActor:
         await self.close()
         self.core.delete()
         self._notify_data()
-
-
-__all__ = ["BrokerTimeoutError", "PartitionActor", "Role"]
