@@ -48,14 +48,18 @@ class LocalCluster:
                 "_system_config": FAST_HEALTH_CHECKS,
             },
         )
-        self.workers = [self.add_worker() for _ in range(workers)]
+        self.workers: list = []
+        for _ in range(workers):
+            self.add_worker()
         self.cluster.wait_for_nodes()
         ray.init(address=self.cluster.address, log_to_driver=False)
 
     def add_worker(self):
-        return self.cluster.add_node(
+        node = self.cluster.add_node(
             num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=NODE_MEMORY
         )
+        self.workers.append(node)
+        return node
 
     def kill_node(self, node_id: str) -> None:
         node = next(n for n in self.workers if n.node_id == node_id)
@@ -342,7 +346,6 @@ def test_reassignment_moves_a_replica_to_a_new_node_without_losing_writes(cluste
     )
     before = partition_info(broker, topic, 0)
     newcomer = local.add_worker()
-    local.workers.append(newcomer)
     local.cluster.wait_for_nodes()
     keep = before.leader_node_id
     producer, futures, sender = produce_in_background(broker, topic, 20_000, rate=5_000)
