@@ -120,8 +120,9 @@ class ProducerStates:
         pids = table.column("producer_id")
         if pids.null_count == table.num_rows:
             return
-        mask = pids.is_valid()
-        rows = table.filter(mask)
+        # Only the four small columns: filtering the whole table would copy every value.
+        columns = table.select(["offset", "producer_id", "producer_epoch", "sequence"])
+        rows = columns.filter(pids.is_valid())
         pid = rows.column("producer_id").to_numpy()
         epoch = rows.column("producer_epoch").to_numpy()
         seq = rows.column("sequence").to_numpy()
