@@ -14,6 +14,7 @@ from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition_state import PartitionState
 from ray_broker.config import MAX_PARTITIONS, TopicConfig, parse_config, validate_topic_name
 from ray_broker.errors import (
+    InvalidConfig,
     InvalidPartitions,
     InvalidReplicationFactor,
     TopicExists,
@@ -96,7 +97,9 @@ class TopicRegistry:
                 f"replication_factor {replication_factor} exceeds the {live_nodes} live Ray "
                 "node(s); replicas must live on distinct nodes"
             )
-        overrides = parse_config(TopicConfig, config).model_dump(by_alias=True, exclude_unset=True)
+        parsed = parse_config(TopicConfig, config)
+        _check_replicated_compaction(parsed, replication_factor)
+        overrides = parsed.model_dump(by_alias=True, exclude_unset=True)
         record = TopicRecord(name, uuid.uuid4().hex, partitions, replication_factor, overrides)
         self._save(record)
         return record
@@ -127,7 +130,7 @@ class TopicRegistry:
             by_alias=True, exclude_unset=True
         )
         merged = {**record.config_overrides, **normalized}
-        parse_config(TopicConfig, merged)
+        _check_replicated_compaction(parse_config(TopicConfig, merged), record.replication_factor)
         record.config_overrides = merged
         self._save(record)
         return record
@@ -142,6 +145,16 @@ class TopicRegistry:
     def _save(self, record: TopicRecord) -> None:
         self._store.put(_TOPIC_KEY + record.name, asdict(record))
         self.topics[record.name] = record
+
+
+def _check_replicated_compaction(config: TopicConfig, replication_factor: int) -> None:
+    """Compaction leaves offset gaps in sealed segments, which followers cannot copy yet (they
+    append dense batches only), so the combination is refused rather than left to stall."""
+    if config.compacts and replication_factor > 1:
+        raise InvalidConfig(
+            "cleanup.policy=compact is not supported with replication_factor > 1 yet; use "
+            "replication_factor=1 or cleanup.policy=delete"
+        )
 
 
 def _check_partition_count(partitions: object) -> None:
