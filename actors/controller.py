@@ -265,7 +265,10 @@ class Controller:
                     state.remove_slot(slot)
                     changed = True
                 alive_slots = {s for s in state.replicas if state.nodes[s] in alive_nodes}
-                if (record.topic_id, p) in hung and state.leader is not None:
+                standby = [s for s in state.isr if s != state.leader and s in alive_slots]
+                if (record.topic_id, p) in hung and state.leader is not None and standby:
+                    # Only with another in-sync replica to take over: otherwise waiting for
+                    # the leader to answer again loses nothing, failing over would.
                     logger.warning(
                         "%s-%d: leader %s does not answer; failing over",
                         record.name,

@@ -49,8 +49,8 @@ class PartitionState:
         if not candidates and unclean:
             candidates = [s for s in self.replicas if s in alive]
         leader = candidates[0] if candidates else None
-        if leader == self.leader and leader is not None:
-            return False
+        if leader == self.leader:
+            return False  # unchanged (still offline, or the same live leader)
         self.leader = leader
         self.epoch += 1
         if leader is not None and leader not in self.isr:
