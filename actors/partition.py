@@ -148,12 +148,7 @@ class PartitionActor:
 
     async def become_leader(self, epoch: int, replicas: dict[str, Any], isr: list[str]) -> None:
         """Lead ``epoch`` with these replicas (slot → handle) and in-sync slots."""
-        self._start_background()
-        if epoch < self.leader_epoch:
-            raise FencedLeaderEpoch(f"{self.core.name}: epoch {epoch} < {self.leader_epoch}")
-        self._stop_links()
-        self.role = Role.LEADER
-        self.leader_epoch = epoch
+        self._take_role(Role.LEADER, epoch)
         self.core.become_leader(epoch)
         self.isr = set(isr) | {self.slot}
         loop = asyncio.get_running_loop()
@@ -166,14 +161,18 @@ class PartitionActor:
         self._advance_high_watermark()
 
     async def become_follower(self, epoch: int) -> None:
+        self._take_role(Role.FOLLOWER, epoch)
+        self.isr = set()
+        self._notify_hw()  # acks=all waiters learn they lost the leadership
+
+    def _take_role(self, role: Role, epoch: int) -> None:
+        """Switch role for ``epoch`` (the Controller's order); older epochs are refused."""
         self._start_background()
         if epoch < self.leader_epoch:
             raise FencedLeaderEpoch(f"{self.core.name}: epoch {epoch} < {self.leader_epoch}")
         self._stop_links()
-        self.role = Role.FOLLOWER
+        self.role = role
         self.leader_epoch = epoch
-        self.isr = set()
-        self._wake(self._hw_moved)  # acks=all waiters learn they lost the leadership
 
     def _stop_links(self) -> None:
         for link in self.links.values():
@@ -188,7 +187,7 @@ class PartitionActor:
             self._stop_links()
             self.role = Role.FOLLOWER
             self.leader_epoch = max(self.leader_epoch, epoch)
-            self._wake(self._hw_moved)
+            self._notify_hw()
 
     def _check_leader(self) -> None:
         if self.role != Role.LEADER:
@@ -196,11 +195,6 @@ class PartitionActor:
                 f"replica {self.slot} of {self.core.name} is not the leader (role "
                 f"{self.role.value}, epoch {self.leader_epoch}); refresh metadata and retry"
             )
-
-    @staticmethod
-    def _wake(event: asyncio.Event | None) -> None:
-        if event is not None:
-            event.set()
 
     def _notify_data(self) -> None:
         if self._data_arrived is not None:

@@ -15,22 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
+from ray_broker.demo import random_values
 from ray_broker.storage import Log, LogConfig
 
 VALUE_BYTES = 100
 BATCH_RECORDS = 10_000
-
-
-def make_batch(rng: np.random.Generator) -> pa.Table:
-    raw = rng.integers(0, 256, BATCH_RECORDS * VALUE_BYTES, dtype=np.uint8).tobytes()
-    offsets = pa.array(np.arange(0, (BATCH_RECORDS + 1) * VALUE_BYTES, VALUE_BYTES, np.int32))
-    values = pa.BinaryArray.from_buffers(
-        pa.binary(), BATCH_RECORDS, [None, offsets.buffers()[1], pa.py_buffer(raw)]
-    )
-    return pa.table({"value": values})
 
 
 def rate(records: int, seconds: float) -> float:
@@ -62,7 +53,7 @@ def read_all(log: Log) -> tuple[int, float]:
 
 def bench(records: int, directory: Path) -> list[dict[str, object]]:
     """All figures for a log in ``directory``, after a baseline on the same file system."""
-    batch = make_batch(np.random.default_rng(7))
+    batch = pa.table({"value": random_values(BATCH_RECORDS, VALUE_BYTES, seed=7)})
     batches = records // BATCH_RECORDS
     label = f"[{directory.name}]"
     config = LogConfig(segment_bytes=1 << 40)  # one segment: measure append, not sealing
