@@ -5,10 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ray_broker._remote import resolve
+from ray_broker._ray import call
 from ray_broker.errors import BrokerNotRunning
 from ray_broker.metadata import MetadataCache
 from ray_broker.structs import GroupDescription, GroupListing, TopicDescription, TopicPartition
+
+# Creating a topic starts its partition actors, which can take a while on a busy cluster; no
+# admin call waits longer than this.
+ADMIN_TIMEOUT_S = 120.0
 
 
 class Admin:
@@ -19,13 +23,21 @@ class Admin:
         self._coordinator = coordinator
         self._metadata = metadata
 
-    def _call(self, method: str, *args: Any) -> Any:
-        call = getattr(self._controller, method).remote(*args)
-        return resolve(call, unavailable=BrokerNotRunning)
+    def _call(self, method: str, *args: Any, timeout_s: float = ADMIN_TIMEOUT_S) -> Any:
+        return call(
+            getattr(self._controller, method),
+            *args,
+            timeout_s=timeout_s,
+            unavailable=BrokerNotRunning,
+        )
 
     def _group_call(self, method: str, *args: Any) -> Any:
-        call = getattr(self._coordinator, method).remote(*args)
-        return resolve(call, unavailable=BrokerNotRunning)
+        return call(
+            getattr(self._coordinator, method),
+            *args,
+            timeout_s=ADMIN_TIMEOUT_S,
+            unavailable=BrokerNotRunning,
+        )
 
     def create_topic(
         self,
@@ -79,10 +91,14 @@ class Admin:
         done = {}
         for tp, nodes in moves.items():
             tp = TopicPartition(*tp)
-            call = self._controller.reassign_partition.remote(
-                tp.topic, tp.partition, nodes, timeout_s
+            done[tp] = self._call(
+                "reassign_partition",
+                tp.topic,
+                tp.partition,
+                nodes,
+                timeout_s,
+                timeout_s=timeout_s + 30,
             )
-            done[tp] = resolve(call, timeout_s + 30, unavailable=BrokerNotRunning)
             self._metadata.forget(tp.topic)
         return done
 

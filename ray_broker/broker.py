@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,10 @@ from ray_broker.config import (
 )
 from ray_broker.errors import BrokerNotRunning, InvalidConfig
 from ray_broker.runtime import ensure_ray
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 120.0
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 
@@ -38,7 +42,11 @@ class Broker:
         self._controller = controller
         self._coordinator = coordinator
         self._owns_ray = owns_ray
-        self._metadata = MetadataCache(controller)
+        import ray
+
+        self._metadata = MetadataCache(
+            controller, lookup=lambda: ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+        )
         self._clients: list[Any] = []
 
     def admin(self) -> Any:
@@ -78,20 +86,21 @@ class Broker:
         """
         import ray
 
-        from ray_broker._remote import resolve
+        from ray_broker._ray import call
 
         self.close_clients()
-        resolve(self._coordinator.shutdown.remote(), unavailable=BrokerNotRunning)
+        call(self._coordinator.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
         ray.kill(self._coordinator, no_restart=True)
-        resolve(self._controller.shutdown.remote(), unavailable=BrokerNotRunning)
+        call(self._controller.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
         ray.kill(self._controller, no_restart=True)
         self.close()
 
     def close_clients(self) -> None:
         for client in reversed(self._clients):
-            # Closing the others matters more than this one's error.
-            with contextlib.suppress(Exception):
+            try:
                 client.close()
+            except Exception as exc:  # closing the others matters more than this one's error
+                logger.warning("closing %s failed: %s", type(client).__name__, exc)
         self._clients.clear()
 
     def close(self) -> None:
@@ -137,7 +146,7 @@ def connect(
 
     import ray
 
-    from ray_broker._remote import resolve
+    from ray_broker._ray import call
     from ray_broker.actors.controller import Controller
     from ray_broker.actors.group_coordinator import GroupCoordinator
 
@@ -162,7 +171,7 @@ def connect(
     controller = singleton(Controller, CONTROLLER_NAME)
     coordinator = singleton(GroupCoordinator, GROUP_COORDINATOR_NAME)
     try:
-        info = resolve(controller.ready.remote(), timeout_s=120, unavailable=BrokerNotRunning)
+        info = call(controller.ready, timeout_s=120, unavailable=BrokerNotRunning)
     except BaseException:
         if owns_ray:
             ray.shutdown()

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from ray_broker._remote import resolve, unwrap
+from ray_broker._ray import call, classify, resolve, retrying, submit
 from ray_broker.config import ConsumerConfig, client_config
 from ray_broker.errors import (
     BrokerError,
@@ -183,17 +183,17 @@ class Consumer:
         Raises:
             BrokerError: no leader answered within request.timeout.ms.
         """
-        deadline = time.monotonic() + self.config.request_timeout_ms / 1000
-        while True:
-            try:
-                return resolve(
-                    self._leader(tp).offsets.remote(), self.config.request_timeout_ms / 1000
-                )
-            except BrokerError as exc:
-                if not exc.retriable or time.monotonic() > deadline:
-                    raise
-                self._metadata.forget(tp.topic)  # the leader moved or is restarting
-                time.sleep(self.config.retry_backoff_ms / 1000)
+        return self._leader_call(tp, "offsets")
+
+    def _leader_call(self, tp: TopicPartition, method: str, *args: Any) -> Any:
+        """Call the partition's leader, following it through failovers for request.timeout.ms."""
+        timeout_s = self.config.request_timeout_ms / 1000
+        return retrying(
+            lambda: call(getattr(self._leader(tp), method), *args, timeout_s=timeout_s),
+            time.monotonic() + timeout_s,
+            self.config.retry_backoff_ms / 1000,
+            lambda _error: self._metadata.forget(tp.topic),  # the leader moved or restarts
+        )
 
     def _move(self, tp: TopicPartition, offset: int) -> None:
         state = self._state(tp)
@@ -213,11 +213,15 @@ class Consumer:
     def _reap_abandoned(self, timeout_s: float = 0) -> None:
         if not self._abandoned:
             return
-        done, self._abandoned = ray.wait(
-            self._abandoned, num_returns=len(self._abandoned), timeout=timeout_s
-        )
+        try:
+            done, self._abandoned = ray.wait(
+                self._abandoned, num_returns=len(self._abandoned), timeout=timeout_s
+            )
+        except Exception:  # nothing to learn from abandoned fetches; let Ray drop them
+            self._abandoned = []
+            return
         for ref in done:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # an abandoned fetch's answer is not needed
                 ray.get(ref)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
@@ -277,15 +281,11 @@ class Consumer:
         self, timestamps: dict[TopicPartition, int]
     ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         """The earliest offset per partition whose timestamp is >= the given ms timestamp."""
-        refs = {
-            TopicPartition(*tp): self._leader(TopicPartition(*tp)).offset_for_time.remote(ts)
+        found = {
+            TopicPartition(*tp): self._leader_call(TopicPartition(*tp), "offset_for_time", ts)
             for tp, ts in timestamps.items()
         }
-        found = resolve(list(refs.values()), self.config.request_timeout_ms / 1000)
-        return {
-            tp: None if hit is None else OffsetAndTimestamp(*hit)
-            for tp, hit in zip(refs, found, strict=True)
-        }
+        return {tp: None if hit is None else OffsetAndTimestamp(*hit) for tp, hit in found.items()}
 
     # --- fetching -------------------------------------------------------------------------------
 
@@ -369,7 +369,8 @@ class Consumer:
                 self._reset(tp)
             try:
                 state.sent_at = now
-                state.in_flight = self._leader(tp).fetch.remote(
+                state.in_flight = submit(
+                    self._leader(tp).fetch,
                     state.fetch_offset,
                     self.config.max_partition_fetch_records,
                     self.config.max_partition_fetch_bytes,
@@ -378,16 +379,24 @@ class Consumer:
             except BrokerError as exc:
                 if not exc.retriable:
                     raise
+                state.in_flight = None
                 state.backoff_until = now + self.config.retry_backoff_ms / 1000
+                self._metadata.forget(tp.topic)
 
     def _await_fetches(self, timeout_s: float) -> None:
         pending = {s.in_flight: tp for tp, s in self._fetches.items() if s.in_flight is not None}
         if not pending:
             time.sleep(min(timeout_s, self.config.retry_backoff_ms / 1000))
             return
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
-        if ready:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        try:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
+            if ready:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        except Exception as exc:  # Ray's own failure: drop these fetches and send them again
+            logger.warning("waiting for fetches failed: %s", classify(exc))
+            for tp in pending.values():
+                self._abandon(self._fetches[tp])
+            return
         for ref in ready:
             self._complete_fetch(pending[ref], ref)
 
@@ -398,8 +407,8 @@ class Consumer:
         state.in_flight = None
         try:
             response: FetchResponse = ray.get(ref)
-        except Exception as exc:  # Ray's own types: unwrap() maps them to BrokerError
-            error = unwrap(exc)
+        except Exception as exc:  # Ray's own types: classify() maps them to BrokerError
+            error = classify(exc)
             if isinstance(error, OffsetOutOfRange):
                 self._reset(tp, error)
             elif error.retriable:
@@ -514,7 +523,19 @@ class Consumer:
             IllegalGeneration: this member was removed from the group (fenced).
             OffsetOutOfRange: an offset is beyond the partition's end.
         """
-        resolve(self._commit_ref(offsets), self.config.request_timeout_ms / 1000)
+        chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
+        self._coordinator_call(lambda: self._commit_ref(chosen))
+
+    def _coordinator_call(self, submit_call: Callable[[], Any]) -> Any:
+        """Send a request to the group coordinator, retrying while it or a partition it asks
+        is restarting (commits are idempotent), for request.timeout.ms."""
+        timeout_s = self.config.request_timeout_ms / 1000
+        deadline = time.monotonic() + timeout_s
+        return retrying(
+            lambda: resolve(submit_call(), max(deadline - time.monotonic(), 0.001)),
+            deadline,
+            self.config.retry_backoff_ms / 1000,
+        )
 
     def commit_async(
         self,
@@ -523,14 +544,19 @@ class Consumer:
     ) -> None:
         """Commit without waiting; ``callback(offsets, error)`` runs when the answer arrives."""
         chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
-        ref = self._commit_ref(chosen)
+        try:
+            ref = self._commit_ref(chosen)
+        except BrokerError as exc:
+            if callback is not None:
+                callback(chosen, exc)
+            return
 
         def done(fut: Any) -> None:
             try:
                 fut.result()
                 error = None
-            except Exception as exc:  # Ray's types; unwrap() maps them to BrokerError
-                error = unwrap(exc)
+            except Exception as exc:  # Ray's types; classify() maps them to BrokerError
+                error = classify(exc)
             if callback is not None:
                 callback(chosen, error)
 
@@ -541,13 +567,13 @@ class Consumer:
         chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
         member = self._membership.member_id if self._membership is not None else None
         payload = {(tp[0], tp[1]): (offset, "") for tp, offset in chosen.items()}
-        return self._coordinator.commit.remote(group_id, member, payload)
+        return submit(self._coordinator.commit, group_id, member, payload)
 
     def committed(self, tp: TopicPartition) -> int | None:
         """The group's committed offset for ``tp`` (None if it has none)."""
-        found = resolve(
-            self._coordinator.committed.remote(self._group_id(), [(tp[0], tp[1])]),
-            self.config.request_timeout_ms / 1000,
+        group_id = self._group_id()
+        found = self._coordinator_call(
+            lambda: submit(self._coordinator.committed, group_id, [(tp[0], tp[1])])
         )
         return found.get((tp[0], tp[1]))
 

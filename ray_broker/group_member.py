@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ray_broker._remote import resolve
+from ray_broker._ray import call
 from ray_broker.config import ConsumerConfig
 from ray_broker.errors import BrokerError, IllegalGeneration
 from ray_broker.structs import TopicPartition
@@ -77,18 +77,17 @@ class GroupMembership:
     # --- coordinator calls ----------------------------------------------------------------------
 
     def _join(self) -> None:
-        answer = resolve(
-            self._coordinator.join.remote(
-                self.group_id,
-                None,
-                self.config.group_instance_id,
-                self.config.client_id,
-                self.topics,
-                self.pattern,
-                self.config.partition_assignment_strategy,
-                self.config.session_timeout_ms,
-            ),
-            self._timeout_s,
+        answer = call(
+            self._coordinator.join,
+            self.group_id,
+            None,
+            self.config.group_instance_id,
+            self.config.client_id,
+            self.topics,
+            self.pattern,
+            self.config.partition_assignment_strategy,
+            self.config.session_timeout_ms,
+            timeout_s=self._timeout_s,
         )
         with self._lock:
             self.member_id = answer.member_id
@@ -101,9 +100,12 @@ class GroupMembership:
             self._thread.start()
 
     def _heartbeat_now(self) -> Any:
-        answer = resolve(
-            self._coordinator.heartbeat.remote(self.group_id, self.member_id, self._owned_keys()),
-            self._timeout_s,
+        answer = call(
+            self._coordinator.heartbeat,
+            self.group_id,
+            self.member_id,
+            self._owned_keys(),
+            timeout_s=self._timeout_s,
         )
         with self._lock:
             self._latest = answer
@@ -131,12 +133,17 @@ class GroupMembership:
                     self._fenced = True
             except BrokerError as exc:  # coordinator restarting: the session timeout decides
                 logger.debug("heartbeat failed: %s", exc)
+            except Exception:  # never let the heartbeat thread die: the session would expire
+                logger.exception("heartbeat round failed; continuing")
 
     def _leave_quietly(self) -> None:
         if self.member_id is not None:
             try:
-                resolve(
-                    self._coordinator.leave.remote(self.group_id, self.member_id), self._timeout_s
+                call(
+                    self._coordinator.leave,
+                    self.group_id,
+                    self.member_id,
+                    timeout_s=self._timeout_s,
                 )
             except BrokerError as exc:
                 logger.debug("leave failed: %s", exc)

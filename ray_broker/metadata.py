@@ -1,22 +1,41 @@
-"""The client's cached view of topic metadata, refreshed on demand and when it ages out."""
+"""The client's cached view of topic metadata, refreshed on demand and when it ages out.
+
+Metadata calls go to the Controller, which restarts in place (``max_restarts=-1``) and can be
+briefly unreachable while a node leaves the cluster. Every call here retries retriable failures
+within ``request_timeout_ms``, looking the Controller up again by name between attempts, so a
+producer's sender or a consumer's poll never sees a raw Ray failure from a metadata lookup.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from ray_broker._remote import resolve
-from ray_broker.errors import BrokerNotRunning
+from ray_broker._ray import call, retrying
+from ray_broker.errors import BrokerError, BrokerNotRunning
 from ray_broker.structs import TopicMetadata
+
+METADATA_RETRY_BACKOFF_MS = 50
+METADATA_REQUEST_TIMEOUT_MS = 30_000
 
 
 class MetadataCache:
     """Topic → leader handles, shared by every client of one ``Broker``."""
 
-    def __init__(self, controller: Any, max_age_ms: int = 300_000) -> None:
+    def __init__(
+        self,
+        controller: Any,
+        max_age_ms: int = 300_000,
+        lookup: Callable[[], Any] | None = None,
+        request_timeout_ms: int = METADATA_REQUEST_TIMEOUT_MS,
+    ) -> None:
         self._controller = controller
+        self._lookup = lookup
         self._max_age_s = max_age_ms / 1000
+        self._timeout_s = request_timeout_ms / 1000
         self._topics: dict[str, tuple[float, TopicMetadata]] = {}
         self._lock = threading.Lock()
 
@@ -29,16 +48,41 @@ class MetadataCache:
         return self.refresh(name, auto_create=auto_create)
 
     def refresh(self, name: str, *, auto_create: bool = False) -> TopicMetadata:
-        metadata = resolve(
-            self._controller.metadata.remote(name, auto_create), unavailable=BrokerNotRunning
-        )
+        metadata = self.controller_call("metadata", name, auto_create)
         with self._lock:
             self._topics[name] = (time.monotonic(), metadata)
         return metadata
 
     def topic_names(self) -> list[str]:
-        return resolve(self._controller.list_topics.remote(), unavailable=BrokerNotRunning)
+        return self.controller_call("list_topics")
 
     def forget(self, name: str) -> None:
         with self._lock:
             self._topics.pop(name, None)
+
+    def controller_call(self, method: str, *args: Any) -> Any:
+        """Call the Controller, retrying while it restarts or cannot be reached.
+
+        Raises:
+            BrokerNotRunning: the Controller stayed unreachable for the request timeout.
+            BrokerError: the Controller's own typed error (TopicNotFound, ...).
+        """
+        deadline = time.monotonic() + self._timeout_s
+
+        def attempt() -> Any:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            return call(
+                getattr(self._controller, method),
+                *args,
+                timeout_s=remaining,
+                unavailable=BrokerNotRunning,
+            )
+
+        return retrying(attempt, deadline, METADATA_RETRY_BACKOFF_MS / 1000, self._relookup)
+
+    def _relookup(self, _error: BrokerError) -> None:
+        if self._lookup is None:
+            return
+        # Not registered again yet: keep the old handle and retry later.
+        with contextlib.suppress(Exception):
+            self._controller = self._lookup()

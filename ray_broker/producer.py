@@ -13,6 +13,7 @@ is recognised if it had been written, and batches are written in order.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_broker._remote import unwrap
+from ray_broker._ray import classify, submit
 from ray_broker.config import ProducerConfig, client_config
 from ray_broker.errors import (
     BrokerError,
@@ -40,6 +41,10 @@ from ray_broker.partitioner import partition_for_key
 from ray_broker.storage.schema import HEADER_TYPE
 from ray_broker.structs import BatchMetadata, ProduceResult, RecordMetadata, TopicMetadata
 
+logger = logging.getLogger(__name__)
+
+# The largest record timestamp accepted (int64 milliseconds).
+MAX_TIMESTAMP_MS = 2**63 - 1
 # One produce request carries at most this many records of a send_batch() table.
 MAX_REQUEST_RECORDS = 100_000
 
@@ -114,7 +119,10 @@ class ProducerBatch:
             self.done.set()
             callbacks, self.callbacks = self.callbacks, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # the application's callback; the other callbacks still run
+                logger.exception("a send() callback raised")
 
     def on_done(self, callback: Callable[[], None]) -> None:
         with self.lock:
@@ -267,6 +275,15 @@ class Producer:
         header_list = _headers(headers)
         if timestamp_ms is None:
             timestamp_ms = time.time_ns() // 1_000_000  # CreateTime is the producer's clock
+        elif (
+            not isinstance(timestamp_ms, int)
+            or isinstance(timestamp_ms, bool)
+            or not 0 <= timestamp_ms <= MAX_TIMESTAMP_MS
+        ):
+            raise InvalidRecord(
+                f"timestamp_ms must be an int of milliseconds in [0, {MAX_TIMESTAMP_MS}], "
+                f"got {timestamp_ms!r}"
+            )
         with self._cond:
             if partition is None:
                 if key is not None:
@@ -432,28 +449,39 @@ class Producer:
     # --- sender thread --------------------------------------------------------------------------
 
     def _run_sender(self) -> None:
+        """The sender thread: never exits on an error, only after close() once all is done."""
         while True:
-            with self._cond:
-                expired = self._expire_requests(time.monotonic())
-            for batch in expired:
-                self._on_failure(
-                    batch,
-                    BrokerTimeoutError(
-                        f"no answer from the leader of {batch.topic}-{batch.partition} within "
-                        f"request.timeout.ms={self.config.request_timeout_ms}"
-                    ),
-                    batch.attempts,
-                )
-            with self._cond:
-                to_ship = self._collect(time.monotonic())
-                if not to_ship:
-                    if self._closed and not self._unfinished:
-                        return
-                    # Wakes on new records, replies, or the next linger/backoff/timeout check.
-                    self._cond.wait(self._next_wakeup(time.monotonic()))
-                    continue
-            for batch in to_ship:
-                self._ship(batch)
+            try:
+                if self._sender_round():
+                    return
+            except Exception:  # a bug must not strand every future: log, back off, go on
+                logger.exception("producer sender round failed; continuing")
+                time.sleep(self.config.retry_backoff_ms / 1000 or 0.01)
+
+    def _sender_round(self) -> bool:
+        """One round of the sender: expire, collect and ship; True when closed and done."""
+        with self._cond:
+            expired = self._expire_requests(time.monotonic())
+        for batch in expired:
+            self._on_failure(
+                batch,
+                BrokerTimeoutError(
+                    f"no answer from the leader of {batch.topic}-{batch.partition} within "
+                    f"request.timeout.ms={self.config.request_timeout_ms}"
+                ),
+                batch.attempts,
+            )
+        with self._cond:
+            to_ship = self._collect(time.monotonic())
+            if not to_ship:
+                if self._closed and not self._unfinished:
+                    return True
+                # Wakes on new records, replies, or the next linger/backoff/timeout check.
+                self._cond.wait(self._next_wakeup(time.monotonic()))
+                return False
+        for batch in to_ship:
+            self._ship(batch)
+        return False
 
     def _next_wakeup(self, now: float) -> float:
         wake = 0.05
@@ -498,24 +526,28 @@ class Producer:
         queue = self._queues[(batch.topic, batch.partition)]
         try:
             table = batch.build_table()
+            predecessors = False
             if self._producer_id is not None:
                 with self._cond:
                     if batch.sequence_generation != queue.sequence_generation:
                         batch.base_sequence = queue.next_sequence
                         batch.sequence_generation = queue.sequence_generation
                         queue.next_sequence += table.num_rows
+                    predecessors = _has_predecessors(queue, batch)
             leader = self._metadata.topic(batch.topic).leader(batch.partition)
             batch.attempts += 1
             batch.sent_at = time.monotonic()
-            ref = leader.produce.remote(
+            ref = submit(
+                leader.produce,
                 table,
                 self._producer_id,
                 self._epoch,
                 batch.base_sequence or 0,
                 self.config.acks,
+                predecessors,
             )
-        except BrokerError as exc:
-            self._on_failure(batch, exc)
+        except Exception as exc:  # typed by classify(); a build error fails this batch only
+            self._on_failure(batch, classify(exc))
             return
         if self.config.acks == 0:
             self._finish(batch, ProduceResult(-1, -1, -1, -1), None)
@@ -526,8 +558,8 @@ class Producer:
     def _on_reply(self, batch: ProducerBatch, attempt: int, fut: Any) -> None:
         try:
             result = fut.result()
-        except BaseException as exc:  # Ray raises its own types here; unwrap() maps them
-            self._on_failure(batch, unwrap(exc), attempt)
+        except Exception as exc:  # Ray raises its own types here; classify() maps them
+            self._on_failure(batch, classify(exc), attempt)
             return
         with self._cond:
             if attempt != batch.attempts or batch.done.is_set():
@@ -556,8 +588,10 @@ class Producer:
         if error.retriable and now < batch.deadline:
             with self._cond:
                 batch.last_error = error
-                queue.in_flight.remove(batch)
-                queue.retry.append(batch)
+                if batch in queue.in_flight:
+                    queue.in_flight.remove(batch)
+                if batch not in queue.retry:
+                    queue.retry.append(batch)
                 queue.backoff_until = now + self.config.retry_backoff_ms / 1000
                 self._cond.notify_all()
             self._metadata.forget(batch.topic)
@@ -590,6 +624,16 @@ class Producer:
             self._unfinished -= 1
             self._cond.notify_all()
         batch.complete(result, error)
+
+
+def _has_predecessors(queue: _PartitionQueue, batch: ProducerBatch) -> bool:
+    """Whether an earlier batch of the partition is still unanswered: only then may the
+    partition wait for it before appending ``batch`` (caller holds the lock)."""
+    sequence = batch.base_sequence or 0
+    return any(
+        other is not batch and other.base_sequence is not None and other.base_sequence < sequence
+        for other in queue.in_flight
+    )
 
 
 def _serialize(obj: Any, serializer: Callable[[Any], bytes] | None, what: str) -> bytes | None:
