@@ -15,15 +15,17 @@ any that are missing (after a whole-cluster restart), which rebuild themselves f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_broker._ray import await_ref, submit
+from ray_broker.actors.failover import plan_partition
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
 from ray_broker.actors.partition_state import PartitionState
@@ -36,8 +38,8 @@ from ray_broker.config import (
     parse_config,
 )
 from ray_broker.errors import (
+    BrokerError,
     BrokerTimeoutError,
-    FencedLeaderEpoch,
     InvalidReplicationFactor,
     UnknownTopicOrPartition,
 )
@@ -49,13 +51,14 @@ logger = logging.getLogger(__name__)
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 
 
-def live_nodes(include_head: bool = True) -> list[str]:
-    return sorted(
-        node["NodeID"]
+def live_nodes() -> dict[str, bool]:
+    """Live Ray nodes → whether each is the head node. Blocking (a GCS request): the Controller
+    calls it on a worker thread, never on its event loop."""
+    return {
+        node["NodeID"]: HEAD_NODE_RESOURCE in node.get("Resources", {})
         for node in ray.nodes()
         if node.get("Alive")
-        and (include_head or HEAD_NODE_RESOURCE not in node.get("Resources", {}))
-    )
+    }
 
 
 class Controller:
@@ -70,6 +73,14 @@ class Controller:
         self._unanswered: dict[tuple[str, int], float] = {}  # leader probes: first miss time
         self._lock: asyncio.Lock | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._nodes: dict[str, bool] = live_nodes()  # refreshed off the loop every check
+
+    async def _refresh_nodes(self) -> None:
+        self._nodes = await asyncio.to_thread(live_nodes)
+
+    def _alive_nodes(self, include_head: bool = True) -> list[str]:
+        """Live nodes as of the last refresh (at most one check interval old)."""
+        return sorted(n for n, head in self._nodes.items() if include_head or not head)
 
     def _mutex(self) -> asyncio.Lock:
         if self._lock is None:
@@ -88,7 +99,7 @@ class Controller:
 
     def _node_load(self) -> dict[str, list[int]]:
         """Per live node: [replicas, leaders] it hosts, to spread new ones evenly."""
-        load = {node: [0, 0] for node in live_nodes(self.config.replicas_on_head_node)}
+        load = {node: [0, 0] for node in self._alive_nodes(self.config.replicas_on_head_node)}
         for record in self.registry.topics.values():
             for state in record.states:
                 for slot, node in state.nodes.items():
@@ -178,7 +189,7 @@ class Controller:
 
     async def _push_roles(self, record: TopicRecord, partition: int) -> None:
         state = record.states[partition]
-        alive = set(live_nodes())
+        alive = set(self._alive_nodes())
         replicas = {
             slot: self._actor(record, partition, slot)
             for slot in state.replicas
@@ -186,10 +197,13 @@ class Controller:
         }
         calls = []
         for slot, handle in replicas.items():
-            if slot == state.leader:
-                calls.append(handle.become_leader.remote(state.epoch, replicas, state.isr))
-            else:
-                calls.append(handle.become_follower.remote(state.epoch))
+            try:
+                if slot == state.leader:
+                    calls.append(submit(handle.become_leader, state.epoch, replicas, state.isr))
+                else:
+                    calls.append(submit(handle.become_follower, state.epoch))
+            except BrokerError as exc:  # its node is leaving: the next check handles it
+                logger.info("%s-%d: role for %s not sent: %s", record.name, partition, slot, exc)
         # Bounded: a hung replica (its call stays queued and lands when it wakes up) must not
         # hold up the Controller, which would stall every client's metadata request.
         tasks = [asyncio.ensure_future(call) for call in calls]
@@ -219,9 +233,13 @@ class Controller:
             await asyncio.sleep(self.config.controller_check_interval_ms / 1000)
             rounds += 1
             try:
+                await self._refresh_nodes()
                 hung = await self._probe_leaders()
                 async with self._mutex():
-                    await self._heal(prefer=rounds % PREFERRED_LEADER_EVERY_ROUNDS == 0, hung=hung)
+                    pushes = await self._heal(
+                        prefer=rounds % PREFERRED_LEADER_EVERY_ROUNDS == 0, hung=hung
+                    )
+                await self._push_many(pushes)
             except Exception:  # keep watching; the next round retries
                 logger.exception("cluster check failed")
 
@@ -251,54 +269,48 @@ class Controller:
                 del self._unanswered[key]
         return hung
 
-    async def _heal(self, prefer: bool, hung: set[tuple[str, int]] = frozenset()) -> None:
-        alive_nodes = set(live_nodes())
+    async def _heal(
+        self, prefer: bool, hung: Collection[tuple[str, int]] = frozenset()
+    ) -> list[tuple[TopicRecord, int]]:
+        """Apply the failover plan to every partition (caller holds the mutex); returns the
+        partitions whose roles must be pushed — after the mutex is released, so metadata
+        requests never wait behind role changes of many partitions."""
+        alive_nodes = set(self._alive_nodes())
+        pushes = []
         for record in list(self.registry.topics.values()):
-            unclean = record.config.unclean_leader_election_enable
             for p, state in enumerate(record.states):
-                changed = False
-                dead = [slot for slot in state.replicas if state.nodes[slot] not in alive_nodes]
-                for slot in dead:
+                plan = plan_partition(
+                    state,
+                    alive_nodes,
+                    replication_factor=record.replication_factor,
+                    unclean=record.config.unclean_leader_election_enable,
+                    choose_nodes=self._choose_nodes,
+                    leader_hung=(record.topic_id, p) in hung,
+                    prefer=prefer,
+                )
+                for slot in plan.removed:
                     logger.warning("%s-%d: replica %s lost with its node", record.name, p, slot)
-                    with contextlib.suppress(Exception):
-                        ray.kill(self._actors.pop((record.topic_id, p, slot)), no_restart=True)
-                    state.remove_slot(slot)
-                    changed = True
-                alive_slots = {s for s in state.replicas if state.nodes[s] in alive_nodes}
-                standby = [s for s in state.isr if s != state.leader and s in alive_slots]
-                if (record.topic_id, p) in hung and state.leader is not None and standby:
-                    # Only with another in-sync replica to take over: otherwise waiting for
-                    # the leader to answer again loses nothing, failing over would.
-                    logger.warning(
-                        "%s-%d: leader %s does not answer; failing over",
-                        record.name,
-                        p,
-                        state.leader,
-                    )
-                    state.isr = [s for s in state.isr if s != state.leader]
-                    alive_slots.discard(state.leader)
-                    changed |= state.elect(alive_slots, unclean)
-                elif state.leader is None or state.leader not in alive_slots:
-                    changed |= state.elect(alive_slots, unclean)
-                missing = record.replication_factor - len(state.replicas)
-                if missing > 0:
-                    used = set(state.nodes.values())
-                    for node in self._choose_nodes(missing, used):
-                        slot = state.add_slot(node)
-                        changed = True
-                        if state.leader is None and record.replication_factor == 1:
-                            # One replica: its data can only be where the directory is; start
-                            # it on a live node (whole-cluster restart, shared disk).
-                            state.leader = slot
-                            state.isr = [slot]
-                            state.epoch += 1
-                elif prefer and state.prefer(alive_slots):
-                    changed = True
-                if changed:
+                    handle = self._actors.pop((record.topic_id, p, slot), None)
+                    if handle is not None:
+                        self._kill(handle, f"{record.name}-{p} replica {slot}")
+                if plan.changed:
                     self.registry.save(record)
                     for slot in state.replicas:
                         self._actor(record, p, slot)
-                    await self._push_roles(record, p)
+                    pushes.append((record, p))
+        return pushes
+
+    async def _push_many(self, pushes: list[tuple[TopicRecord, int]]) -> None:
+        """Push roles of several partitions at once (each bounded by ROLE_CHANGE_TIMEOUT_S)."""
+        if pushes:
+            await asyncio.gather(*(self._push_roles(record, p) for record, p in pushes))
+
+    @staticmethod
+    def _kill(handle: Any, what: str) -> None:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception as exc:  # already gone with its node: nothing left to stop
+            logger.info("stopping %s: %s", what, exc)
 
     async def replica_state(self, topic: str, partition: int, slot: str) -> dict[str, Any] | None:
         """A (re)started replica asks what it is. None if it is no longer a replica."""
@@ -308,7 +320,7 @@ class Controller:
         state = record.states[partition]
         if slot not in state.replicas:
             return None
-        alive = set(live_nodes())
+        alive = set(self._alive_nodes())
         replicas = {
             s: self._actor(record, partition, s)
             for s in state.replicas
@@ -329,15 +341,7 @@ class Controller:
             if record is None or partition >= len(record.states):
                 raise UnknownTopicOrPartition(f"{topic}-{partition} does not exist")
             state = record.states[partition]
-            if epoch != state.epoch:
-                raise FencedLeaderEpoch(
-                    f"{topic}-{partition}: ISR change from epoch {epoch}, current {state.epoch}"
-                )
-            wanted = [s for s in state.replicas if s in set(isr)]
-            if state.leader is not None and state.leader not in wanted:
-                wanted.insert(0, state.leader)
-            if wanted != state.isr:
-                state.isr = wanted
+            if state.alter_isr(epoch, isr):
                 self.registry.save(record)
             return state.isr
 
@@ -345,10 +349,12 @@ class Controller:
 
     async def ready(self) -> dict[str, Any]:
         """Start every known partition (after a restart) and describe the broker."""
+        await self._refresh_nodes()
         async with self._mutex():
-            await self._heal(prefer=False)
+            pushes = await self._heal(prefer=False)
             for record in list(self.registry.topics.values()):
                 await self._start_partitions(record)
+        await self._push_many(pushes)
         return {
             "data_dir": str(self.data_dir),
             "namespace": self.namespace,
@@ -371,6 +377,7 @@ class Controller:
         replication_factor: int | None = None,
         config: dict[str, Any] | None = None,
     ) -> TopicDescription:
+        await self._refresh_nodes()
         async with self._mutex():
             record = self.registry.create(
                 name,
@@ -379,7 +386,7 @@ class Controller:
                 if replication_factor is None
                 else replication_factor,
                 config,
-                len(live_nodes(self.config.replicas_on_head_node)),
+                len(self._alive_nodes(self.config.replicas_on_head_node)),
             )
             await self._start_partitions(record)
         self._nudge_group_coordinator()
@@ -441,10 +448,11 @@ class Controller:
         for p, state in enumerate(record.states):
             info: dict[str, Any] = {}
             if state.leader is not None:
-                with contextlib.suppress(Exception):
-                    info = await asyncio.wait_for(
-                        self._actor(record, p, state.leader).info.remote(), DESCRIBE_TIMEOUT_S
-                    )
+                try:
+                    ref = submit(self._actor(record, p, state.leader).info)
+                    info = await await_ref(ref, DESCRIBE_TIMEOUT_S)
+                except BrokerError as exc:  # described without offsets (shown as -1)
+                    logger.info("%s-%d: leader did not describe itself: %s", name, p, exc)
             offsets = info.get("offsets")
             partitions.append(
                 PartitionInfo(
@@ -499,7 +507,8 @@ class Controller:
         record = self.registry.get(name)
         if not 0 <= partition < record.partitions:
             raise UnknownTopicOrPartition(f"{name}-{partition} does not exist")
-        alive = set(live_nodes())
+        await self._refresh_nodes()
+        alive = set(self._alive_nodes())
         if len(set(nodes)) != len(nodes) or len(nodes) != record.replication_factor:
             raise InvalidReplicationFactor(
                 f"give {record.replication_factor} distinct nodes for {name}-{partition}, "
@@ -532,9 +541,11 @@ class Controller:
                 if was_leader:
                     state.elect({s for s in state.replicas if state.nodes[s] in alive}, False)
                 if handle is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(handle.delete.remote(), ROLE_CHANGE_TIMEOUT_S)
-                    ray.kill(handle, no_restart=True)
+                    try:
+                        await await_ref(submit(handle.delete), ROLE_CHANGE_TIMEOUT_S)
+                    except BrokerError as exc:  # its files stay; the actor is stopped anyway
+                        logger.warning("%s-%d: removing replica %s: %s", name, partition, slot, exc)
+                    self._kill(handle, f"{name}-{partition} replica {slot}")
             order = {node: index for index, node in enumerate(nodes)}
             state.replicas.sort(key=lambda slot: order[state.nodes[slot]])
             self.registry.save(record)

@@ -20,21 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
+from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.partition_core import Partition
+from ray_broker.actors.replica import Replica, Role
 from ray_broker.config import TopicConfig, parse_config
 from ray_broker.errors import (
+    BrokerBusy,
+    BrokerError,
     FencedLeaderEpoch,
     InvalidRecord,
     NotEnoughReplicas,
+    NotEnoughReplicasAfterAppend,
     NotLeader,
 )
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
@@ -51,22 +55,16 @@ REPLICA_FETCH_RECORDS = 100_000
 REPLICA_IDLE_PUSH_MS = 200
 REPLICA_RETRY_BACKOFF_MS = 100
 ACKS_ALL_TIMEOUT_MS = 30_000
-
-
-class Role(str, enum.Enum):
-    UNKNOWN = "unknown"  # just (re)started; asks the Controller
-    LEADER = "leader"
-    FOLLOWER = "follower"
+ISR_CHECK_INTERVAL_MS = 100
+ALTER_ISR_TIMEOUT_S = 5.0
 
 
 @dataclass
 class FollowerLink:
-    """What the leader knows of one follower."""
+    """The leader's connection to one follower (its progress lives in ``Replica``)."""
 
     slot: str
     handle: Any
-    log_end_offset: int = -1
-    caught_up_at: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
 
 
@@ -99,9 +97,7 @@ class PartitionActor:
     ) -> None:
         self.core = Partition(topic, partition, directory, parse_config(TopicConfig, config))
         self.slot = slot
-        self.role = Role.UNKNOWN
-        self.leader_epoch = -1
-        self.isr: set[str] = set()
+        self.replica = Replica(slot, self.core, time.monotonic)
         self.links: dict[str, FollowerLink] = {}
         self._controller = controller
         self._maintenance_interval_s = maintenance_interval_ms / 1000
@@ -126,11 +122,11 @@ class PartitionActor:
     async def _ensure_role(self) -> None:
         """After a restart, learn this replica's role from the Controller."""
         self._start_background()
-        if self.role != Role.UNKNOWN or self._controller is None:
+        if self.replica.role != Role.UNKNOWN or self._controller is None:
             return
         assert self._role_lock is not None
         async with self._role_lock:
-            if self.role != Role.UNKNOWN:
+            if self.replica.role != Role.UNKNOWN:
                 return
             state = await self._controller.replica_state.remote(
                 self.core.topic, self.core.partition, self.slot
@@ -147,10 +143,14 @@ class PartitionActor:
             await self.become_follower(epoch)
 
     async def become_leader(self, epoch: int, replicas: dict[str, Any], isr: list[str]) -> None:
-        """Lead ``epoch`` with these replicas (slot → handle) and in-sync slots."""
-        self._take_role(Role.LEADER, epoch)
-        self.core.become_leader(epoch)
-        self.isr = set(isr) | {self.slot}
+        """Lead ``epoch`` with these replicas (slot → handle) and in-sync slots.
+
+        Raises:
+            FencedLeaderEpoch: an older epoch than this replica already knows.
+        """
+        self._start_background()
+        self.replica.become_leader(epoch, replicas, isr)
+        self._stop_links()
         loop = asyncio.get_running_loop()
         for slot, handle in replicas.items():
             if slot == self.slot:
@@ -158,21 +158,14 @@ class PartitionActor:
             link = FollowerLink(slot, handle)
             link.task = loop.create_task(self._replicate_to(link))
             self.links[slot] = link
-        self._advance_high_watermark()
+        self._on_high_watermark(moved=True)
 
     async def become_follower(self, epoch: int) -> None:
-        self._take_role(Role.FOLLOWER, epoch)
-        self.isr = set()
-        self._notify_hw()  # acks=all waiters learn they lost the leadership
-
-    def _take_role(self, role: Role, epoch: int) -> None:
-        """Switch role for ``epoch`` (the Controller's order); older epochs are refused."""
+        """Follow the leader of ``epoch``. Raises FencedLeaderEpoch for an older epoch."""
         self._start_background()
-        if epoch < self.leader_epoch:
-            raise FencedLeaderEpoch(f"{self.core.name}: epoch {epoch} < {self.leader_epoch}")
+        self.replica.become_follower(epoch)
         self._stop_links()
-        self.role = role
-        self.leader_epoch = epoch
+        self._notify_hw()  # acks=all waiters learn they lost the leadership
 
     def _stop_links(self) -> None:
         for link in self.links.values():
@@ -182,19 +175,13 @@ class PartitionActor:
 
     def _step_down(self, epoch: int) -> None:
         """A newer leader exists (a follower said so): stop acting as leader."""
-        if epoch > self.leader_epoch or self.role == Role.LEADER:
+        if self.replica.step_down(epoch):
             logger.warning("%s: fenced by leader epoch %d, stepping down", self.core.name, epoch)
-            self._stop_links()
-            self.role = Role.FOLLOWER
-            self.leader_epoch = max(self.leader_epoch, epoch)
-            self._notify_hw()
+        self._stop_links()
+        self._notify_hw()
 
     def _check_leader(self) -> None:
-        if self.role != Role.LEADER:
-            raise NotLeader(
-                f"replica {self.slot} of {self.core.name} is not the leader (role "
-                f"{self.role.value}, epoch {self.leader_epoch}); refresh metadata and retry"
-            )
+        self.replica.check_leader()
 
     def _notify_data(self) -> None:
         if self._data_arrived is not None:
@@ -221,9 +208,9 @@ class PartitionActor:
             "node_id": ray.get_runtime_context().get_node_id(),
             "pid": os.getpid(),
             "slot": self.slot,
-            "role": self.role.value,
-            "epoch": self.leader_epoch,
-            "isr": sorted(self.isr),
+            "role": self.replica.role.value,
+            "epoch": self.replica.leader_epoch,
+            "isr": sorted(self.replica.isr),
             "offsets": self.core.offsets(),
         }
 
@@ -236,40 +223,66 @@ class PartitionActor:
         producer_epoch: int = 0,
         base_sequence: int = 0,
         acks: int = -1,
+        predecessors_in_flight: bool = True,
     ) -> ProduceResult:
         """Append a producer batch as the leader.
+
+        ``predecessors_in_flight`` says whether the producer has earlier batches of this
+        partition on their way; only then does a batch that skips sequences wait for them (Ray
+        does not order an async actor's calls). A producer this partition no longer knows (its
+        state expired) resumes at once instead of waiting out ``SEQUENCE_WAIT_MS``.
 
         Raises:
             NotLeader: this replica is not the leader (refresh metadata).
             NotEnoughReplicas: acks=all and fewer in-sync replicas than min.insync.replicas
                 (nothing was written), or they did not confirm in time.
+            NotEnoughReplicasAfterAppend: acks=all, written, but the in-sync replicas shrank
+                below min.insync.replicas before the write was committed (retry: idempotence
+                deduplicates).
+            BrokerBusy: segments are written to disk slower than they arrive (retriable).
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
         """
         await self._ensure_role()
         self._check_leader()
         min_isr = self.core.log.config.min_insync_replicas
-        if acks == -1 and len(self.isr) < min_isr:
+        if acks == -1 and not self.replica.enough_replicas(min_isr):
             raise NotEnoughReplicas(
-                f"{self.core.name} has {len(self.isr)} in-sync replica(s), fewer than "
+                f"{self.core.name} has {len(self.replica.isr)} in-sync replica(s), fewer than "
                 f"min.insync.replicas={min_isr}; nothing was written"
             )
-        if producer_id is not None:
+        unsealed = self.core.log.unsealed_bytes
+        if unsealed > self.core.log.config.log_unsealed_bytes_max:
+            self._seal_in_background()
+            raise BrokerBusy(
+                f"{self.core.name} holds {unsealed} bytes of rolled segments not yet written "
+                f"to Parquet (log.unsealed.bytes.max="
+                f"{self.core.log.config.log_unsealed_bytes_max}); retry after a back-off"
+            )
+        if producer_id is not None and predecessors_in_flight:
             await self._await_predecessors(producer_id, producer_epoch, base_sequence)
             self._check_leader()
         result = self.core.produce(batch, producer_id, producer_epoch, base_sequence)
         if not result.duplicate:
-            self._advance_high_watermark()
+            self._on_high_watermark(self.replica.advance_high_watermark())
             self._notify_data()
             self._seal_in_background()
         if acks == -1:
             await self._await_committed(result.last_offset + 1)
+            if not self.replica.enough_replicas(min_isr):
+                # Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: the write reached only the
+                # leader's shrunken ISR, which is not the durability acks=all promised.
+                raise NotEnoughReplicasAfterAppend(
+                    f"{self.core.name}: offset {result.last_offset} was written but the "
+                    f"in-sync replicas shrank to {len(self.replica.isr)}, fewer than "
+                    f"min.insync.replicas={min_isr}; retry (idempotence deduplicates)"
+                )
         return result
 
     async def _await_committed(self, offset: int) -> None:
         deadline = time.monotonic() + ACKS_ALL_TIMEOUT_MS / 1000
-        epoch = self.leader_epoch
+        epoch = self.replica.leader_epoch
         while self.core.high_watermark < offset:
-            if self.role != Role.LEADER or self.leader_epoch != epoch:
+            if not self.replica.is_leading(epoch):
                 raise NotLeader(
                     f"{self.core.name}: lost the leadership before the write was replicated; "
                     "it may or may not be committed — retry (idempotence deduplicates)"
@@ -292,16 +305,8 @@ class PartitionActor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._data_arrived.wait(), remaining)
 
-    def _advance_high_watermark(self) -> None:
-        """HW = lowest log end among in-sync replicas (this leader included)."""
-        if self.role != Role.LEADER:
-            return
-        ends = [self.core.log_end_offset]
-        for slot in self.isr:
-            if slot != self.slot:
-                link = self.links.get(slot)
-                ends.append(link.log_end_offset if link is not None else -1)
-        if self.core.advance_high_watermark(min(ends)):
+    def _on_high_watermark(self, moved: bool) -> None:
+        if moved:
             self._notify_hw()
             self._notify_data()  # consumers wait for committed records, not appended ones
 
@@ -339,28 +344,39 @@ class PartitionActor:
     # --- follower side --------------------------------------------------------------------------
 
     def _check_epoch(self, epoch: int) -> None:
-        if epoch < self.leader_epoch:
-            raise FencedLeaderEpoch(
-                f"replica {self.slot} of {self.core.name} follows epoch {self.leader_epoch}; "
-                f"a leader of epoch {epoch} is stale"
-            )
-        if epoch > self.leader_epoch or self.role != Role.FOLLOWER:
-            if self.role == Role.LEADER and epoch == self.leader_epoch:
-                raise FencedLeaderEpoch(f"two leaders claim epoch {epoch} of {self.core.name}")
-            self._step_down(epoch)
-            self.role = Role.FOLLOWER
-            self.leader_epoch = epoch
+        """Raises FencedLeaderEpoch for a stale leader; a newer one demotes this replica."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise InvalidRecord(f"a leader epoch is an int, got {type(epoch).__name__}")
+        if self.replica.accept_leader(epoch):
+            logger.warning("%s: fenced by leader epoch %d, stepping down", self.core.name, epoch)
+            self._stop_links()
+            self._notify_hw()
 
-    async def epoch_state(self, epoch: int) -> tuple[int, int]:
-        """(latest leader epoch, log end offset) for a new leader's divergence check."""
+    async def epoch_state(self, epoch: int) -> tuple[list[tuple[int, int]], int]:
+        """(leader-epoch entries, log end offset) for a new leader's divergence check."""
         self._start_background()
         self._check_epoch(epoch)
-        return self.core.epochs.latest_epoch, self.core.log_end_offset
+        return list(self.core.epochs.entries), self.core.log_end_offset
 
-    async def truncate(self, epoch: int, offset: int, leader_log_start: int) -> int:
+    async def truncate(
+        self, epoch: int, offset: int, leader_log_start: int, expected_end: int | None = None
+    ) -> int:
         """Cut this follower's log at ``offset`` (or restart it at the leader's log start when it
-        is too far behind); returns the new log end offset."""
+        is too far behind); returns the new log end offset.
+
+        ``expected_end`` is the log end the leader compared epochs against; if the log moved
+        since (a late, repeated request), nothing is cut and the leader compares again.
+
+        Raises:
+            FencedLeaderEpoch: the sender is a stale leader.
+            InvalidRecord: the log moved since the comparison.
+        """
         self._check_epoch(epoch)
+        if expected_end is not None and expected_end != self.core.log_end_offset:
+            raise InvalidRecord(
+                f"{self.core.name}: log end is {self.core.log_end_offset}, not {expected_end}; "
+                "compare epochs again"
+            )
         if self.core.log_end_offset < leader_log_start:
             self.core.start_from(leader_log_start)
         else:
@@ -386,22 +402,25 @@ class PartitionActor:
         if table is not None and table.num_rows:
             self.core.append_replica(table, epochs)
             self._seal_in_background()
-        self.core.high_watermark = max(
-            self.core.high_watermark, min(leader_high_watermark, self.core.log_end_offset)
-        )
+        if self.replica.follower_high_watermark(leader_high_watermark):
+            self._notify_data()
         return self.core.log_end_offset
 
     # --- leader side: one sender per follower -----------------------------------------------------
 
     async def _replicate_to(self, link: FollowerLink) -> None:
-        epoch = self.leader_epoch
+        epoch = self.replica.leader_epoch
         synced = False
-        while self.role == Role.LEADER and self.leader_epoch == epoch:
+        while self.replica.is_leading(epoch):
             try:
                 if not synced:
-                    link.log_end_offset = await self._resync(link, epoch)
+                    follower_end = await self._resync(link, epoch)
                     synced = True
-                    self._advance_high_watermark()
+                    self._on_high_watermark(
+                        self.replica.on_follower_progress(
+                            link.slot, follower_end, self.core.log_end_offset
+                        )
+                    )
                 await self._push(link, epoch)
             except asyncio.CancelledError:
                 raise
@@ -410,74 +429,88 @@ class PartitionActor:
                 return
             except InvalidRecord:
                 synced = False  # the follower's log moved (it restarted): compare again
-            except Exception as exc:  # follower down or restarting: retry, it stays out of ISR
-                logger.debug("%s: replication to %s failed: %s", self.core.name, link.slot, exc)
+            except Exception as exc:
+                error = classify(exc)
+                if error.retriable:  # follower down or restarting: it stays out of the ISR
+                    logger.debug("%s: replication to %s: %s", self.core.name, link.slot, error)
+                else:  # a bug or a refused request: loud, but keep trying (never exit)
+                    logger.error(
+                        "%s: replication to %s failed: %s", self.core.name, link.slot, error
+                    )
                 synced = False
                 await asyncio.sleep(REPLICA_RETRY_BACKOFF_MS / 1000)
 
     async def _resync(self, link: FollowerLink, epoch: int) -> int:
-        follower_epoch, follower_end = await link.handle.epoch_state.remote(epoch)
-        end = self.core.epochs.end_offset_for(follower_epoch, self.core.log_end_offset)
-        target = min(follower_end, end)
-        if target == follower_end and follower_end >= self.core.log.log_start_offset:
+        follower_epochs, follower_end = await link.handle.epoch_state.remote(epoch)
+        target = self.replica.truncation_point(follower_epochs, follower_end)
+        if target is None:
             return follower_end
-        return await link.handle.truncate.remote(epoch, target, self.core.log.log_start_offset)
+        return await link.handle.truncate.remote(
+            epoch, target, self.core.log.log_start_offset, follower_end
+        )
 
     async def _push(self, link: FollowerLink, epoch: int) -> None:
+        progress = self.replica.followers.get(link.slot)
+        if progress is None:
+            return  # no longer leading (the loop ends)
         leader_end = self.core.log_end_offset
-        if link.log_end_offset >= leader_end:
-            link.caught_up_at = time.monotonic()
+        if progress.log_end_offset >= leader_end:
+            self.replica.mark_caught_up(link.slot)
             waiter = self._data_arrived
             assert waiter is not None
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(waiter.wait(), REPLICA_IDLE_PUSH_MS / 1000)
             leader_end = self.core.log_end_offset
         table = None
-        if link.log_end_offset < leader_end:
-            table = self.core.log.read(link.log_end_offset, REPLICA_FETCH_RECORDS)
+        if progress.log_end_offset < leader_end:
+            table = self.core.log.read(progress.log_end_offset, REPLICA_FETCH_RECORDS)
         payload = records_to_ipc(table) if table is not None and table.num_rows else None
         follower_end = await link.handle.replicate.remote(
             epoch, payload, self.core.epochs.entries, self.core.high_watermark
         )
-        link.log_end_offset = follower_end
-        if follower_end >= leader_end:
-            link.caught_up_at = time.monotonic()
-        self._advance_high_watermark()
+        if self.replica.is_leading(epoch):
+            self._on_high_watermark(
+                self.replica.on_follower_progress(link.slot, follower_end, leader_end)
+            )
 
     async def _isr_checks(self) -> None:
         """Shrink the ISR when a follower lags more than replica.lag.time.max.ms; expand it when
         a follower has caught up to the high watermark. The Controller records every change."""
         while True:
-            await asyncio.sleep(0.1)
-            if self.role != Role.LEADER or self._controller is None:
+            await asyncio.sleep(ISR_CHECK_INTERVAL_MS / 1000)
+            if self._controller is None:
                 continue
-            lag_s = self.core.log.config.replica_lag_time_max_ms / 1000
-            now = time.monotonic()
-            isr = set(self.isr)
-            for slot, link in self.links.items():
-                if slot in isr and now - link.caught_up_at > lag_s:
-                    isr.discard(slot)
-                elif (
-                    slot not in isr
-                    and link.log_end_offset >= self.core.high_watermark
-                    and now - link.caught_up_at <= lag_s
-                ):
-                    isr.add(slot)
-            if isr != self.isr:
-                await self._alter_isr(isr)
+            try:
+                lag_s = self.core.log.config.replica_lag_time_max_ms / 1000
+                isr = self.replica.isr_proposal(lag_s, ALTER_ISR_TIMEOUT_S)
+                if isr is not None:
+                    await self._alter_isr(isr)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep checking: a dead ISR loop would freeze the ISR for good
+                logger.exception("%s: ISR check failed", self.core.name)
 
     async def _alter_isr(self, isr: set[str]) -> None:
-        epoch = self.leader_epoch
+        epoch = self.replica.leader_epoch
         try:
-            accepted = await self._controller.alter_isr.remote(
-                self.core.topic, self.core.partition, epoch, sorted(isr)
+            accepted = await await_ref(
+                submit(
+                    self._controller.alter_isr,
+                    self.core.topic,
+                    self.core.partition,
+                    epoch,
+                    sorted(isr),
+                ),
+                ALTER_ISR_TIMEOUT_S,
             )
-        except Exception as exc:  # Controller restarting, or we were fenced
+        except BrokerError as exc:  # Controller restarting, or we were fenced
             logger.info("%s: ISR change to %s refused: %s", self.core.name, sorted(isr), exc)
+            if self.replica.is_leading(epoch):
+                self.replica.isr_answered()
+                self._on_high_watermark(self.replica.advance_high_watermark())
             return
-        if self.role == Role.LEADER and self.leader_epoch == epoch:
-            self.isr = set(accepted) | {self.slot}
-            self._advance_high_watermark()
+        if self.replica.apply_isr(epoch, accepted):
+            self._on_high_watermark(moved=True)
 
     # --- housekeeping ---------------------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class Partition:
     def log_end_offset(self) -> int:
         return self.log.log_end_offset
 
+    @property
+    def log_start_offset(self) -> int:
+        return self.log.log_start_offset
+
     def advance_high_watermark(self, committed: int) -> bool:
         """Raise the high watermark to ``committed`` (never past the log end, never down);
         returns True if it moved."""
@@ -182,14 +186,21 @@ class Partition:
         return record.column("offset")[0].as_py(), record.column("timestamp")[0].as_py()
 
     def maintain(self) -> dict[str, int]:
-        """Periodic housekeeping: roll by segment.ms, retention, compaction, flush.ms."""
+        """Periodic housekeeping: roll by segment.ms, retention, compaction, flush.ms, and
+        expiry of idle producer ids."""
         self._check_alive()
+        expired = self.producers.expire(self.log.config.producer_id_expiration_ms)
         rolled = self.log.maybe_roll()
         deleted = self.log.apply_retention()
         compacted = self.log.compact() if self.log.config.compacts else 0
         if self.log.config.flush_ms is not None:
             self.log.flush()
-        return {"rolled": int(rolled), "segments_deleted": len(deleted), "compacted": compacted}
+        return {
+            "rolled": int(rolled),
+            "segments_deleted": len(deleted),
+            "compacted": compacted,
+            "producers_expired": expired,
+        }
 
     def delete(self) -> None:
         """Remove the partition's files; every later call raises UnknownTopicOrPartition."""

@@ -15,6 +15,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray_broker.errors import FencedLeaderEpoch
+
 
 @dataclass
 class PartitionState:
@@ -80,4 +82,22 @@ class PartitionState:
             return False
         self.leader = preferred
         self.epoch += 1
+        return True
+
+    def alter_isr(self, epoch: int, isr: Collection[str]) -> bool:
+        """The leader of ``epoch`` reports its in-sync set; returns True if the state changed.
+
+        Only known replicas count and the leader always stays in.
+
+        Raises:
+            FencedLeaderEpoch: ``epoch`` is not the current one (a deposed leader).
+        """
+        if epoch != self.epoch:
+            raise FencedLeaderEpoch(f"ISR change from epoch {epoch}, current {self.epoch}")
+        wanted = [s for s in self.replicas if s in set(isr)]
+        if self.leader is not None and self.leader not in wanted:
+            wanted.insert(0, self.leader)
+        if wanted == self.isr:
+            return False
+        self.isr = wanted
         return True

@@ -21,11 +21,13 @@ EPOCHS_FILE = "_leader_epochs.json"
 
 
 class LeaderEpochCache:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / EPOCHS_FILE
+    """``directory=None`` keeps the cache in memory only (the replication simulator)."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.path = self.directory / EPOCHS_FILE if self.directory is not None else None
         self.entries: list[tuple[int, int]] = []
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             self.entries = [(int(e), int(o)) for e, o in json.loads(self.path.read_text())]
 
     @property
@@ -63,6 +65,8 @@ class LeaderEpochCache:
             self._save()
 
     def _save(self) -> None:
+        if self.path is None or self.directory is None:
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.entries))
         fd = os.open(tmp, os.O_RDONLY)

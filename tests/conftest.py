@@ -55,3 +55,18 @@ def topic(broker) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}"
     broker.admin().create_topic(name, partitions=3)
     return name
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--sim-seed", type=int, default=None, help="replay one simulator seed")
+    parser.addoption(
+        "--sim-seeds", type=int, default=10_000, help="how many simulator seeds the sweep runs"
+    )
+
+
+@pytest.fixture
+def sim_seeds(request: pytest.FixtureRequest) -> list[int]:
+    seed = request.config.getoption("--sim-seed")
+    if seed is not None:
+        return [seed]
+    return list(range(request.config.getoption("--sim-seeds")))

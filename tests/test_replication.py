@@ -300,7 +300,7 @@ def test_a_hung_leader_is_replaced_and_cannot_get_writes_acknowledged(cluster):
 
     zombie_write = old_handle.produce.remote(pa.table({"value": [b"zombie"]}), None, 0, 0, -1)
     with pytest.raises((errors.NotLeader, errors.NotEnoughReplicas, errors.FencedLeaderEpoch)):
-        from ray_broker._remote import resolve
+        from ray_broker._ray import resolve
 
         resolve(zombie_write, timeout_s=60)
     assert [v for _, _, v in read_partition(broker, topic, 0)] == [b"to the new leader"]
