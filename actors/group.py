@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ray_broker.actors.assignors import ASSIGNORS, STRATEGIES, TopicPartitionKey
-from ray_broker.errors import CommitFailed, IllegalGeneration, InconsistentGroupProtocol
+from ray_broker.errors import (
+    CommitFailed,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidConfig,
+)
 
 
 class GroupState(str, enum.Enum):
@@ -125,7 +130,11 @@ class Group:
         Raises:
             InconsistentGroupProtocol: the strategy differs from the group's.
         """
-        assert strategy in STRATEGIES, strategy
+        if strategy not in STRATEGIES:
+            raise InvalidConfig(
+                f"partition.assignment.strategy must be one of {sorted(STRATEGIES)}, "
+                f"got {strategy!r}"
+            )
         if self.members and strategy != self.strategy:
             raise InconsistentGroupProtocol(
                 f"group {self.group_id!r} uses partition.assignment.strategy={self.strategy!r}; "

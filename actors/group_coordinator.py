@@ -13,7 +13,6 @@ soft state: after a restart members rejoin (their next heartbeat gets ``IllegalG
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import ray
 
+from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.group import Group, Heartbeat
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.config import (
@@ -30,10 +30,13 @@ from ray_broker.config import (
     parse_config,
 )
 from ray_broker.errors import (
+    BrokerError,
+    BrokerNotRunning,
     GroupNotEmpty,
     GroupNotFound,
     InvalidConfig,
     OffsetOutOfRange,
+    QuotaExceeded,
     TopicNotFound,
 )
 from ray_broker.structs import (
@@ -48,6 +51,11 @@ from ray_broker.structs import (
 logger = logging.getLogger(__name__)
 
 OffsetKey = tuple[str, str, int]  # (group, topic, partition)
+
+# A call to a partition leader (for high watermarks) gives up after this long, following the
+# leader through failovers meanwhile.
+LEADER_CALL_TIMEOUT_S = 10.0
+LEADER_RETRY_BACKOFF_S = 0.1
 
 
 def _offset_key(group: str, topic: str, partition: int) -> str:
@@ -73,6 +81,15 @@ class GroupCoordinator:
         self.partitions: dict[str, int] = {}
         self._topics: dict[str, TopicMetadata] = {}
         self._background: asyncio.Task[None] | None = None
+        self._store_lock: asyncio.Lock | None = None
+
+    async def _write(self, documents: dict[str, Any]) -> None:
+        """Durably write offsets on a worker thread (each write is fsynced, and every
+        thousandth compacts), in call order, so heartbeats never wait behind the disk."""
+        if self._store_lock is None:
+            self._store_lock = asyncio.Lock()
+        async with self._store_lock:
+            await asyncio.to_thread(self.store.put_many, documents)
 
     # --- topic metadata -------------------------------------------------------------------------
 
@@ -94,43 +111,95 @@ class GroupCoordinator:
     async def _topic(self, name: str) -> TopicMetadata:
         meta = self._topics.get(name)
         if meta is None:
-            meta = self._topics[name] = await self._controller().metadata.remote(name)
+            ref = submit(self._controller().metadata, name, unavailable=BrokerNotRunning)
+            meta = await await_ref(ref, LEADER_CALL_TIMEOUT_S, BrokerNotRunning)
+            self._topics[name] = meta
         return meta
 
     async def _high_watermarks(
         self, partitions: list[tuple[str, int]]
     ) -> dict[tuple[str, int], Any]:
-        refs = {}
+        """Offsets of each partition from its current leader.
+
+        Leader handles are cached per topic; a failover makes a cached one dead or demoted,
+        so on a retriable failure the topic's metadata is fetched again and the call retried
+        (a demoted follower answers ``NotLeader``, never a stale, lower high watermark).
+
+        Raises:
+            TopicNotFound: a partition does not exist.
+            PartitionUnavailable: a leader stayed unreachable for ``LEADER_CALL_TIMEOUT_S``.
+        """
+        deadline = time.monotonic() + LEADER_CALL_TIMEOUT_S
+        while True:
+            try:
+                return await self._high_watermarks_once(partitions)
+            except BrokerError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                for topic, _ in partitions:
+                    self._topics.pop(topic, None)
+                await asyncio.sleep(LEADER_RETRY_BACKOFF_S)
+
+    async def _high_watermarks_once(
+        self, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], Any]:
+        calls = {}
         for topic, partition in partitions:
             meta = await self._topic(topic)
             if partition >= meta.num_partitions:
                 raise TopicNotFound(f"partition {topic}-{partition} does not exist")
-            refs[(topic, partition)] = meta.leader(partition).offsets.remote()
-        found = await asyncio.gather(*refs.values())
-        return dict(zip(refs, found, strict=True))
+            calls[(topic, partition)] = self._leader_call(meta, partition, "offsets")
+        found = await asyncio.gather(*calls.values())
+        return dict(zip(calls, found, strict=True))
+
+    async def _leader_call(
+        self, meta: TopicMetadata, partition: int, method: str, *args: Any
+    ) -> Any:
+        ref = submit(getattr(meta.leader(partition), method), *args)
+        return await await_ref(ref, LEADER_CALL_TIMEOUT_S)
 
     def _start(self) -> None:
         if self._background is None:
             self._background = asyncio.get_running_loop().create_task(self._housekeeping())
 
     async def _housekeeping(self) -> None:
+        """Expire sessions and follow topic changes; survives any error (sessions must keep
+        expiring, or a dead member holds its partitions forever)."""
         last_refresh = 0.0
         while True:
             await asyncio.sleep(self.config.group_check_interval_ms / 1000)
-            now = _now_ms()
-            for group in self.groups.values():
-                for member_id in group.expire(now):
-                    logger.info("group %s: member %s timed out", group.group_id, member_id)
-            if time.monotonic() - last_refresh >= self.config.group_metadata_refresh_ms / 1000:
-                last_refresh = time.monotonic()
-                with contextlib.suppress(Exception):  # the Controller may be restarting
+            try:
+                self._expire_members(_now_ms())
+                if time.monotonic() - last_refresh >= self.config.group_metadata_refresh_ms / 1000:
+                    last_refresh = time.monotonic()
                     await self._refresh_topics()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the Controller may be restarting; next round retries
+                logger.warning("group housekeeping round failed: %s", classify(exc))
+
+    def _expire_members(self, now_ms: int) -> None:
+        committed = {key[0] for key in self.offsets}
+        for group_id in [g for g, group in self.groups.items() if not group.members]:
+            if group_id not in committed:
+                del self.groups[group_id]  # nothing left to remember: bounded by live groups
+        for group in self.groups.values():
+            try:
+                for member_id in group.expire(now_ms):
+                    logger.info("group %s: member %s timed out", group.group_id, member_id)
+            except Exception:  # one broken group must not stop the others' expiry
+                logger.exception("expiring members of group %s failed", group.group_id)
 
     def _group(self, group_id: str) -> Group:
         if not isinstance(group_id, str) or not group_id:
             raise InvalidConfig(f"group_id must be a non-empty str, got {group_id!r}")
         group = self.groups.get(group_id)
         if group is None:
+            if len(self.groups) >= self.config.group_max_count:
+                raise QuotaExceeded(
+                    f"the broker holds {len(self.groups)} consumer groups "
+                    f"(group.max.count={self.config.group_max_count}); delete unused groups"
+                )
             group = self.groups[group_id] = Group(group_id)
             group.update_partitions(self.partitions)
         return group
@@ -204,6 +273,9 @@ class GroupCoordinator:
         group = self._group(group_id)
         group.check_commit(member_id, list(offsets))
         marks = await self._high_watermarks(list(offsets))
+        # Again after the await: the member may have been expired or the partitions moved
+        # meanwhile, and a zombie's commit must not land.
+        group.check_commit(member_id, list(offsets))
         for (topic, partition), (offset, _) in offsets.items():
             high = marks[(topic, partition)].high_watermark
             if not isinstance(offset, int) or not 0 <= offset <= high:
@@ -216,7 +288,7 @@ class GroupCoordinator:
         for (topic, partition), (offset, metadata) in offsets.items():
             document = {"offset": offset, "metadata": metadata, "timestamp": stamp}
             documents[_offset_key(group_id, topic, partition)] = document
-        self.store.put_many(documents)  # durable first; only then visible
+        await self._write(documents)  # durable first; only then visible
         for (topic, partition), _ in offsets.items():
             key = (group_id, topic, partition)
             self.offsets[key] = documents[_offset_key(*key)]
@@ -287,7 +359,7 @@ class GroupCoordinator:
         """Delete an empty group's committed offsets. Raises GroupNotFound, GroupNotEmpty."""
         self._require_empty(group_id)
         keys = [key for key in self.offsets if key[0] == group_id]
-        self.store.put_many({_offset_key(*key): None for key in keys})
+        await self._write({_offset_key(*key): None for key in keys})
         for key in keys:
             del self.offsets[key]
         group = self.groups.pop(group_id, None)
@@ -331,7 +403,7 @@ class GroupCoordinator:
                         f"{mark.high_watermark}] for {tp[0]}-{tp[1]}"
                     )
             else:
-                hit = await meta.leader(tp[1]).offset_for_time.remote(value)
+                hit = await self._leader_call(meta, tp[1], "offset_for_time", value)
                 offset = mark.high_watermark if hit is None else hit[0]
             new[tp] = (offset, "")
         await self.commit(group_id, None, new)

@@ -11,7 +11,9 @@ a retry that crosses an actor crash is still deduplicated.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,17 +37,35 @@ class SequenceRun:
 class ProducerEntry:
     epoch: int
     runs: deque[SequenceRun] = field(default_factory=lambda: deque(maxlen=RUNS_KEPT_PER_PRODUCER))
+    last_seen_ms: int = 0  # when it last wrote here; idle entries expire
 
     @property
     def last_sequence(self) -> int:
         return self.runs[-1].last_sequence if self.runs else -1
 
 
-class ProducerStates:
-    """Per-producer sequence bookkeeping for one partition."""
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
-    def __init__(self) -> None:
+
+class ProducerStates:
+    """Per-producer sequence bookkeeping for one partition.
+
+    Bounded like Kafka's: an entry not written to for ``producer.id.expiration.ms`` is dropped
+    by ``expire`` (a producer that comes back after that starts a fresh sequence).
+    """
+
+    def __init__(self, clock: Callable[[], int] = _wall_clock_ms) -> None:
         self._producers: dict[int, ProducerEntry] = {}
+        self._clock = clock
+
+    def expire(self, max_idle_ms: int) -> int:
+        """Forget producers idle for longer than ``max_idle_ms``; returns how many."""
+        cutoff = self._clock() - max_idle_ms
+        idle = [pid for pid, entry in self._producers.items() if entry.last_seen_ms < cutoff]
+        for pid in idle:
+            del self._producers[pid]
+        return len(idle)
 
     def __len__(self) -> int:
         return len(self._producers)
@@ -103,6 +123,7 @@ class ProducerStates:
         entry = self._producers.get(producer_id)
         if entry is None or epoch > entry.epoch:
             entry = self._producers[producer_id] = ProducerEntry(epoch)
+        entry.last_seen_ms = self._clock()
         last = first_sequence + count - 1
         if entry.runs:
             run = entry.runs[-1]

@@ -52,6 +52,17 @@ class TopicConfig(LogConfig):
     # A follower that has not caught up for this long leaves the in-sync replicas.
     replica_lag_time_max_ms: int = Field(30_000, alias="replica.lag.time.max.ms", ge=10)
     unclean_leader_election_enable: bool = Field(False, alias="unclean.leader.election.enable")
+    # Idempotent-producer state of a producer id not seen for this long is dropped (Kafka's
+    # default: 7 days); it bounds the state one partition keeps per producer ever seen.
+    producer_id_expiration_ms: int = Field(
+        7 * 24 * 3_600_000, alias="producer.id.expiration.ms", ge=1_000
+    )
+    # Rolled segments wait in memory for their Parquet write; past this many bytes producers
+    # get a retriable BrokerBusy instead of growing memory without bound (the disk is slower
+    # than the producers).
+    log_unsealed_bytes_max: int = Field(
+        1024 * 1024 * 1024, alias="log.unsealed.bytes.max", ge=1024 * 1024
+    )
 
 
 class BrokerConfig(BaseModel):
@@ -78,6 +89,9 @@ class BrokerConfig(BaseModel):
     # How often the group coordinator checks session timeouts and topic changes.
     group_check_interval_ms: int = Field(100, alias="group.check.interval.ms", ge=10)
     group_metadata_refresh_ms: int = Field(1_000, alias="group.metadata.refresh.ms", ge=10)
+    # Consumer groups kept in the coordinator's memory (with members or committed offsets);
+    # empty groups are forgotten at once.
+    group_max_count: int = Field(100_000, alias="group.max.count", ge=1)
     # A long-poll fetch never waits longer than this, whatever the client asks.
     fetch_max_wait_cap_ms: int = Field(30_000, alias="fetch.max.wait.cap.ms", ge=0)
 

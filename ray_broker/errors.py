@@ -111,6 +111,17 @@ class NotEnoughReplicas(BrokerError):
     retriable = True
 
 
+class NotEnoughReplicasAfterAppend(NotEnoughReplicas):
+    """The write reached the leader, but the in-sync replicas shrank below min.insync.replicas
+    before it was committed; retrying is safe with idempotence."""
+
+
+class BrokerBusy(BrokerError):
+    """The partition is behind on writing its segments to disk; back off and retry."""
+
+    retriable = True
+
+
 class BrokerNotRunning(BrokerError):
     """No broker is reachable in this Ray namespace (or its Controller is restarting)."""
 

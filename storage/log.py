@@ -311,6 +311,11 @@ class Log:
 
     # --- sealing --------------------------------------------------------------------------------
 
+    @property
+    def unsealed_bytes(self) -> int:
+        """Bytes of rolled segments still waiting for their Parquet write (held in memory)."""
+        return sum(segment.size_bytes for segment in self._unsealed)
+
     def next_segment_to_seal(self) -> MemorySegment | None:
         return self._unsealed[0] if self._unsealed else None
 

@@ -65,3 +65,16 @@ def test_rebuild_from_the_log_recognises_every_appended_batch(sizes, data):
     first = sum(sizes[:index])
     assert rebuilt.check(9, 0, first, sizes[index]) == live.check(9, 0, first, sizes[index])
     assert rebuilt.check(9, 0, sequence, 1) is None
+
+
+def test_idle_producers_expire_and_active_ones_stay():
+    now = [1_000_000]
+    states = ProducerStates(clock=lambda: now[0])
+    states.record(1, 0, 0, 5, base_offset=0)
+    now[0] += 10_000
+    states.record(2, 0, 0, 5, base_offset=5)
+    now[0] += 10_000
+    assert states.expire(max_idle_ms=15_000) == 1  # producer 1 idle 20 s, producer 2 for 10 s
+    assert len(states) == 1
+    assert states.check(2, 0, 0, 5) == 5  # still deduplicated
+    assert states.check(1, 0, 3, 1) is None  # forgotten: a fresh start is accepted
