@@ -312,14 +312,29 @@ class Controller:
         except Exception as exc:  # already gone with its node: nothing left to stop
             logger.info("stopping %s: %s", what, exc)
 
-    async def replica_state(self, topic: str, partition: int, slot: str) -> dict[str, Any] | None:
-        """A (re)started replica asks what it is. None if it is no longer a replica."""
+    async def replica_state(
+        self, topic: str, partition: int, slot: str, restarted: bool = False
+    ) -> dict[str, Any] | None:
+        """A (re)started replica asks what it is. None if it is no longer a replica.
+
+        A *restarted* leader leads a new epoch: its high watermark is relearned from its
+        followers and must not move back within the epoch consumers already read.
+        """
         record = self.registry.topics.get(topic)
         if record is None or partition >= len(record.states):
             return None
         state = record.states[partition]
         if slot not in state.replicas:
             return None
+        if restarted and slot == state.leader:
+            async with self._mutex():
+                state.epoch += 1
+                self.registry.save(record)
+            logger.warning(
+                "%s-%d: leader %s restarted; epoch %d", topic, partition, slot, state.epoch
+            )
+            # The others learn the epoch in the background: this caller waits for the answer.
+            asyncio.get_running_loop().create_task(self._push_roles(record, partition))
         alive = set(self._alive_nodes())
         replicas = {
             s: self._actor(record, partition, s)

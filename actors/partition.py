@@ -68,6 +68,16 @@ class FollowerLink:
     task: asyncio.Task[None] | None = None
 
 
+def _was_restarted() -> bool:
+    """Whether this actor process replaces one that died (False outside a Ray actor)."""
+    try:
+        import ray
+
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not running as an actor (unit tests)
+        return False
+
+
 def records_to_ipc(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -107,6 +117,10 @@ class PartitionActor:
         self._background: list[asyncio.Task[None]] = []
         self._sealing: asyncio.Task[None] | None = None
         self._role_lock: asyncio.Lock | None = None
+        # A restarted process must not resume leading the epoch it led before the crash (its
+        # high watermark is relearned and would move back within that epoch): it asks the
+        # Controller first, which gives a restarted leader a new epoch.
+        self._restarted = _was_restarted()
 
     # --- start-up and roles ---------------------------------------------------------------------
 
@@ -128,26 +142,37 @@ class PartitionActor:
         async with self._role_lock:
             if self.replica.role != Role.UNKNOWN:
                 return
-            state = await self._controller.replica_state.remote(
-                self.core.topic, self.core.partition, self.slot
+            state = await await_ref(
+                submit(
+                    self._controller.replica_state,
+                    self.core.topic,
+                    self.core.partition,
+                    self.slot,
+                    self._restarted,
+                ),
+                ALTER_ISR_TIMEOUT_S,
             )
             if state is not None:
-                await self._apply_state(**state)
+                self._apply_state(**state)
 
-    async def _apply_state(
-        self, role: str, epoch: int, replicas: dict[str, Any], isr: list[str]
-    ) -> None:
+    def _apply_state(self, role: str, epoch: int, replicas: dict[str, Any], isr: list[str]) -> None:
         if role == Role.LEADER.value:
-            await self.become_leader(epoch, replicas, isr)
+            self._become_leader(epoch, replicas, isr)
         else:
-            await self.become_follower(epoch)
+            self._become_follower(epoch)
 
     async def become_leader(self, epoch: int, replicas: dict[str, Any], isr: list[str]) -> None:
-        """Lead ``epoch`` with these replicas (slot → handle) and in-sync slots.
+        """Lead ``epoch`` with these replicas (slot → handle) and in-sync slots (the
+        Controller's order; a restarted replica first asks for its current role).
 
         Raises:
             FencedLeaderEpoch: an older epoch than this replica already knows.
         """
+        if self._restarted:
+            await self._ensure_role()
+        self._become_leader(epoch, replicas, isr)
+
+    def _become_leader(self, epoch: int, replicas: dict[str, Any], isr: list[str]) -> None:
         self._start_background()
         self.replica.become_leader(epoch, replicas, isr)
         self._stop_links()
@@ -162,6 +187,11 @@ class PartitionActor:
 
     async def become_follower(self, epoch: int) -> None:
         """Follow the leader of ``epoch``. Raises FencedLeaderEpoch for an older epoch."""
+        if self._restarted:
+            await self._ensure_role()
+        self._become_follower(epoch)
+
+    def _become_follower(self, epoch: int) -> None:
         self._start_background()
         self.replica.become_follower(epoch)
         self._stop_links()

@@ -7,13 +7,19 @@ The tuned fault tests live in ``test_replication.py``; these prove the defaults 
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import threading
 import time
 import uuid
 
+import pytest
+import ray
+
 import ray_broker as rb
 from ray_broker import TopicPartition, errors
-from tests.test_replication import LocalCluster, partition_info, wait_until
+from tests.test_replication import LocalCluster, partition_info, replica_pid, wait_until
 
 
 def _worker_led_partition(broker, topic: str, workers: set[str]) -> int:
@@ -23,36 +29,69 @@ def _worker_led_partition(broker, topic: str, workers: set[str]) -> int:
     raise AssertionError("no partition is led from a worker node")
 
 
+def connect_with_defaults(local: LocalCluster, data_dir, topic: str, partitions: int):
+    """A user's first steps: connect by address with no broker config; an RF=3 topic."""
+    broker = rb.connect(
+        address=local.cluster.address, data_dir=data_dir, namespace=f"d{uuid.uuid4().hex[:6]}"
+    )
+    broker.admin().create_topic(
+        topic, partitions=partitions, replication_factor=3, config={"min.insync.replicas": 2}
+    )
+    return broker
+
+
+def sync_sender(
+    producer,
+    topic: str,
+    partition: int | None,
+    prefix: bytes,
+    acked: dict,
+    failures: list,
+    stop: threading.Event,
+) -> threading.Thread:
+    """A thread sending one record at a time, each ``send().result()`` before the next."""
+
+    def run() -> None:
+        i = 0
+        while not stop.is_set():
+            value = b"%s%d" % (prefix, i)
+            try:
+                future = producer.send(topic, value=value, partition=partition)
+                acked[value] = future.result(timeout=300).offset
+            except errors.BrokerError as exc:  # typed, never a raw Ray failure
+                failures.append(f"{type(exc).__name__}: {exc}")
+            i += 1
+
+    return threading.Thread(target=run)
+
+
+def assert_every_acked_record_once(broker, topic: str, partition: int, acked: dict) -> None:
+    """A fresh consumer reads every acknowledged record exactly once, at its offset."""
+    reader = broker.consumer(auto_offset_reset="earliest")
+    reader.assign([TopicPartition(topic, partition)])
+    rows: dict[int, bytes] = {}
+    deadline = time.monotonic() + 120
+    while len(rows) < len(acked) and time.monotonic() < deadline:
+        for records in reader.poll(timeout_ms=500, max_records=50_000).values():
+            rows.update((r.offset, r.value) for r in records)
+    reader.close()
+    by_value = {value: offset for offset, value in rows.items()}
+    lost = [v for v, offset in acked.items() if by_value.get(v) != offset]
+    assert not lost, f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
+    assert len(by_value) == len(rows), "a record was written twice"
+
+
 def test_defaults_sync_and_pipelined_producers_and_a_group_survive_leader_node_loss(tmp_path):
     local = LocalCluster()
     try:
-        broker = rb.connect(
-            address=local.cluster.address, data_dir=tmp_path, namespace=f"d{uuid.uuid4().hex[:6]}"
-        )
         topic = "signups"
-        broker.admin().create_topic(
-            topic, partitions=3, replication_factor=3, config={"min.insync.replicas": 2}
-        )
+        broker = connect_with_defaults(local, tmp_path, topic, partitions=3)
         partition = _worker_led_partition(broker, topic, {n.node_id for n in local.workers})
         sync_producer = broker.producer(acks="all")
         pipelined = broker.producer(acks="all")
         acked: dict[bytes, int] = {}
         errors_seen: list[str] = []
         stop = threading.Event()
-
-        def send_one_at_a_time() -> None:
-            i = 0
-            while not stop.is_set():
-                value = b"s%d" % i
-                try:
-                    acked[value] = (
-                        sync_producer.send(topic, value=value, partition=partition)
-                        .result(timeout=180)
-                        .offset
-                    )
-                except errors.BrokerError as exc:  # typed, never a raw Ray failure
-                    errors_seen.append(type(exc).__name__)
-                i += 1
 
         pipelined_futures = []
 
@@ -77,7 +116,7 @@ def test_defaults_sync_and_pipelined_producers_and_a_group_survive_leader_node_l
                 consumer.commit()
 
         threads = [
-            threading.Thread(target=send_one_at_a_time),
+            sync_sender(sync_producer, topic, partition, b"s", acked, errors_seen, stop),
             threading.Thread(target=send_pipelined),
             threading.Thread(target=consume_and_commit),
         ]
@@ -102,27 +141,95 @@ def test_defaults_sync_and_pipelined_producers_and_a_group_survive_leader_node_l
             acked[value] = future.result(timeout=1).offset
         assert acked and not errors_seen, errors_seen
 
-        # A fresh consumer reads every acknowledged record once, at its offset.
-        reader = broker.consumer(auto_offset_reset="earliest")
-        tp = TopicPartition(topic, partition)
-        reader.assign([tp])
-        rows: dict[int, bytes] = {}
-        deadline = time.monotonic() + 120
-        while len(rows) < len(acked) and time.monotonic() < deadline:
-            for records in reader.poll(timeout_ms=500, max_records=50_000).values():
-                rows.update((r.offset, r.value) for r in records)
-        by_value = {value: offset for offset, value in rows.items()}
-        lost = [v for v, offset in acked.items() if by_value.get(v) != offset]
-        assert not lost, f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
-        assert len(by_value) == len(rows), "a record was written twice"
+        assert_every_acked_record_once(broker, topic, partition, acked)
         # The group member kept consuming across the failover, skipping nothing (a rebalance
         # may hand it records again: at-least-once).
         offsets = sorted({offset for offset, _ in consumed})
         assert offsets == list(range(offsets[0], offsets[-1] + 1))
         assert offsets[-1] >= before.high_watermark
         consumer.close()
-        reader.close()
         sync_producer.close(timeout=60)
         pipelined.close(timeout=60)
+    finally:
+        local.shutdown()
+
+
+def _inject(rng: random.Random, local: LocalCluster, broker, topic: str, partition: int) -> str:
+    """One fault of a random kind, against the partition under load; returns its name."""
+    info = partition_info(broker, topic, partition)
+    kind = rng.choice(
+        ["leader_node", "follower_node", "sigkill_leader", "sigstop_leader", "coordinator"]
+    )
+    workers = {n.node_id for n in local.workers}
+    if kind in ("leader_node", "follower_node"):
+        if kind == "leader_node" and info.leader_node_id in workers:
+            local.kill_node(info.leader_node_id)
+        else:  # a node holding a follower (or, if the leader is on the head, any worker)
+            victims = [n for n in local.workers if n.node_id != info.leader_node_id]
+            local.kill_node(rng.choice(victims).node_id)
+        local.add_worker()  # keep the cluster's size: the lost replica is replaced
+    elif kind == "sigkill_leader":
+        os.kill(replica_pid(broker, topic, partition, info.leader), signal.SIGKILL)
+    elif kind == "sigstop_leader":
+        pid = replica_pid(broker, topic, partition, info.leader)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(5)  # past the default leader.probe.timeout.ms (3 s): a failover
+        os.kill(pid, signal.SIGCONT)
+    else:
+        ray.kill(broker._coordinator, no_restart=False)  # restarts, members rejoin
+    return kind
+
+
+@pytest.mark.chaos
+def test_chaos_with_defaults_twenty_faults_lose_no_acknowledged_record(tmp_path):
+    """On demand (``pytest -m chaos``): 20 mixed faults under a synchronous producer, a
+    pipelined producer and a committing group member, all with default settings."""
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "7")))
+    local = LocalCluster()
+    try:
+        topic = "chaos"
+        broker = connect_with_defaults(local, tmp_path, topic, partitions=1)
+        producer = broker.producer(acks="all")
+        acked: dict[bytes, int] = {}
+        failures: list[str] = []
+        stop = threading.Event()
+
+        committed: list[int] = []
+        consumer = broker.consumer(topic, group_id="chaos", auto_offset_reset="earliest")
+
+        def consume() -> None:
+            while not stop.is_set():
+                try:
+                    consumer.poll(timeout_ms=200)
+                    consumer.commit()
+                    committed.append(consumer.committed(TopicPartition(topic, 0)) or 0)
+                except errors.BrokerError as exc:  # a rebalance after the coordinator restart
+                    if not exc.retriable and not isinstance(exc, errors.CommitFailed):
+                        failures.append(f"consumer {type(exc).__name__}: {exc}")
+
+        threads = [
+            sync_sender(producer, topic, None, b"", acked, failures, stop),
+            threading.Thread(target=consume),
+        ]
+        for thread in threads:
+            thread.start()
+        kinds = []
+        for _ in range(20):
+            time.sleep(3)
+            wait_until(lambda: partition_info(broker, topic, 0).leader, timeout_s=120)
+            kinds.append(_inject(rng, local, broker, topic, 0))
+        wait_until(lambda: len(partition_info(broker, topic, 0).isr) >= 2, timeout_s=120)
+        count = len(acked)
+        wait_until(lambda: len(acked) > count + 50, timeout_s=120)  # still producing
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=360)
+            assert not thread.is_alive(), "a client thread hung"
+        print(f"chaos faults: {kinds}; acked {len(acked)}; failures {failures}")
+        assert_every_acked_record_once(broker, topic, 0, acked)
+        assert committed == sorted(committed), "a committed offset went back"
+        assert not failures, failures
+        producer.close(timeout=120)
+        consumer.close()
     finally:
         local.shutdown()

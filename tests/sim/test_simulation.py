@@ -2,10 +2,15 @@
 freezes, partitions and node loss (see ``world.py`` for the invariants).
 
 ``pytest tests/sim --sim-seed N`` replays one seed exactly and prints its event trace on failure;
-``--sim-seeds COUNT`` sets how many seeds the sweep runs (default 10,000, about 2 minutes here).
+``--sim-seeds COUNT`` sets how many seeds the sweep runs (default 10,000: about 65 s on the two
+cores here, some 550,000 seeds per hour).
 """
 
 from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -13,12 +18,26 @@ from ray_broker.actors import partition_state, replica
 from tests.sim.world import InvariantBroken, World
 
 
-def test_seed_sweep_holds_every_invariant(sim_seeds: list[int]) -> None:
+def _run_seeds(seeds: list[int]) -> tuple[int, int]:
     acked = faults = 0
-    for seed in sim_seeds:
+    for seed in seeds:
         world = World(seed).run()  # raises InvariantBroken with the seed and its trace
         acked += sum(len(p.acked) for p in world.producers)
         faults += world.faults
+    return acked, faults
+
+
+def test_seed_sweep_holds_every_invariant(sim_seeds: list[int]) -> None:
+    """The sweep runs on every core (each seed is independent and deterministic)."""
+    workers = min(os.cpu_count() or 1, 8, len(sim_seeds))
+    chunks = [sim_seeds[i::workers] for i in range(workers)]
+    if workers == 1:
+        results = [_run_seeds(sim_seeds)]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_run_seeds, chunks))
+    acked = sum(a for a, _ in results)
+    faults = sum(f for _, f in results)
     # The runs did real work: records were acknowledged through the faults.
     assert acked >= 50 * len(sim_seeds)
     assert faults >= 3 * len(sim_seeds)
@@ -63,9 +82,10 @@ def test_simulator_catches_unclean_elections(monkeypatch) -> None:
     assert _first_failure(range(300)) is not None
 
 
-@pytest.mark.parametrize("seed", [90, 2537, 2882])
+@pytest.mark.parametrize("seed", [90, 2537, 2882, 5541])
 def test_seeds_that_found_bugs_stay_fixed(seed: int) -> None:
     """90: a stale role order checked as an election; 2537: KIP-101 truncation kept a deposed
     leader's records (fixed with KIP-279's rule); 2882: a follower joined the ISR while the HW
-    passed it (fixed by counting the pending ISR)."""
+    passed it (fixed by counting the pending ISR); 5541: a restarted leader resumed its old
+    epoch and its high watermark moved back (a restarted leader now leads a new epoch)."""
     World(seed).run()

@@ -51,10 +51,15 @@ REPLICATION_FACTOR = 3
 
 
 class InvariantBroken(AssertionError):
+    """A broken invariant, with the seed that replays it and the events that led there."""
+
     def __init__(self, seed: int, message: str, trace: list[str]) -> None:
-        tail = "\n".join(trace[-60:])
+        self.seed, self.message, self.trace = seed, message, trace[-60:]
+        tail = "\n".join(self.trace)
         super().__init__(f"seed {seed}: {message}\n--- last events ---\n{tail}")
-        self.seed = seed
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries in the parallel sweep
+        return InvariantBroken, (self.seed, self.message, self.trace)
 
 
 @dataclass(order=True)
@@ -104,10 +109,16 @@ class SimReplica:
         self.waiters: list[Waiter] = []
         self.best_hw: dict[int, int] = {}  # epoch -> highest HW seen as its leader
         self.checked_to = 0  # records below this were checked against the history
+        self.restarted = False
 
     # --- roles ---
 
     def on_role(self, role: str, epoch: int, replicas: dict[str, str], isr: list[str]) -> None:
+        if self.restarted and self.replica.role == Role.UNKNOWN:
+            self.world.ask_role(self)  # as PartitionActor: ask first, then obey orders
+        self.apply_role(role, epoch, replicas, isr)
+
+    def apply_role(self, role: str, epoch: int, replicas: dict[str, str], isr: list[str]) -> None:
         try:
             if role == "leader":
                 self.replica.become_leader(epoch, replicas, isr)
@@ -129,6 +140,7 @@ class SimReplica:
         self.replica = Replica(self.slot, self.log, lambda: self.world.now)
         self.links = {}
         self.waiters = []
+        self.restarted = True
         self.world.ask_role(self)
 
     # --- produce ---
@@ -609,9 +621,15 @@ class World:
             self.state.epoch += 1
             self.check_new_leader(replica)
             for slot in self.state.replicas:
-                self.push_role(slot)
-        else:
-            self.push_role(replica.slot)
+                if slot != replica.slot:
+                    self.push_role(slot)
+        state = self.state
+        replica.apply_role(
+            "leader" if replica.slot == state.leader else "follower",
+            state.epoch,
+            {s: state.nodes[s] for s in state.replicas},
+            list(state.isr),
+        )
 
     def alter_isr(self, replica: SimReplica, epoch: int, isr: set[str]) -> None:
         try:
