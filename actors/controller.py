@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,14 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_broker._ray import await_ref, submit
+from ray_broker.actors.data_dir import (
+    DataDirLock,
+    claim_topic_dir,
+    internal_dir,
+    internal_token,
+    make_private,
+    release_topic_dir,
+)
 from ray_broker.actors.failover import plan_partition
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
@@ -33,14 +41,16 @@ from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
 from ray_broker.config import (
     CONTROLLER_NAME,
     GROUP_COORDINATOR_NAME,
-    METADATA_TOPIC,
     BrokerConfig,
     parse_config,
+    validate_topic_name,
 )
 from ray_broker.errors import (
     BrokerError,
     BrokerTimeoutError,
+    DataDirInUse,
     InvalidReplicationFactor,
+    TopicExists,
     UnknownTopicOrPartition,
 )
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
@@ -68,7 +78,20 @@ class Controller:
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         self.data_dir = Path(self.config.data_dir)
-        self.registry = TopicRegistry(MetadataStore(self.data_dir / METADATA_TOPIC / "partition=0"))
+        make_private()
+        # Refused when another broker owns the directory: ready() raises DataDirInUse (an
+        # error in __init__ would reach the caller only as "actor died"), connect() reports it
+        # and stops this actor; nothing of the other broker's files is touched.
+        self._refusal: DataDirInUse | None = None
+        try:
+            self._dir_lock = DataDirLock(self.data_dir, namespace)
+        except DataDirInUse as exc:
+            self._refusal = exc
+            return
+        self._token = internal_token(self.data_dir)
+        self.registry = TopicRegistry(
+            MetadataStore(internal_dir(self.data_dir, "cluster_metadata"))
+        )
         self._actors: dict[tuple[str, int, str], Any] = {}  # (topic id, partition, slot)
         self._unanswered: dict[tuple[str, int], float] = {}  # leader probes: first miss time
         self._lock: asyncio.Lock | None = None
@@ -82,7 +105,20 @@ class Controller:
         """Live nodes as of the last refresh (at most one check interval old)."""
         return sorted(n for n, head in self._nodes.items() if include_head or not head)
 
+    def _current(self, record: TopicRecord) -> TopicRecord:
+        """``record`` if it is still the live topic of its name (not deleted or re-created
+        while the caller awaited).
+
+        Raises:
+            UnknownTopicOrPartition: the topic was deleted.
+        """
+        if self.registry.topics.get(record.name) is not record:
+            raise UnknownTopicOrPartition(f"topic {record.name!r} was deleted")
+        return record
+
     def _mutex(self) -> asyncio.Lock:
+        if self._refusal is not None:
+            raise self._refusal
         if self._lock is None:
             self._lock = asyncio.Lock()
         if self._monitor is None:
@@ -134,6 +170,7 @@ class Controller:
         handle = self._actors.get(key)
         if handle is not None:
             return handle
+        self._current(record)  # never start actors for a topic deleted meanwhile
         name = record.actor_name(partition, slot)
         try:
             handle = ray.get_actor(name, namespace=self.namespace)
@@ -162,6 +199,7 @@ class Controller:
                     self.config.fetch_max_wait_cap_ms,
                     slot,
                     ray.get_actor(CONTROLLER_NAME, namespace=self.namespace),
+                    self._token,
                 )
             )
         self._actors[key] = handle
@@ -199,9 +237,17 @@ class Controller:
         for slot, handle in replicas.items():
             try:
                 if slot == state.leader:
-                    calls.append(submit(handle.become_leader, state.epoch, replicas, state.isr))
+                    calls.append(
+                        submit(
+                            handle.become_leader,
+                            state.epoch,
+                            replicas,
+                            state.isr,
+                            token=self._token,
+                        )
+                    )
                 else:
-                    calls.append(submit(handle.become_follower, state.epoch))
+                    calls.append(submit(handle.become_follower, state.epoch, token=self._token))
             except BrokerError as exc:  # its node is leaving: the next check handles it
                 logger.info("%s-%d: role for %s not sent: %s", record.name, partition, slot, exc)
         # Bounded: a hung replica (its call stays queued and lands when it wakes up) must not
@@ -364,6 +410,8 @@ class Controller:
 
     async def ready(self) -> dict[str, Any]:
         """Start every known partition (after a restart) and describe the broker."""
+        if self._refusal is not None:
+            raise self._refusal
         await self._refresh_nodes()
         async with self._mutex():
             pushes = await self._heal(prefer=False)
@@ -394,15 +442,25 @@ class Controller:
     ) -> TopicDescription:
         await self._refresh_nodes()
         async with self._mutex():
-            record = self.registry.create(
-                name,
-                self.config.num_partitions if partitions is None else partitions,
-                self.config.default_replication_factor
-                if replication_factor is None
-                else replication_factor,
-                config,
-                len(self._alive_nodes(self.config.replicas_on_head_node)),
-            )
+            validate_topic_name(name)
+            if name in self.registry.topics:
+                raise TopicExists(f"topic {name!r} already exists")
+            topic_id = uuid.uuid4().hex
+            claim_topic_dir(self.data_dir, name, topic_id)  # refuses a foreign directory
+            try:
+                record = self.registry.create(
+                    name,
+                    self.config.num_partitions if partitions is None else partitions,
+                    self.config.default_replication_factor
+                    if replication_factor is None
+                    else replication_factor,
+                    config,
+                    len(self._alive_nodes(self.config.replicas_on_head_node)),
+                    topic_id,
+                )
+            except BrokerError:
+                release_topic_dir(self.data_dir, name)
+                raise
             await self._start_partitions(record)
         self._nudge_group_coordinator()
         return await self.describe_topic(name)
@@ -415,13 +473,15 @@ class Controller:
                 for p, state in enumerate(record.states)
                 for slot in state.replicas
             ]
-            await asyncio.gather(*(h.delete.remote() for h in handles), return_exceptions=True)
+            await asyncio.gather(
+                *(h.delete.remote(token=self._token) for h in handles), return_exceptions=True
+            )
             for handle in handles:
                 ray.kill(handle, no_restart=True)
             for key in [k for k in self._actors if k[0] == record.topic_id]:
                 del self._actors[key]
             self.registry.delete(name)
-            shutil.rmtree(self.data_dir / record.name, ignore_errors=True)
+            release_topic_dir(self.data_dir, record.name)  # the broker's files only
         self._nudge_group_coordinator()
 
     async def list_topics(self, include_internal: bool = False) -> list[str]:
@@ -450,7 +510,10 @@ class Controller:
                 for slot in state.replicas
             ]
             await asyncio.gather(
-                *(h.update_config.remote(record.config_overrides) for h in handles),
+                *(
+                    h.update_config.remote(record.config_overrides, token=self._token)
+                    for h in handles
+                ),
                 return_exceptions=True,
             )
         return await self.describe_topic(name)
@@ -458,7 +521,7 @@ class Controller:
     async def describe_topic(self, name: str) -> TopicDescription:
         record = self.registry.get(name)
         async with self._mutex():
-            await self._start_partitions(record)
+            await self._start_partitions(self._current(record))
         partitions = []
         for p, state in enumerate(record.states):
             info: dict[str, Any] = {}
@@ -499,7 +562,7 @@ class Controller:
                     raise
         record = self.registry.get(name)
         async with self._mutex():
-            await self._start_partitions(record)
+            await self._start_partitions(self._current(record))
         leaders = [
             None if state.leader is None else self._actor(record, p, state.leader)
             for p, state in enumerate(record.states)
@@ -557,7 +620,9 @@ class Controller:
                     state.elect({s for s in state.replicas if state.nodes[s] in alive}, False)
                 if handle is not None:
                     try:
-                        await await_ref(submit(handle.delete), ROLE_CHANGE_TIMEOUT_S)
+                        await await_ref(
+                            submit(handle.delete, token=self._token), ROLE_CHANGE_TIMEOUT_S
+                        )
                     except BrokerError as exc:  # its files stay; the actor is stopped anyway
                         logger.warning("%s-%d: removing replica %s: %s", name, partition, slot, exc)
                     self._kill(handle, f"{name}-{partition} replica {slot}")
@@ -577,7 +642,9 @@ class Controller:
             if self._monitor is not None:
                 self._monitor.cancel()
             handles = list(self._actors.values())
-            await asyncio.gather(*(h.close.remote() for h in handles), return_exceptions=True)
+            await asyncio.gather(
+                *(h.close.remote(token=self._token) for h in handles), return_exceptions=True
+            )
             for handle in handles:
                 ray.kill(handle, no_restart=True)
             self._actors.clear()

@@ -14,10 +14,13 @@ target) → ``Stable`` (every member owns exactly its target); ``Dead`` after de
 from __future__ import annotations
 
 import enum
-import re
+import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import regex
 
 from ray_broker.actors.assignors import ASSIGNORS, STRATEGIES, TopicPartitionKey
 from ray_broker.errors import (
@@ -35,6 +38,41 @@ class GroupState(str, enum.Enum):
     DEAD = "Dead"
 
 
+logger = logging.getLogger(__name__)
+
+# A subscription pattern runs on the coordinator's only event loop: a catastrophic pattern
+# such as ``(a+)+b`` must not stall heartbeats of every group, so matching all topic names
+# against one pattern gets this much time (the ``regex`` library enforces it), then stops.
+PATTERN_MATCH_BUDGET_S = 0.05
+
+
+def compile_pattern(pattern: str) -> regex.Pattern[str]:
+    """Raises InvalidConfig for a pattern that does not compile."""
+    try:
+        return regex.compile(pattern)
+    except (regex.error, TypeError) as exc:
+        raise InvalidConfig(f"bad subscription pattern {pattern!r}: {exc}") from None
+
+
+def match_topics(pattern: str, topics: Iterable[str]) -> set[str]:
+    """Topics (internal ones excluded) that fully match ``pattern``, within the time budget;
+    a pattern that exhausts it matches only what it matched so far."""
+    compiled = compile_pattern(pattern)
+    deadline = time.monotonic() + PATTERN_MATCH_BUDGET_S
+    matched = set()
+    for topic in topics:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            if not topic.startswith("__") and compiled.fullmatch(topic, timeout=remaining):
+                matched.add(topic)
+        except TimeoutError:
+            logger.warning("subscription pattern %r exceeded its time budget", pattern)
+            break
+    return matched
+
+
 @dataclass
 class Member:
     member_id: str
@@ -50,10 +88,7 @@ class Member:
 
     def resolve(self, partitions: Mapping[str, int]) -> None:
         if self.pattern is not None:
-            regex = re.compile(self.pattern)
-            self.subscribed = {
-                t for t in partitions if not t.startswith("__") and regex.fullmatch(t)
-            }
+            self.subscribed = match_topics(self.pattern, partitions)
         else:
             self.subscribed = {t for t in self.topics if t in partitions}
 

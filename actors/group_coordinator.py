@@ -13,6 +13,7 @@ soft state: after a restart members rejoin (their next heartbeat gets ``IllegalG
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -21,13 +22,16 @@ from typing import Any
 import ray
 
 from ray_broker._ray import await_ref, classify, submit
-from ray_broker.actors.group import Group, Heartbeat
+from ray_broker.actors.data_dir import internal_dir, make_private
+from ray_broker.actors.group import Group, Heartbeat, compile_pattern
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.config import (
     CONTROLLER_NAME,
-    OFFSETS_TOPIC,
+    MAX_SESSION_TIMEOUT_MS,
+    MIN_SESSION_TIMEOUT_MS,
     BrokerConfig,
     parse_config,
+    validate_group_id,
 )
 from ray_broker.errors import (
     BrokerError,
@@ -37,7 +41,7 @@ from ray_broker.errors import (
     InvalidConfig,
     OffsetOutOfRange,
     QuotaExceeded,
-    TopicNotFound,
+    UnknownTopicOrPartition,
 )
 from ray_broker.structs import (
     GroupDescription,
@@ -55,11 +59,76 @@ OffsetKey = tuple[str, str, int]  # (group, topic, partition)
 # A call to a partition leader (for high watermarks) gives up after this long, following the
 # leader through failovers meanwhile.
 LEADER_CALL_TIMEOUT_S = 10.0
+PATTERN_MAX_CHARS = 1_000
 LEADER_RETRY_BACKOFF_S = 0.1
 
 
 def _offset_key(group: str, topic: str, partition: int) -> str:
-    return f"{group}\x00{topic}\x00{partition}"
+    """A JSON array: any group id or topic name encodes and decodes unambiguously."""
+    return json.dumps([group, topic, partition], ensure_ascii=False)
+
+
+def _decode_offset_key(key: str) -> OffsetKey | None:
+    try:
+        group, topic, partition = json.loads(key)
+    except ValueError:
+        legacy = key.split("\x00")  # the first layout: NUL-separated
+        if len(legacy) != 3 or not legacy[2].isdigit():
+            return None
+        group, topic, partition = legacy[0], legacy[1], int(legacy[2])
+    if not (isinstance(group, str) and isinstance(topic, str) and isinstance(partition, int)):
+        return None
+    return group, topic, partition
+
+
+def _check_join_arguments(
+    member_id: object,
+    instance_id: object,
+    client_id: object,
+    topics: object,
+    pattern: object,
+    strategy: object,
+    session_timeout_ms: object,
+) -> None:
+    for name, value in (("member_id", member_id), ("group_instance_id", instance_id)):
+        if value is not None and not isinstance(value, str):
+            raise InvalidConfig(f"{name} must be a str or None, got {value!r}")
+    if not isinstance(client_id, str):
+        raise InvalidConfig(f"client_id must be a str, got {client_id!r}")
+    if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+        raise InvalidConfig(f"topics must be a list of str, got {topics!r}")
+    if pattern is not None:
+        if not isinstance(pattern, str) or len(pattern) > PATTERN_MAX_CHARS:
+            raise InvalidConfig(
+                f"a subscription pattern is a str of at most {PATTERN_MAX_CHARS} characters"
+            )
+        compile_pattern(pattern)
+
+    if not isinstance(strategy, str):
+        raise InvalidConfig(f"partition.assignment.strategy must be a str, got {strategy!r}")
+    if (
+        not isinstance(session_timeout_ms, int)
+        or isinstance(session_timeout_ms, bool)
+        or not MIN_SESSION_TIMEOUT_MS <= session_timeout_ms <= MAX_SESSION_TIMEOUT_MS
+    ):
+        raise InvalidConfig(
+            f"session.timeout.ms must be an int in [{MIN_SESSION_TIMEOUT_MS}, "
+            f"{MAX_SESSION_TIMEOUT_MS}], got {session_timeout_ms!r}"
+        )
+
+
+def _check_offsets(offsets: object) -> None:
+    """Raises InvalidConfig / UnknownTopicOrPartition for a malformed commit request."""
+    if not isinstance(offsets, dict):
+        raise InvalidConfig(f"offsets must be a dict, got {type(offsets).__name__}")
+    for key, value in offsets.items():
+        if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
+            raise InvalidConfig(f"an offset key is (topic, partition), got {key!r}")
+        partition = key[1]
+        if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+            raise UnknownTopicOrPartition(f"partition {key[0]}-{partition!r} does not exist")
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str)):
+            raise InvalidConfig(f"an offset value is (offset, metadata str), got {value!r}")
 
 
 def _now_ms() -> int:
@@ -72,11 +141,15 @@ class GroupCoordinator:
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
-        self.store = MetadataStore(Path(self.config.data_dir) / OFFSETS_TOPIC / "partition=0")
+        make_private()
+        self.store = MetadataStore(internal_dir(Path(self.config.data_dir), "consumer_offsets"))
         self.offsets: dict[OffsetKey, dict[str, Any]] = {}
         for key, document in self.store.load().items():
-            group, topic, partition = key.split("\x00")
-            self.offsets[(group, topic, int(partition))] = document
+            decoded = _decode_offset_key(key)
+            if decoded is None:  # written by an older version or damaged: skip, keep serving
+                logger.warning("ignoring undecodable committed-offset key %r", key)
+                continue
+            self.offsets[decoded] = document
         self.groups: dict[str, Group] = {}
         self.partitions: dict[str, int] = {}
         self._topics: dict[str, TopicMetadata] = {}
@@ -147,7 +220,7 @@ class GroupCoordinator:
         for topic, partition in partitions:
             meta = await self._topic(topic)
             if partition >= meta.num_partitions:
-                raise TopicNotFound(f"partition {topic}-{partition} does not exist")
+                raise UnknownTopicOrPartition(f"partition {topic}-{partition} does not exist")
             calls[(topic, partition)] = self._leader_call(meta, partition, "offsets")
         found = await asyncio.gather(*calls.values())
         return dict(zip(calls, found, strict=True))
@@ -191,8 +264,7 @@ class GroupCoordinator:
                 logger.exception("expiring members of group %s failed", group.group_id)
 
     def _group(self, group_id: str) -> Group:
-        if not isinstance(group_id, str) or not group_id:
-            raise InvalidConfig(f"group_id must be a non-empty str, got {group_id!r}")
+        validate_group_id(group_id)
         group = self.groups.get(group_id)
         if group is None:
             if len(self.groups) >= self.config.group_max_count:
@@ -226,7 +298,13 @@ class GroupCoordinator:
         strategy: str,
         session_timeout_ms: int,
     ) -> Heartbeat:
+        """Add a member. Raises InvalidConfig / InvalidGroupId for malformed arguments (the
+        client validates them; a direct caller gets the same answer) and
+        InconsistentGroupProtocol."""
         self._start()
+        _check_join_arguments(
+            member_id, instance_id, client_id, topics, pattern, strategy, session_timeout_ms
+        )
         if not self.partitions or any(t not in self.partitions for t in topics):
             await self._refresh_topics()
         return self._group(group_id).join(
@@ -271,6 +349,7 @@ class GroupCoordinator:
         """
         self._start()
         group = self._group(group_id)
+        _check_offsets(offsets)
         group.check_commit(member_id, list(offsets))
         marks = await self._high_watermarks(list(offsets))
         # Again after the await: the member may have been expired or the partitions moved

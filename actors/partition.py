@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -29,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from ray_broker._ray import await_ref, classify, submit
+from ray_broker.actors.data_dir import make_private
 from ray_broker.actors.partition_core import Partition
 from ray_broker.actors.replica import Replica, Role
 from ray_broker.config import TopicConfig, parse_config
@@ -36,10 +38,12 @@ from ray_broker.errors import (
     BrokerBusy,
     BrokerError,
     FencedLeaderEpoch,
+    InvalidConfig,
     InvalidRecord,
     NotEnoughReplicas,
     NotEnoughReplicasAfterAppend,
     NotLeader,
+    Unauthorized,
 )
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
 
@@ -55,6 +59,10 @@ REPLICA_FETCH_RECORDS = 100_000
 REPLICA_IDLE_PUSH_MS = 200
 REPLICA_RETRY_BACKOFF_MS = 100
 ACKS_ALL_TIMEOUT_MS = 30_000
+# Per fetch answer, whatever the client asks (Kafka's fetch.max.bytes), and long polls parked.
+FETCH_MAX_RECORDS = 1_000_000
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+PARKED_FETCHES_MAX = 256
 ISR_CHECK_INTERVAL_MS = 100
 ALTER_ISR_TIMEOUT_S = 5.0
 
@@ -66,6 +74,29 @@ class FollowerLink:
     slot: str
     handle: Any
     task: asyncio.Task[None] | None = None
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _check_produce_arguments(
+    producer_id: object, producer_epoch: object, base_sequence: object, acks: object
+) -> None:
+    """Raises InvalidRecord / InvalidConfig for values a real producer never sends."""
+    if producer_id is not None and not _is_int(producer_id, 0, 2**63 - 1):
+        raise InvalidRecord(f"producer_id must be None or an int >= 0, got {producer_id!r}")
+    if not _is_int(producer_epoch, 0, 2**15 - 1):
+        raise InvalidRecord(f"producer_epoch must be an int in [0, 32767], got {producer_epoch!r}")
+    if not _is_int(base_sequence, 0, 2**31 - 1):
+        raise InvalidRecord(f"base_sequence must be an int in [0, 2**31), got {base_sequence!r}")
+    if acks not in (0, 1, -1) or isinstance(acks, bool):
+        raise InvalidConfig(f"acks must be 0, 1 or -1 (all), got {acks!r}")
+
+
+def _check_epoch_value(epoch: object) -> None:
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch < 2**31:
+        raise InvalidRecord(f"a leader epoch is an int in [0, 2**31), got {epoch!r}")
 
 
 def _was_restarted() -> bool:
@@ -104,8 +135,14 @@ class PartitionActor:
         fetch_max_wait_cap_ms: int = 30_000,
         slot: str = "r0",
         controller: Any = None,
+        token: str = "",
     ) -> None:
+        make_private()
         self.core = Partition(topic, partition, directory, parse_config(TopicConfig, config))
+        # Role, epoch and replication calls must carry the Controller's token: a caller with
+        # only this actor's handle cannot demote a leader or rewrite its log.
+        self._token = token
+        self._parked = 0  # long polls waiting for data right now
         self.slot = slot
         self.replica = Replica(slot, self.core, time.monotonic)
         self.links: dict[str, FollowerLink] = {}
@@ -161,13 +198,18 @@ class PartitionActor:
         else:
             self._become_follower(epoch)
 
-    async def become_leader(self, epoch: int, replicas: dict[str, Any], isr: list[str]) -> None:
+    async def become_leader(
+        self, epoch: int, replicas: dict[str, Any], isr: list[str], *, token: str = ""
+    ) -> None:
         """Lead ``epoch`` with these replicas (slot → handle) and in-sync slots (the
         Controller's order; a restarted replica first asks for its current role).
 
         Raises:
             FencedLeaderEpoch: an older epoch than this replica already knows.
+            Unauthorized: the call does not carry the Controller's token.
         """
+        self._authorize(token)
+        _check_epoch_value(epoch)
         if self._restarted:
             await self._ensure_role()
         self._become_leader(epoch, replicas, isr)
@@ -185,8 +227,11 @@ class PartitionActor:
             self.links[slot] = link
         self._on_high_watermark(moved=True)
 
-    async def become_follower(self, epoch: int) -> None:
-        """Follow the leader of ``epoch``. Raises FencedLeaderEpoch for an older epoch."""
+    async def become_follower(self, epoch: int, *, token: str = "") -> None:
+        """Follow the leader of ``epoch``. Raises FencedLeaderEpoch for an older epoch,
+        Unauthorized without the Controller's token."""
+        self._authorize(token)
+        _check_epoch_value(epoch)
         if self._restarted:
             await self._ensure_role()
         self._become_follower(epoch)
@@ -272,6 +317,7 @@ class PartitionActor:
             BrokerBusy: segments are written to disk slower than they arrive (retriable).
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
         """
+        _check_produce_arguments(producer_id, producer_epoch, base_sequence, acks)
         await self._ensure_role()
         self._check_leader()
         min_isr = self.core.log.config.min_insync_replicas
@@ -345,10 +391,46 @@ class PartitionActor:
     async def fetch(
         self, offset: int, max_records: int, max_bytes: int, max_wait_ms: int = 0
     ) -> FetchResponse:
-        """Committed records from ``offset``; waits up to ``max_wait_ms`` for the first one."""
+        """Committed records from ``offset``; waits up to ``max_wait_ms`` for the first one.
+
+        The broker caps what one call may ask: ``FETCH_MAX_RECORDS`` records and
+        ``FETCH_MAX_BYTES`` bytes per answer, and at most ``PARKED_FETCHES_MAX`` long polls
+        waiting at once (more are answered at once, possibly empty), so parked polls never
+        take the call slots producers need.
+
+        Raises:
+            NotLeader, OffsetOutOfRange; InvalidConfig for arguments of the wrong type.
+        """
+        for name, value, low in (
+            ("offset", offset, 0),
+            ("max_records", max_records, 1),
+            ("max_bytes", max_bytes, 1),
+            ("max_wait_ms", max_wait_ms, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidConfig(f"fetch {name} must be an int >= {low}, got {value!r}")
+        max_records = min(max_records, FETCH_MAX_RECORDS)
+        max_bytes = min(max_bytes, FETCH_MAX_BYTES)
         await self._ensure_role()
         self._check_leader()
+        if self._parked >= PARKED_FETCHES_MAX:
+            max_wait_ms = 0
         deadline = time.monotonic() + min(max_wait_ms, self._fetch_wait_cap_ms) / 1000
+        self._parked += 1
+        try:
+            table = await self._read_waiting(offset, max_records, max_bytes, deadline)
+        finally:
+            self._parked -= 1
+        return FetchResponse(
+            records_to_ipc(table),
+            table.num_rows,
+            self.core.high_watermark,
+            self.core.log.log_start_offset,
+        )
+
+    async def _read_waiting(
+        self, offset: int, max_records: int, max_bytes: int, deadline: float
+    ) -> pa.Table:
         while True:
             table = self.core.read(offset, max_records, max_bytes)
             remaining = deadline - time.monotonic()
@@ -357,12 +439,7 @@ class PartitionActor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._data_arrived.wait(), remaining)
             self._check_leader()
-        return FetchResponse(
-            records_to_ipc(table),
-            table.num_rows,
-            self.core.high_watermark,
-            self.core.log.log_start_offset,
-        )
+        return table
 
     async def offsets(self) -> PartitionOffsets:
         await self._ensure_role()
@@ -373,23 +450,40 @@ class PartitionActor:
 
     # --- follower side --------------------------------------------------------------------------
 
+    def _authorize(self, token: str) -> None:
+        if self._token and not (
+            isinstance(token, str) and hmac.compare_digest(token.encode(), self._token.encode())
+        ):
+            raise Unauthorized(
+                f"{self.core.name}: role, epoch and replication calls are the Controller's and "
+                "its partitions' own; this call did not carry their token"
+            )
+
     def _check_epoch(self, epoch: int) -> None:
         """Raises FencedLeaderEpoch for a stale leader; a newer one demotes this replica."""
-        if not isinstance(epoch, int) or isinstance(epoch, bool):
-            raise InvalidRecord(f"a leader epoch is an int, got {type(epoch).__name__}")
+        _check_epoch_value(epoch)
         if self.replica.accept_leader(epoch):
             logger.warning("%s: fenced by leader epoch %d, stepping down", self.core.name, epoch)
             self._stop_links()
             self._notify_hw()
 
-    async def epoch_state(self, epoch: int) -> tuple[list[tuple[int, int]], int]:
+    async def epoch_state(
+        self, epoch: int, *, token: str = ""
+    ) -> tuple[list[tuple[int, int]], int]:
         """(leader-epoch entries, log end offset) for a new leader's divergence check."""
+        self._authorize(token)
         self._start_background()
         self._check_epoch(epoch)
         return list(self.core.epochs.entries), self.core.log_end_offset
 
     async def truncate(
-        self, epoch: int, offset: int, leader_log_start: int, expected_end: int | None = None
+        self,
+        epoch: int,
+        offset: int,
+        leader_log_start: int,
+        expected_end: int | None = None,
+        *,
+        token: str = "",
     ) -> int:
         """Cut this follower's log at ``offset`` (or restart it at the leader's log start when it
         is too far behind); returns the new log end offset.
@@ -400,7 +494,9 @@ class PartitionActor:
         Raises:
             FencedLeaderEpoch: the sender is a stale leader.
             InvalidRecord: the log moved since the comparison.
+            Unauthorized: the call does not carry the Controller's token.
         """
+        self._authorize(token)
         self._check_epoch(epoch)
         if expected_end is not None and expected_end != self.core.log_end_offset:
             raise InvalidRecord(
@@ -419,13 +515,17 @@ class PartitionActor:
         records_ipc: Any,
         epochs: list[tuple[int, int]],
         leader_high_watermark: int,
+        *,
+        token: str = "",
     ) -> int:
         """Append the leader's records (offsets included); returns the new log end offset.
 
         Raises:
             FencedLeaderEpoch: the sender is an old leader.
             InvalidRecord: the records do not continue this log (the leader re-syncs).
+            Unauthorized: the call does not carry the Controller's token.
         """
+        self._authorize(token)
         self._start_background()
         self._check_epoch(epoch)
         table = ipc_to_records(records_ipc) if records_ipc is not None else None
@@ -471,12 +571,14 @@ class PartitionActor:
                 await asyncio.sleep(REPLICA_RETRY_BACKOFF_MS / 1000)
 
     async def _resync(self, link: FollowerLink, epoch: int) -> int:
-        follower_epochs, follower_end = await link.handle.epoch_state.remote(epoch)
+        follower_epochs, follower_end = await link.handle.epoch_state.remote(
+            epoch, token=self._token
+        )
         target = self.replica.truncation_point(follower_epochs, follower_end)
         if target is None:
             return follower_end
         return await link.handle.truncate.remote(
-            epoch, target, self.core.log.log_start_offset, follower_end
+            epoch, target, self.core.log.log_start_offset, follower_end, token=self._token
         )
 
     async def _push(self, link: FollowerLink, epoch: int) -> None:
@@ -496,7 +598,7 @@ class PartitionActor:
             table = self.core.log.read(progress.log_end_offset, REPLICA_FETCH_RECORDS)
         payload = records_to_ipc(table) if table is not None and table.num_rows else None
         follower_end = await link.handle.replicate.remote(
-            epoch, payload, self.core.epochs.entries, self.core.high_watermark
+            epoch, payload, self.core.epochs.entries, self.core.high_watermark, token=self._token
         )
         if self.replica.is_leading(epoch):
             self._on_high_watermark(
@@ -544,7 +646,8 @@ class PartitionActor:
 
     # --- housekeeping ---------------------------------------------------------------------------
 
-    async def update_config(self, config: dict[str, Any]) -> None:
+    async def update_config(self, config: dict[str, Any], *, token: str = "") -> None:
+        self._authorize(token)
         self.core.log.config = parse_config(TopicConfig, config)
 
     async def maintain(self) -> dict[str, int]:
@@ -580,8 +683,9 @@ class PartitionActor:
             except Exception:  # keep serving; the next round retries
                 logger.exception("housekeeping of partition %s failed", self.core.name)
 
-    async def close(self) -> None:
+    async def close(self, *, token: str = "") -> None:
         """Finish sealing and close the log's files (before the actor is killed)."""
+        self._authorize(token)
         self._stop_links()
         for task in self._background:
             task.cancel()
@@ -590,7 +694,7 @@ class PartitionActor:
                 await self._sealing
         self.core.log.close()
 
-    async def delete(self) -> None:
-        await self.close()
+    async def delete(self, *, token: str = "") -> None:
+        await self.close(token=token)
         self.core.delete()
         self._notify_data()

@@ -9,8 +9,9 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ray_broker.actors.producer_state import ProducerStates
+from ray_broker.actors.producer_state import SEQUENCE_MOD, ProducerStates
 from ray_broker.config import TopicConfig
 from ray_broker.errors import InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache
@@ -35,6 +36,7 @@ class Partition:
     ) -> None:
         self.topic = topic
         self.partition = partition
+        self.clock = clock
         self.log = Log(directory, config, clock)
         self.epochs = LeaderEpochCache(directory)
         self.producers = ProducerStates()
@@ -142,6 +144,7 @@ class Partition:
         if not isinstance(batch, (pa.Table, pa.RecordBatch)):
             raise InvalidRecord(f"expected a pyarrow Table, got {type(batch).__name__}")
         count = batch.num_rows
+        self._check_timestamps(batch)
         if producer_id is not None and count:
             existing = self.producers.check(producer_id, producer_epoch, base_sequence, count)
             if existing is not None:
@@ -156,6 +159,30 @@ class Partition:
         if self.log.config.message_timestamp_type == "LogAppendTime":
             append_time = self.log.read(base, 1).column("timestamp")[0].as_py()
         return ProduceResult(base, last, append_time, self.log.log_start_offset)
+
+    def _check_timestamps(self, batch: pa.Table | pa.RecordBatch) -> None:
+        """CreateTime stamps must be >= 0 and within message.timestamp.before/after.max.ms of
+        the broker's clock (LogAppendTime topics overwrite them anyway).
+
+        Raises:
+            InvalidRecord: a timestamp is negative or too far from now.
+        """
+        config = self.log.config
+        if config.message_timestamp_type != "CreateTime" or "timestamp" not in batch.schema.names:
+            return
+        stamps = batch.column("timestamp")
+        if len(stamps) == 0 or stamps.null_count == len(stamps):
+            return
+        low, high = pc.min(stamps).as_py(), pc.max(stamps).as_py()
+        now = self.clock()
+        before = getattr(config, "message_timestamp_before_max_ms", 2**63 - 1)
+        after = getattr(config, "message_timestamp_after_max_ms", 2**63 - 1)
+        if low < 0 or low < now - before or high > now + after:
+            raise InvalidRecord(
+                f"{self.name}: timestamps {low}..{high} are negative or outside "
+                f"[now - message.timestamp.before.max.ms, now + message.timestamp.after.max.ms] "
+                f"= [{now - before}, {now + after}]"
+            )
 
     def read(self, offset: int, max_records: int, max_bytes: int) -> pa.Table:
         """Committed records from ``offset`` (below the high watermark).
@@ -223,6 +250,10 @@ def _with_producer_columns(
         .append_column("producer_epoch", pa.array(np.full(n, epoch, dtype=np.int16)))
         .append_column(
             "sequence",
-            pa.array(np.arange(base_sequence, base_sequence + n, dtype=np.int32)),
+            pa.array(
+                (np.arange(base_sequence, base_sequence + n, dtype=np.int64) % SEQUENCE_MOD).astype(
+                    np.int32
+                )
+            ),
         )
     )

@@ -22,6 +22,18 @@ import pyarrow as pa
 from ray_broker.errors import OutOfOrderSequence, ProducerFenced
 
 RUNS_KEPT_PER_PRODUCER = 16  # Kafka keeps 5 batches; runs merge adjacent batches, so a few more
+# Sequences are int32 and wrap to 0 after 2**31 - 1, as Kafka's do: a producer may write any
+# number of records to a partition.
+SEQUENCE_MOD = 2**31
+
+
+def next_sequence(sequence: int, count: int = 1) -> int:
+    return (sequence + count) % SEQUENCE_MOD
+
+
+def _distance(start: int, to: int) -> int:
+    """How far ``to`` is past ``start`` on the wrapping sequence circle."""
+    return (to - start) % SEQUENCE_MOD
 
 
 @dataclass
@@ -94,15 +106,17 @@ class ProducerStates:
                     "expected 0"
                 )
             return None
-        last = first_sequence + count - 1
-        if first_sequence == entry.last_sequence + 1:
+        last = next_sequence(first_sequence, count - 1)
+        expected = next_sequence(entry.last_sequence)
+        if first_sequence == expected:
             return None
         for run in entry.runs:
-            if run.first_sequence <= first_sequence and last <= run.last_sequence:
-                return run.base_offset + (first_sequence - run.first_sequence)
+            into = _distance(run.first_sequence, first_sequence)
+            if into + count <= _distance(run.first_sequence, run.last_sequence) + 1:
+                return run.base_offset + into
         raise OutOfOrderSequence(
             f"producer {producer_id} sent sequences {first_sequence}..{last} but the partition "
-            f"expects {entry.last_sequence + 1}; resend the earlier batches first"
+            f"expects {expected}; resend the earlier batches first"
         )
 
     def is_ahead(self, producer_id: int, epoch: int, first_sequence: int) -> bool:
@@ -114,7 +128,8 @@ class ProducerStates:
         entry = self._producers.get(producer_id)
         if entry is None or epoch > entry.epoch:
             return first_sequence > 0
-        return epoch == entry.epoch and first_sequence > entry.last_sequence + 1
+        skipped = _distance(next_sequence(entry.last_sequence), first_sequence)
+        return epoch == entry.epoch and 0 < skipped < SEQUENCE_MOD // 2
 
     def record(
         self, producer_id: int, epoch: int, first_sequence: int, count: int, base_offset: int
@@ -124,11 +139,12 @@ class ProducerStates:
         if entry is None or epoch > entry.epoch:
             entry = self._producers[producer_id] = ProducerEntry(epoch)
         entry.last_seen_ms = self._clock()
-        last = first_sequence + count - 1
+        last = next_sequence(first_sequence, count - 1)
         if entry.runs:
             run = entry.runs[-1]
-            follows = run.last_sequence + 1 == first_sequence
-            adjacent = run.base_offset + (run.last_sequence - run.first_sequence) + 1 == base_offset
+            follows = next_sequence(run.last_sequence) == first_sequence
+            length = _distance(run.first_sequence, run.last_sequence) + 1
+            adjacent = run.base_offset + length == base_offset
             if follows and adjacent:
                 run.last_sequence = last
                 return
@@ -146,13 +162,13 @@ class ProducerStates:
         rows = columns.filter(pids.is_valid())
         pid = rows.column("producer_id").to_numpy()
         epoch = rows.column("producer_epoch").to_numpy()
-        seq = rows.column("sequence").to_numpy()
+        seq = rows.column("sequence").to_numpy().astype(np.int64)
         offset = rows.column("offset").to_numpy()
         starts = np.ones(len(pid), dtype=bool)
         starts[1:] = (
             (pid[1:] != pid[:-1])
             | (epoch[1:] != epoch[:-1])
-            | (seq[1:] != seq[:-1] + 1)
+            | (seq[1:] != (seq[:-1] + 1) % SEQUENCE_MOD)
             | (offset[1:] != offset[:-1] + 1)
         )
         bounds = [*np.flatnonzero(starts).tolist(), len(pid)]

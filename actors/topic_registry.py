@@ -77,6 +77,7 @@ class TopicRegistry:
         replication_factor: int,
         config: dict[str, Any] | None,
         live_nodes: int,
+        topic_id: str | None = None,
     ) -> TopicRecord:
         """Validate and persist a new topic.
 
@@ -100,7 +101,9 @@ class TopicRegistry:
         parsed = parse_config(TopicConfig, config)
         _check_replicated_compaction(parsed, replication_factor)
         overrides = parsed.model_dump(by_alias=True, exclude_unset=True)
-        record = TopicRecord(name, uuid.uuid4().hex, partitions, replication_factor, overrides)
+        record = TopicRecord(
+            name, topic_id or uuid.uuid4().hex, partitions, replication_factor, overrides
+        )
         self._save(record)
         return record
 

@@ -8,13 +8,13 @@ from typing import Any
 
 from ray_broker.config import (
     CONTROLLER_NAME,
-    DEFAULT_DATA_DIR,
     DEFAULT_NAMESPACE,
     GROUP_COORDINATOR_NAME,
     BrokerConfig,
+    default_data_dir,
     parse_config,
 )
-from ray_broker.errors import BrokerNotRunning, InvalidConfig
+from ray_broker.errors import BrokerNotRunning, DataDirInUse, InvalidConfig
 from ray_broker.runtime import ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -130,17 +130,18 @@ def connect(
 
     Without ``address`` (and no ``RAY_ADDRESS``) and outside a Ray job, this starts an embedded
     single-node Ray on 127.0.0.1; ``Broker.close()`` stops it again. Data lives under
-    ``data_dir`` (default ``~/.ray_broker`` or ``RAY_BROKER_DATA_DIR``).
+    ``data_dir`` (default ``~/.ray_broker/<namespace>``; the root is ``RAY_BROKER_DATA_DIR``).
 
     Raises:
         InvalidConfig: a bad broker setting, or ``data_dir`` differs from the running broker's.
+        DataDirInUse: another broker namespace owns ``data_dir``.
         BrokerNotRunning: the Controller could not be started or reached.
     """
     settings = dict(config or {})
     if data_dir is not None:
         settings["log.dirs"] = str(Path(data_dir).expanduser().resolve())
     else:
-        settings.setdefault("log.dirs", str(DEFAULT_DATA_DIR))
+        settings.setdefault("log.dirs", str(default_data_dir(namespace)))
     parse_config(BrokerConfig, settings)  # fail fast, in the caller's process
     owns_ray = ensure_ray(address, namespace)
 
@@ -169,18 +170,21 @@ def connect(
         )
 
     controller = singleton(Controller, CONTROLLER_NAME)
-    coordinator = singleton(GroupCoordinator, GROUP_COORDINATOR_NAME)
     try:
         info = call(controller.ready, timeout_s=120, unavailable=BrokerNotRunning)
-    except BaseException:
+        if data_dir is not None and Path(info["data_dir"]) != Path(settings["log.dirs"]):
+            raise InvalidConfig(
+                f"the broker in namespace {namespace!r} already runs with data_dir "
+                f"{info['data_dir']}; connect without data_dir or use another namespace"
+            )
+        # Only once the Controller holds the data directory's lock: the coordinator writes
+        # committed offsets there.
+        coordinator = singleton(GroupCoordinator, GROUP_COORDINATOR_NAME)
+    except BaseException as exc:
+        if isinstance(exc, DataDirInUse):
+            # This namespace's Controller refuses to serve: stop it, so the name is free.
+            ray.kill(controller, no_restart=True)
         if owns_ray:
             ray.shutdown()
         raise
-    if data_dir is not None and Path(info["data_dir"]) != Path(settings["log.dirs"]):
-        if owns_ray:
-            ray.shutdown()
-        raise InvalidConfig(
-            f"the broker in namespace {namespace!r} already runs with data_dir "
-            f"{info['data_dir']}; connect without data_dir or use another namespace"
-        )
     return Broker(controller, coordinator, namespace, info, owns_ray)

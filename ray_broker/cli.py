@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ray_broker.config import DEFAULT_DATA_DIR, DEFAULT_NAMESPACE
+from ray_broker.config import DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError
 
 app = typer.Typer(help="A Kafka-class message broker on Ray.", no_args_is_help=True)
@@ -34,7 +34,12 @@ AddressOption = Annotated[
     str | None, typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to attach to.")
 ]
 DataDirOption = Annotated[
-    Path, typer.Option("--data-dir", envvar="RAY_BROKER_DATA_DIR", help="Broker data directory.")
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Broker data directory (default: $RAY_BROKER_DATA_DIR or ~/.ray_broker, then "
+        "/<namespace>).",
+    ),
 ]
 NamespaceOption = Annotated[str, typer.Option("--namespace", help="Broker's Ray namespace.")]
 
@@ -71,7 +76,7 @@ def topic_create(
     replication_factor: Annotated[int, typer.Option("--replication-factor", "-r")] = 1,
     config: Annotated[list[str], typer.Option("--config", "-c", help="key=value")] = [],  # noqa: B006
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Create a topic."""
@@ -85,7 +90,7 @@ def topic_create(
 @topic_app.command("list")
 def topic_list(
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """List topics."""
@@ -98,7 +103,7 @@ def topic_list(
 def topic_describe(
     name: str,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Show a topic's partitions, offsets and settings."""
@@ -127,7 +132,7 @@ def topic_describe(
 def topic_delete(
     name: str,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Delete a topic and its data."""
@@ -142,7 +147,7 @@ def topic_delete(
 @group_app.command("list")
 def group_list(
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """List consumer groups with their state and member count."""
@@ -160,7 +165,7 @@ def group_list(
 def group_describe(
     group_id: str,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Show a group's members, committed offsets and lag per partition."""
@@ -201,7 +206,7 @@ def group_reset_offsets(
         str | None, typer.Option("--to-datetime", help="ISO 8601, e.g. 2026-11-30T06:00:00")
     ] = None,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Move an inactive group's committed offsets on a topic."""
@@ -234,7 +239,7 @@ def group_reset_offsets(
 def group_delete(
     group_id: str,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Delete an inactive group and its committed offsets."""
@@ -255,7 +260,7 @@ def produce(
     ] = None,
     partition: Annotated[int | None, typer.Option("--partition", "-p")] = None,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Send each line of a file (or stdin) as one record."""
@@ -294,7 +299,7 @@ def consume(
         str | None, typer.Option("--group", "-g", help="Consume as a member of this group.")
     ] = None,
     address: AddressOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Print records of a topic, one per line."""

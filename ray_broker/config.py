@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ray_broker.errors import InvalidConfig, InvalidTopicName
+from ray_broker.errors import InvalidConfig, InvalidGroupId, InvalidTopicName
 from ray_broker.storage.config import LogConfig, merge_config, parse_config
 
 __all__ = [
@@ -32,12 +32,22 @@ __all__ = [
 ]
 
 DEFAULT_NAMESPACE = "ray_broker"
-DEFAULT_DATA_DIR = Path(os.environ.get("RAY_BROKER_DATA_DIR", Path.home() / ".ray_broker"))
+# The root of every namespace's data; each broker namespace keeps its data in its own
+# subdirectory (``default_data_dir``), so two namespaces never share a metadata log.
+DEFAULT_DATA_ROOT = Path(os.environ.get("RAY_BROKER_DATA_DIR", Path.home() / ".ray_broker"))
 CONTROLLER_NAME = "ray_broker.controller"
 GROUP_COORDINATOR_NAME = "ray_broker.group_coordinator"
+# Internal state lives under ``<data_dir>/__internal/``, outside the topic namespace: topic names
+# starting with "__" are reserved, so no topic can ever share a directory with it.
+INTERNAL_DIR = "__internal"
 OFFSETS_TOPIC = "__consumer_offsets"
 METADATA_TOPIC = "__cluster_metadata"
+RESERVED_PREFIX = "__"
 TOPIC_NAME_MAX_CHARS = 249
+GROUP_ID_MAX_CHARS = 249
+DAY_MS = 86_400_000
+MIN_SESSION_TIMEOUT_MS = 100
+MAX_SESSION_TIMEOUT_MS = 1_800_000
 MAX_PARTITIONS = 10_000
 
 _MODEL = ConfigDict(
@@ -52,6 +62,14 @@ class TopicConfig(LogConfig):
     # A follower that has not caught up for this long leaves the in-sync replicas.
     replica_lag_time_max_ms: int = Field(30_000, alias="replica.lag.time.max.ms", ge=10)
     unclean_leader_election_enable: bool = Field(False, alias="unclean.leader.election.enable")
+    # CreateTime records dated further than this before/after the broker's clock are refused
+    # (Kafka's KIP-937): one record from the far future would pin time retention forever.
+    message_timestamp_before_max_ms: int = Field(
+        2**63 - 1, alias="message.timestamp.before.max.ms", ge=0
+    )
+    message_timestamp_after_max_ms: int = Field(
+        3_600_000, alias="message.timestamp.after.max.ms", ge=0
+    )
     # Idempotent-producer state of a producer id not seen for this long is dropped (Kafka's
     # default: 7 days); it bounds the state one partition keeps per producer ever seen.
     producer_id_expiration_ms: int = Field(
@@ -70,7 +88,7 @@ class BrokerConfig(BaseModel):
 
     model_config = _MODEL
 
-    data_dir: str = Field(str(DEFAULT_DATA_DIR), alias="log.dirs")
+    data_dir: str = Field(str(DEFAULT_DATA_ROOT / DEFAULT_NAMESPACE), alias="log.dirs")
     auto_create_topics_enable: bool = Field(False, alias="auto.create.topics.enable")
     num_partitions: int = Field(1, alias="num.partitions", ge=1, le=MAX_PARTITIONS)
     default_replication_factor: int = Field(1, alias="default.replication.factor", ge=1)
@@ -111,12 +129,12 @@ class ProducerConfig(BaseModel):
     batch_size: int = Field(16_384, alias="batch.size", ge=1)
     # Bytes the producer may hold unsent across partitions before send() blocks.
     buffer_memory: int = Field(256 * 1024 * 1024, alias="buffer.memory", ge=1024)
-    max_block_ms: int = Field(60_000, alias="max.block.ms", ge=0)
+    max_block_ms: int = Field(60_000, alias="max.block.ms", ge=0, le=DAY_MS)
     max_in_flight_requests_per_connection: int = Field(
         5, alias="max.in.flight.requests.per.connection", ge=1, le=64
     )
-    delivery_timeout_ms: int = Field(120_000, alias="delivery.timeout.ms", ge=1)
-    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1)
+    delivery_timeout_ms: int = Field(120_000, alias="delivery.timeout.ms", ge=1, le=DAY_MS)
+    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1, le=DAY_MS)
     retry_backoff_ms: int = Field(100, alias="retry.backoff.ms", ge=0)
     enable_idempotence: bool = Field(True, alias="enable.idempotence")
     key_serializer: Callable[[Any], bytes] | None = Field(None, alias="key.serializer")
@@ -146,15 +164,21 @@ class ConsumerConfig(BaseModel):
     auto_commit_interval_ms: int = Field(5_000, alias="auto.commit.interval.ms", ge=0)
     fetch_max_wait_ms: int = Field(500, alias="fetch.max.wait.ms", ge=0)
     # Records per fetch call to one partition (Arrow slices: large is cheap).
-    max_partition_fetch_records: int = Field(100_000, alias="max.partition.fetch.records", ge=1)
+    # The broker answers at most 1,000,000 records / 64 MiB per fetch, so larger asks are refused.
+    max_partition_fetch_records: int = Field(
+        100_000, alias="max.partition.fetch.records", ge=1, le=1_000_000
+    )
     max_partition_fetch_bytes: int = Field(
-        64 * 1024 * 1024, alias="max.partition.fetch.bytes", ge=1
+        64 * 1024 * 1024, alias="max.partition.fetch.bytes", ge=1, le=64 * 1024 * 1024
     )
     max_poll_records: int = Field(500, alias="max.poll.records", ge=1)
-    session_timeout_ms: int = Field(10_000, alias="session.timeout.ms", ge=1)
+    # Kafka bounds sessions by group.min/max.session.timeout.ms; shorter ones flap.
+    session_timeout_ms: int = Field(
+        10_000, alias="session.timeout.ms", ge=MIN_SESSION_TIMEOUT_MS, le=MAX_SESSION_TIMEOUT_MS
+    )
     heartbeat_interval_ms: int = Field(3_000, alias="heartbeat.interval.ms", ge=1)
     max_poll_interval_ms: int = Field(300_000, alias="max.poll.interval.ms", ge=1)
-    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1)
+    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1, le=DAY_MS)
     retry_backoff_ms: int = Field(100, alias="retry.backoff.ms", ge=0)
     key_deserializer: Callable[[bytes], Any] | None = Field(None, alias="key.deserializer")
     value_deserializer: Callable[[bytes], Any] | None = Field(None, alias="value.deserializer")
@@ -188,7 +212,39 @@ def validate_topic_name(name: object) -> str:
         raise InvalidTopicName(
             f"topic name {name!r} may only contain ASCII letters, digits, '.', '_' and '-'"
         )
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidTopicName(
+            f"topic name {name!r} is reserved: names starting with {RESERVED_PREFIX!r} belong "
+            "to the broker's internal state"
+        )
     return name
+
+
+def validate_group_id(group_id: object) -> str:
+    """A consumer group id: any printable text up to ``GROUP_ID_MAX_CHARS`` characters.
+
+    Raises:
+        InvalidGroupId: not a str, empty, too long, or with control characters (a NUL once
+            broke the coordinator's recovery).
+    """
+    if not isinstance(group_id, str):
+        raise InvalidGroupId(f"a group id is a str, got {type(group_id).__name__}")
+    if not group_id or len(group_id) > GROUP_ID_MAX_CHARS:
+        raise InvalidGroupId(
+            f"a group id has 1 to {GROUP_ID_MAX_CHARS} characters, got {len(group_id)}"
+        )
+    if any(not ch.isprintable() for ch in group_id):
+        raise InvalidGroupId(f"group id {group_id!r} contains control or unprintable characters")
+    try:
+        group_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidGroupId(f"group id {group_id!r} is not valid Unicode text") from None
+    return group_id
+
+
+def default_data_dir(namespace: str) -> Path:
+    """Where a namespace keeps its data unless told otherwise: ``~/.ray_broker/<namespace>``."""
+    return DEFAULT_DATA_ROOT / namespace
 
 
 def client_config(model: type[BaseModel], options: dict[str, Any]) -> Any:

@@ -21,13 +21,14 @@ import pyarrow as pa
 import ray
 
 from ray_broker._ray import call, classify, resolve, retrying, submit
-from ray_broker.config import ConsumerConfig, client_config
+from ray_broker.config import ConsumerConfig, client_config, validate_group_id
 from ray_broker.errors import (
     BrokerError,
     ConsumerClosed,
     InvalidConfig,
     NoOffsetForPartition,
     OffsetOutOfRange,
+    SerializationError,
     UnknownTopicOrPartition,
 )
 from ray_broker.group_member import ConsumerRebalanceListener, GroupMembership
@@ -76,6 +77,8 @@ class Consumer:
         **options: Any,
     ) -> None:
         self.config: ConsumerConfig = client_config(ConsumerConfig, options)
+        if self.config.group_id is not None:
+            validate_group_id(self.config.group_id)
         self._metadata = metadata
         self._coordinator = coordinator
         self._membership: GroupMembership | None = None
@@ -229,7 +232,10 @@ class Consumer:
 
         Raises:
             OffsetOutOfRange: ``offset`` is below the log start or beyond the log end.
+            InvalidConfig: ``offset`` is not an int.
         """
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise InvalidConfig(f"seek needs an int offset, got {offset!r}")
         offsets = self._offsets(tp)
         if not offsets.log_start_offset <= offset <= offsets.high_watermark:
             raise OffsetOutOfRange(
@@ -299,7 +305,21 @@ class Consumer:
             ConsumerClosed: the consumer was closed.
         """
         slices = self._poll_slices(timeout_ms, max_records or self.config.max_poll_records)
-        return {tp: self._records(tp, table) for tp, table in slices}
+        out: dict[TopicPartition, list[Record]] = {}
+        failure: SerializationError | None = None
+        for tp, table in slices:
+            records, failed_at = self._records(tp, table)
+            if failed_at is not None:
+                # The position stays at the bad record: what came before it is returned now,
+                # the bad record raises (on the next poll if others are returned now).
+                offset, error = failed_at
+                self._move(tp, offset)
+                failure = failure or error
+            if records:
+                out[tp] = records
+        if failure is not None and not out:
+            raise failure
+        return out
 
     def poll_arrow(self, timeout_ms: int = 0, max_records: int = 100_000) -> pa.Table:
         """Records as one Arrow table with ``topic`` and ``partition`` columns; no per-record
@@ -443,14 +463,46 @@ class Consumer:
             out.append((tp, taken))
         return out
 
-    def _records(self, tp: TopicPartition, table: pa.Table) -> list[Record]:
+    def _records(
+        self, tp: TopicPartition, table: pa.Table
+    ) -> tuple[list[Record], tuple[int, SerializationError] | None]:
+        """Records of a slice, and (offset, error) of the first one that fails to decode (the
+        records returned are those before it)."""
         keys = table.column("key").to_pylist()
         values = table.column("value").to_pylist()
-        decode_key, decode_value = self.config.key_deserializer, self.config.value_deserializer
-        if decode_key is not None:
-            keys = [None if k is None else decode_key(k) for k in keys]
-        if decode_value is not None:
-            values = [None if v is None else decode_value(v) for v in values]
+        offsets = table.column("offset").to_pylist()
+        failed_at = None
+        for what, column, decode in (
+            ("key", keys, self.config.key_deserializer),
+            ("value", values, self.config.value_deserializer),
+        ):
+            if decode is None:
+                continue
+            for index, raw in enumerate(column):
+                if failed_at is not None and index >= failed_at[0]:
+                    break
+                try:
+                    column[index] = None if raw is None else decode(raw)
+                except Exception as exc:  # the application's deserializer
+                    failed_at = (
+                        index,
+                        SerializationError(
+                            f"{what}_deserializer failed on {tp.topic}-{tp.partition} at offset "
+                            f"{offsets[index]}: {type(exc).__name__}: {exc}; seek past it to "
+                            "skip the record"
+                        ),
+                    )
+                    break
+        if failed_at is not None:
+            index, error = failed_at
+            table = table.slice(0, index)
+            keys, values = keys[:index], values[:index]
+            return self._build(tp, table, keys, values), (offsets[index], error)
+        return self._build(tp, table, keys, values), None
+
+    def _build(
+        self, tp: TopicPartition, table: pa.Table, keys: list[Any], values: list[Any]
+    ) -> list[Record]:
         headers = table.column("headers")
         header_lists = (
             [[(h["key"], h["value"]) for h in hs] if hs else [] for hs in headers.to_pylist()]

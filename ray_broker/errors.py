@@ -52,6 +52,10 @@ class InvalidTopicName(BrokerError, ValueError):
     """A topic name breaks Kafka's naming rules."""
 
 
+class InvalidGroupId(InvalidConfig):
+    """A consumer group id is empty, too long, or has control characters."""
+
+
 class InvalidPartitions(BrokerError, ValueError):
     """A partition count or partition number is not allowed."""
 
@@ -85,6 +89,10 @@ class CorruptSegment(BrokerError):
 
 class KafkaStorageError(BrokerError, OSError):
     """The log directory cannot be written or read."""
+
+
+class DataDirInUse(KafkaStorageError):
+    """Another broker (namespace or process) owns this data directory; use another one."""
 
 
 class NotLeader(BrokerError):

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_broker._ray import classify, submit
+from ray_broker.actors.producer_state import next_sequence
 from ray_broker.config import ProducerConfig, client_config
 from ray_broker.errors import (
     BrokerError,
@@ -266,13 +268,15 @@ class Producer:
         metadata = self._metadata.topic(topic, auto_create=True)
         value = _serialize(value, self.config.value_serializer, "value")
         key = _serialize(key, self.config.key_serializer, "key")
+        header_list = _headers(headers)
         size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+        if header_list:
+            size += sum(len(h["key"].encode()) + len(h["value"] or b"") for h in header_list)
         if size > metadata.config["max.message.bytes"]:
             raise RecordTooLarge(
-                f"record of {size} bytes exceeds max.message.bytes="
+                f"record of {size} bytes (key, value and headers) exceeds max.message.bytes="
                 f"{metadata.config['max.message.bytes']} of topic {topic!r}"
             )
-        header_list = _headers(headers)
         if timestamp_ms is None:
             timestamp_ms = time.time_ns() // 1_000_000  # CreateTime is the producer's clock
         elif (
@@ -332,9 +336,11 @@ class Producer:
         if "value" not in table.column_names:
             raise InvalidRecord("send_batch needs a 'value' column")
         metadata = self._metadata.topic(topic, auto_create=True)
+        _check_batch(table, metadata)  # the whole table, before anything is queued
+        parts = list(self._split(table, metadata))
         batches: list[ProducerBatch] = []
         with self._cond:
-            for partition, part in self._split(table, metadata):
+            for partition, part in parts:
                 for start in range(0, part.num_rows, MAX_REQUEST_RECORDS):
                     chunk = part.slice(start, MAX_REQUEST_RECORDS)
                     self._reserve(chunk.nbytes)
@@ -532,7 +538,7 @@ class Producer:
                     if batch.sequence_generation != queue.sequence_generation:
                         batch.base_sequence = queue.next_sequence
                         batch.sequence_generation = queue.sequence_generation
-                        queue.next_sequence += table.num_rows
+                        queue.next_sequence = next_sequence(queue.next_sequence, table.num_rows)
                     predecessors = _has_predecessors(queue, batch)
             leader = self._metadata.topic(batch.topic).leader(batch.partition)
             batch.attempts += 1
@@ -628,12 +634,46 @@ class Producer:
 
 def _has_predecessors(queue: _PartitionQueue, batch: ProducerBatch) -> bool:
     """Whether an earlier batch of the partition is still unanswered: only then may the
-    partition wait for it before appending ``batch`` (caller holds the lock)."""
-    sequence = batch.base_sequence or 0
-    return any(
-        other is not batch and other.base_sequence is not None and other.base_sequence < sequence
-        for other in queue.in_flight
-    )
+    partition wait for it before appending ``batch`` (caller holds the lock). In-flight batches
+    are kept in sending order, which is sequence order (sequences wrap, so no comparison)."""
+    for other in queue.in_flight:
+        if other is batch:
+            return False
+        if other.base_sequence is not None:
+            return True
+    return False
+
+
+def _check_batch(table: pa.Table, metadata: TopicMetadata) -> None:
+    """Raises InvalidRecord / InvalidPartitions unless every row of a send_batch table fits."""
+    types = {
+        "value": (pa.types.is_binary, pa.types.is_large_binary),
+        "key": (pa.types.is_binary, pa.types.is_large_binary),
+        "timestamp": (pa.types.is_integer, pa.types.is_timestamp),
+        "partition": (pa.types.is_integer,),
+    }
+    for name, accepted in types.items():
+        if name in table.column_names:
+            column_type = table.schema.field(name).type
+            if not any(check(column_type) for check in accepted) and not pa.types.is_null(
+                column_type
+            ):
+                raise InvalidRecord(f"column {name!r} of type {column_type} is not allowed")
+    if "timestamp" in table.column_names:
+        stamps = table.column("timestamp").cast(pa.int64())
+        if stamps.null_count or (len(stamps) and pc.min(stamps).as_py() < 0):
+            raise InvalidRecord("timestamps must be present and >= 0 (ms since the epoch)")
+    if "partition" in table.column_names:
+        parts = table.column("partition")
+        if parts.null_count:
+            raise InvalidRecord("the partition column has nulls; give every row a partition")
+        if len(parts):
+            low, high = pc.min(parts).as_py(), pc.max(parts).as_py()
+            if low < 0 or high >= metadata.num_partitions:
+                raise InvalidPartitions(
+                    f"partitions {low}..{high} requested; topic {metadata.name!r} has partitions "
+                    f"0..{metadata.num_partitions - 1}; nothing was sent"
+                )
 
 
 def _serialize(obj: Any, serializer: Callable[[Any], bytes] | None, what: str) -> bytes | None:
@@ -654,10 +694,16 @@ def _serialize(obj: Any, serializer: Callable[[Any], bytes] | None, what: str) -
 def _headers(headers: Sequence[tuple[str, bytes | None]] | None) -> list[dict[str, Any]] | None:
     if headers is None:
         return None
+    if isinstance(headers, (str, bytes)) or not isinstance(headers, Sequence):
+        raise InvalidRecord(f"headers are a list of (str, bytes) pairs, got {headers!r}")
     out = []
     for item in headers:
         if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
             raise InvalidRecord(f"headers are (str, bytes) pairs, got {item!r}")
+        try:
+            item[0].encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRecord(f"header name {item[0]!r} is not valid Unicode text") from None
         if item[1] is not None and not isinstance(item[1], bytes):
             raise SerializationError(f"header {item[0]!r} value must be bytes or None")
         out.append({"key": item[0], "value": item[1]})
@@ -665,7 +711,11 @@ def _headers(headers: Sequence[tuple[str, bytes | None]] | None) -> list[dict[st
 
 
 def _check_partition(partition: int, metadata: TopicMetadata) -> None:
-    if not isinstance(partition, int) or not 0 <= partition < metadata.num_partitions:
+    if (
+        not isinstance(partition, int)
+        or isinstance(partition, bool)
+        or not 0 <= partition < metadata.num_partitions
+    ):
         raise InvalidPartitions(
             f"partition {partition!r} does not exist; topic {metadata.name!r} has partitions "
             f"0..{metadata.num_partitions - 1}"

@@ -15,15 +15,18 @@ LOOPBACK = "127.0.0.1"
 _TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
-def _prepare_environment(address: str | None) -> None:
-    if (
+def _prepare_environment(address: str | None) -> bool:
+    """Set Ray's environment for ``address``; True if Ray must stay on loopback."""
+    loopback = (
         address is None
         or address in ("auto", "local")
         or address.startswith((LOOPBACK, "localhost", "ray://127.0.0.1", "ray://localhost"))
-    ):
+    )
+    if loopback:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if address not in (None, "local") and _TOKEN_FILE.exists():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    return loopback
 
 
 def ensure_ray(address: str | None = None, namespace: str | None = None) -> bool:
@@ -33,8 +36,16 @@ def ensure_ray(address: str | None = None, namespace: str | None = None) -> bool
     local Ray starts on 127.0.0.1 with no dashboard.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
-    _prepare_environment(address)
+    loopback = _prepare_environment(address)
     import ray
+
+    if loopback:
+        # Ray reads the environment variable once, when ``ray`` is first imported: if the
+        # application imported Ray before ray_broker, the setting above came too late and Ray
+        # would listen on every interface. Apply it where Ray looks it up at run time.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
     if ray.is_initialized():
         return False

@@ -31,7 +31,8 @@ class LogConfig(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
-    segment_bytes: int = Field(SEGMENT_BYTES, alias="segment.bytes", ge=1024)
+    # The active segment lives in memory: bounded like Kafka's (an int32 of bytes).
+    segment_bytes: int = Field(SEGMENT_BYTES, alias="segment.bytes", ge=1024, le=2**30)
     segment_ms: int = Field(SEGMENT_MS, alias="segment.ms", ge=1)
     retention_ms: int = Field(RETENTION_MS, alias="retention.ms", ge=NO_LIMIT)
     retention_bytes: int = Field(NO_LIMIT, alias="retention.bytes", ge=NO_LIMIT)
@@ -39,7 +40,7 @@ class LogConfig(BaseModel):
         "delete", alias="cleanup.policy"
     )
     delete_retention_ms: int = Field(DELETE_RETENTION_MS, alias="delete.retention.ms", ge=0)
-    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, alias="max.message.bytes", ge=1)
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, alias="max.message.bytes", ge=1, le=2**30)
     # None = leave durability to the OS page cache, Kafka's default.
     flush_messages: int | None = Field(None, alias="flush.messages", ge=1)
     flush_ms: int | None = Field(None, alias="flush.ms", ge=0)
@@ -72,6 +73,8 @@ def parse_config(model: type[BaseModel], values: Mapping[str, Any] | None) -> An
     Raises:
         InvalidConfig: a key is unknown or a value is out of range.
     """
+    if values is not None and not isinstance(values, Mapping):
+        raise InvalidConfig(f"a configuration is a mapping of keys to values, got {values!r}")
     try:
         return model.model_validate(dict(values or {}))
     except ValidationError as exc:

@@ -32,13 +32,13 @@ from ray_broker.storage.schema import (
     prepare_batch,
 )
 from ray_broker.storage.segment import (
+    HIDDEN_PREFIX,
     PARQUET_SUFFIX,
     TMP_SUFFIX,
     WAL_SUFFIX,
     MemorySegment,
     ReadBudget,
     SealedSegment,
-    base_offset_of,
     fsync_directory,
     segment_name,
     wal_name,
@@ -73,6 +73,11 @@ class RecoveryReport:
     cut_tails: list[CutTail] = field(default_factory=list)
     finished_seals: list[str] = field(default_factory=list)
     removed_temp_files: list[str] = field(default_factory=list)
+    # Files that are not the log's (``export.parquet``, ``backup.wal``): left alone, named here.
+    ignored_files: list[str] = field(default_factory=list)
+    # Segments after a gap (a rolled WAL that lost its unsynced tail in a power loss): renamed
+    # to ``*.cut`` and reported, as Kafka truncates after the first damaged segment.
+    cut_segments: list[str] = field(default_factory=list)
 
     @property
     def bytes_cut(self) -> int:
@@ -80,13 +85,15 @@ class RecoveryReport:
 
 
 Segment = SealedSegment | MemorySegment
+CUT_SUFFIX = ".cut"
 
 
 class Log:
     """One partition replica's log in ``directory``; opening it recovers what is on disk.
 
     Raises (on open):
-        CorruptSegment: a sealed segment is unreadable, or segments leave a gap in the offsets.
+        CorruptSegment: a sealed segment is unreadable. (A gap in the offsets — a rolled WAL
+            that lost its unsynced tail — cuts the log after it, reported in ``recovery``.)
         KafkaStorageError: the directory cannot be created or written.
     """
 
@@ -130,8 +137,8 @@ class Log:
         for tmp in self.directory.glob(f"*{TMP_SUFFIX}"):
             tmp.unlink()
             report.removed_temp_files.append(tmp.name)
-        parquet_bases = {base_offset_of(p) for p in self.directory.glob(f"*{PARQUET_SUFFIX}")}
-        wal_bases = sorted(base_offset_of(p) for p in self.directory.glob(f"*{WAL_SUFFIX}"))
+        parquet_bases = set(self._segment_files(PARQUET_SUFFIX, ""))
+        wal_bases = sorted(self._segment_files(WAL_SUFFIX, HIDDEN_PREFIX))
         for base in list(wal_bases):
             if base in parquet_bases:  # sealed and renamed, crashed before the WAL delete
                 wal = self.directory / wal_name(base)
@@ -145,13 +152,10 @@ class Log:
         report.sealed_segments = len(self._sealed)
         report.wal_segments = len(memory_segments)
         segments: list[Segment] = [*self._sealed, *memory_segments]
-        for before, after in zip(segments, segments[1:], strict=False):
+        for index, (before, after) in enumerate(zip(segments, segments[1:], strict=False)):
             if before.next_offset != after.base_offset:
-                raise CorruptSegment(
-                    f"log {self.directory} has a gap: a segment ends at offset "
-                    f"{before.next_offset} but the next starts at {after.base_offset}; "
-                    "refusing to serve a log with missing records"
-                )
+                memory_segments = self._cut_after(segments, index, memory_segments)
+                break
         if memory_segments:
             active = memory_segments.pop()
             self._unsealed = memory_segments
@@ -160,6 +164,35 @@ class Log:
             start = self._sealed[-1].next_offset if self._sealed else 0
             active = self._new_segment(start)
         return active
+
+    def _segment_files(self, suffix: str, prefix: str) -> list[int]:
+        """Base offsets of this log's segment files with ``suffix``; other files are named in
+        the recovery report and left alone."""
+        bases = []
+        for path in self.directory.glob(f"*{suffix}"):
+            stem = path.name.removeprefix(prefix).removesuffix(suffix)
+            if path.name.startswith(prefix) and len(stem) == 20 and stem.isdigit():
+                bases.append(int(stem))
+            else:
+                self.recovery.ignored_files.append(path.name)
+        return bases
+
+    def _cut_after(
+        self, segments: list[Segment], index: int, memory_segments: list[MemorySegment]
+    ) -> list[MemorySegment]:
+        """Keep segments up to ``index`` (the last one before a gap); rename the rest to
+        ``*.cut`` so the log serves what it has instead of refusing to start."""
+        for segment in segments[index + 1 :]:
+            path = segment.wal_path if isinstance(segment, MemorySegment) else segment.path
+            if isinstance(segment, MemorySegment):
+                segment.close_writer()
+            path.rename(path.with_name(path.name + CUT_SUFFIX))
+            self.recovery.cut_segments.append(path.name)
+        kept_sealed = [s for s in segments[: index + 1] if not isinstance(s, MemorySegment)]
+        self._sealed = kept_sealed
+        self._sealed_bases = [s.base_offset for s in kept_sealed]
+        fsync_directory(self.directory)
+        return [s for s in segments[: index + 1] if isinstance(s, MemorySegment)]
 
     def _recover_wal(self, base: int) -> MemorySegment:
         segment = MemorySegment(self.directory, base, self._clock())
@@ -305,6 +338,10 @@ class Log:
         """Start a new active segment; the old one waits in memory to be sealed."""
         if self._active.num_records == 0:
             return
+        # Durable before it stops being the active segment: a power loss must not leave a
+        # rolled WAL with a lost tail followed by newer segments (a gap).
+        if self._active.writer is not None:
+            self._active.writer.fsync()
         self._active.close_writer()
         self._unsealed.append(self._active)
         self._active = self._new_segment(self._active.next_offset)

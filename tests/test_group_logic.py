@@ -9,7 +9,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from ray_broker.actors.assignors import ASSIGNORS
 from ray_broker.actors.group import Group, GroupState
-from ray_broker.errors import CommitFailed, IllegalGeneration, InconsistentGroupProtocol
+from ray_broker.errors import (
+    CommitFailed,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidConfig,
+)
 
 topic_sizes = st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(1, 12), min_size=1)
 
@@ -173,3 +178,16 @@ class GroupMachine(RuleBasedStateMachine):
 
 GroupMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 test_group_never_double_assigns = GroupMachine.TestCase
+
+
+def test_a_subscription_pattern_has_a_time_budget(monkeypatch):
+    """A catastrophic pattern must not stall the coordinator's loop: matching stops at the
+    budget (here none at all) with what it has, and never raises."""
+    from ray_broker.actors import group
+
+    topics = ["a" * 40 + "c"] * 100 + ["orders"]
+    assert group.match_topics("ord.*", topics) == {"orders"}
+    monkeypatch.setattr(group, "PATTERN_MATCH_BUDGET_S", 0.0)
+    assert group.match_topics("(a+)+b", topics) == set()
+    with pytest.raises(InvalidConfig):
+        group.compile_pattern("(unclosed")

@@ -78,3 +78,30 @@ def test_idle_producers_expire_and_active_ones_stay():
     assert len(states) == 1
     assert states.check(2, 0, 0, 5) == 5  # still deduplicated
     assert states.check(1, 0, 3, 1) is None  # forgotten: a fresh start is accepted
+
+
+def test_sequences_wrap_after_two_to_the_31():
+    """Kafka wraps sequences at Integer.MAX_VALUE; a producer may write more than 2**31
+    records to one partition."""
+    top = 2**31 - 1
+    states = ProducerStates()
+    states.record(7, 0, top - 2, 3, base_offset=1000)  # sequences top-2 .. top
+    assert states.check(7, 0, 0, 5) is None  # continues at 0
+    states.record(7, 0, 0, 5, base_offset=1003)
+    assert states.check(7, 0, top - 2, 3) == 1000  # a retried batch before the wrap
+    assert states.check(7, 0, 0, 5) == 1003
+    with pytest.raises(OutOfOrderSequence):
+        states.check(7, 0, 9, 1)
+    assert not states.is_ahead(7, 0, 5) and states.is_ahead(7, 0, 7)
+
+
+def test_rebuild_follows_a_wrapped_sequence_column():
+    from ray_broker.actors.partition_core import _with_producer_columns
+
+    table = _with_producer_columns(pa.table({"value": [b"v"] * 4}), 9, 0, 2**31 - 2)
+    assert table.column("sequence").to_pylist() == [2**31 - 2, 2**31 - 1, 0, 1]
+    table = table.append_column("offset", pa.array([10, 11, 12, 13], pa.int64()))
+    rebuilt = ProducerStates()
+    rebuilt.rebuild(table)
+    assert rebuilt.check(9, 0, 2, 1) is None
+    assert rebuilt.check(9, 0, 0, 2) == 12

@@ -136,7 +136,10 @@ def test_corrupt_sealed_segment_raises_naming_the_file(tmp_path):
         Log(directory)
 
 
-def test_missing_segment_in_the_middle_is_refused_not_skipped(tmp_path):
+def test_a_gap_cuts_the_log_after_it_and_keeps_the_cut_files(tmp_path):
+    """A missing segment (or a rolled WAL that lost its tail in a power loss) used to stop the
+    partition for good; now the log serves everything before the gap, as Kafka truncates after
+    the first damaged segment, and the files after it are renamed ``*.cut`` and reported."""
     directory = tmp_path / "p"
     log = Log(directory, LogConfig(segment_bytes=4096))
     for start in range(0, 600, 50):
@@ -145,6 +148,43 @@ def test_missing_segment_in_the_middle_is_refused_not_skipped(tmp_path):
     log.close()
     sealed = sorted(directory.glob("*.parquet"))
     assert len(sealed) >= 3
+    gap_start = int(sealed[1].name[:20])
     sealed[1].unlink()
-    with pytest.raises(CorruptSegment, match="gap"):
-        Log(directory)
+    reopened = Log(directory)
+    assert reopened.log_end_offset == gap_start
+    assert reopened.recovery.cut_segments and all(
+        (directory / (name + ".cut")).exists() for name in reopened.recovery.cut_segments
+    )
+    reopened.append(values_batch(gap_start, 10))  # and it takes writes again
+    reopened.close()
+    assert Log(directory).log_end_offset == gap_start + 10
+
+
+def test_a_rolled_wal_that_lost_its_tail_does_not_stop_the_log(tmp_path):
+    directory = tmp_path / "p"
+    log = Log(directory, LogConfig(segment_bytes=1024 * 1024))
+    for start in range(0, 100, 10):
+        log.append(values_batch(start, 10))
+    log.roll()
+    log.append(values_batch(100, 100))
+    log.close()
+    first_wal = sorted(directory.glob("_*.wal"))[0]
+    first_wal.write_bytes(first_wal.read_bytes()[: first_wal.stat().st_size // 2])
+    reopened = Log(directory)
+    assert 0 < reopened.log_end_offset < 100
+    assert reopened.recovery.cut_tails and reopened.recovery.cut_segments
+
+
+def test_stray_files_are_ignored_and_named(tmp_path):
+    directory = tmp_path / "p"
+    log = Log(directory)
+    log.append(values_batch(0, 10))
+    log.close()
+    for name in ("export.parquet", "backup.wal", "99.parquet", "_notes.wal"):
+        (directory / name).write_bytes(b"not mine")
+    reopened = Log(directory)
+    assert reopened.log_end_offset == 10
+    assert sorted(reopened.recovery.ignored_files) == sorted(
+        ["export.parquet", "backup.wal", "99.parquet", "_notes.wal"]
+    )
+    assert (directory / "export.parquet").read_bytes() == b"not mine"
