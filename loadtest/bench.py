@@ -5,7 +5,8 @@ Run: ``python loadtest/bench.py [--records 2000000] [--quick]``. Starts its own 
 Figures (100-byte values):
 
 * produce, ``send_batch`` of 10k-record tables into 4 partitions, RF=1
-* produce, per-record ``send()`` from one process
+* the same with a key column (murmur2 partitioning, vectorized)
+* produce, per-record ``send()`` from one process, without and with keys
 * consume, ``poll_arrow`` from 4 partitions
 * end-to-end latency p50/p99 of per-record sends at a fixed rate (1 partition, linger.ms=5),
   one consumer polling in another thread
@@ -72,6 +73,17 @@ def bench_broker(
     producer.flush()
     out["produce_send_batch"] = records / (time.perf_counter() - started)
 
+    # With a key column, as most users send: partitioned by murmur2 of each key.
+    keyed = batch.append_column("key", pa.array([b"%d" % i for i in range(BATCH_RECORDS)]))
+    keyed_batches = max(records // BATCH_RECORDS // 4, 1)
+    started = time.perf_counter()
+    for _ in range(keyed_batches):
+        producer.send_batch(topic, keyed)
+    producer.flush()
+    out["produce_send_batch_keyed"] = (
+        keyed_batches * BATCH_RECORDS / (time.perf_counter() - started)
+    )
+
     one = batch.column("value")[0].as_py()
     started = time.perf_counter()
     for _ in range(per_record):
@@ -79,7 +91,13 @@ def bench_broker(
     producer.flush()
     out["produce_per_record"] = per_record / (time.perf_counter() - started)
 
-    total = records + per_record + BATCH_RECORDS
+    started = time.perf_counter()
+    for i in range(per_record):
+        producer.send(topic, one, key=b"%d" % i)
+    producer.flush()
+    out["produce_per_record_keyed"] = per_record / (time.perf_counter() - started)
+
+    total = records + keyed_batches * BATCH_RECORDS + 2 * per_record + BATCH_RECORDS
     consumer = broker.consumer(topic, auto_offset_reset="earliest")
     consumed = 0
     started = time.perf_counter()
@@ -311,7 +329,9 @@ def bench_ray_queue(per_item: int, batches: int, rate: int, seconds: float) -> d
 
 FIGURES = [
     ("produce_send_batch", "produce, 10k-record batches (rec/s)"),
+    ("produce_send_batch_keyed", "produce, 10k-record batches with keys (rec/s)"),
     ("produce_per_record", "produce, per-record send (rec/s)"),
+    ("produce_per_record_keyed", "produce, per-record keyed send (rec/s)"),
     ("consume_poll_arrow", "consume, batched (rec/s)"),
     ("e2e_p50_ms", "end-to-end latency p50 (ms)"),
     ("e2e_p99_ms", "end-to-end latency p99 (ms)"),
@@ -352,21 +372,23 @@ def main() -> None:
         f"\nray-broker vs ray.util.queue.Queue — {machine()}, {VALUE_BYTES}-byte values, "
         f"{PARTITIONS} partitions, RF=1"
     )
-    print(f"{'figure':40} {'ray-broker':>14} {'ray queue':>14} {'ratio':>9}")
+    print(f"{'figure':46} {'ray-broker':>14} {'ray queue':>14} {'ratio':>9}")
     rows = []
     for key, label in FIGURES:
-        ratio = ours[key] / baseline[key] if baseline.get(key) else float("nan")
+        # The queue has no keys: keyed figures compare with its (unkeyed) put of the same shape.
+        base = baseline.get(key.removesuffix("_keyed"))
+        ratio = ours[key] / base if base else float("nan")
         if key.startswith("e2e_p"):
-            ratio = baseline[key] / ours[key]  # >1: ray-broker is faster
+            ratio = base / ours[key]  # >1: ray-broker is faster
         print(
-            f"{label:40} {ours[key]:>14,.2f} {baseline.get(key, float('nan')):>14,.2f} "
+            f"{label:46} {ours[key]:>14,.2f} {base if base else float('nan'):>14,.2f} "
             f"{ratio:>9,.1f}"
         )
         rows.append(
             {
                 "figure": key,
                 "ray_broker": ours[key],
-                "ray_queue": baseline.get(key),
+                "ray_queue": base,
                 "ratio": ratio,
                 "machine": machine(),
             }

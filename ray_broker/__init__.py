@@ -9,7 +9,19 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ray_broker import errors
-from ray_broker.structs import Record, RecordMetadata, TopicPartition
+from ray_broker.structs import (
+    BatchMetadata,
+    GroupDescription,
+    GroupListing,
+    MemberDescription,
+    OffsetAndTimestamp,
+    PartitionInfo,
+    PartitionLag,
+    Record,
+    RecordMetadata,
+    TopicDescription,
+    TopicPartition,
+)
 
 # Ray rewrites loopback addresses to another interface unless this is set before Ray is
 # imported; it is harmless otherwise (see ray_broker/runtime.py).
@@ -24,12 +36,15 @@ _LAZY = {
     "Producer": "ray_broker.producer",
     "Consumer": "ray_broker.consumer",
     "Admin": "ray_broker.admin",
+    # Subclassed by applications: importable without reaching into private modules.
+    "ConsumerRebalanceListener": "ray_broker.group_member",
 }
 
 if TYPE_CHECKING:
     from ray_broker.admin import Admin
     from ray_broker.broker import Broker, connect
     from ray_broker.consumer import Consumer
+    from ray_broker.group_member import ConsumerRebalanceListener
     from ray_broker.producer import Producer
 
 
@@ -43,11 +58,20 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Admin",
+    "BatchMetadata",
     "Broker",
     "Consumer",
+    "ConsumerRebalanceListener",
+    "GroupDescription",
+    "GroupListing",
+    "MemberDescription",
+    "OffsetAndTimestamp",
+    "PartitionInfo",
+    "PartitionLag",
     "Producer",
     "Record",
     "RecordMetadata",
+    "TopicDescription",
     "TopicPartition",
     "connect",
     "errors",

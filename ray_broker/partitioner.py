@@ -6,6 +6,9 @@ producer on a topic with the same partition count.
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
+
 _SEED = 0x9747B28C
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -39,3 +42,65 @@ def murmur2(data: bytes) -> int:
 def partition_for_key(key: bytes, num_partitions: int) -> int:
     """Java ``Utils.toPositive(murmur2(key)) % numPartitions``."""
     return (murmur2(key) & 0x7FFFFFFF) % num_partitions
+
+
+def partitions_for_keys(keys: pa.Array | pa.ChunkedArray, num_partitions: int) -> np.ndarray:
+    """``partition_for_key`` of every key at once (nulls get -1), vectorized with NumPy.
+
+    Keys are grouped by length; each group is a (rows × length) byte matrix whose murmur2 runs
+    column-wise in uint32 arithmetic (which wraps like Java's int), so the Python cost is per
+    distinct key length, not per record.
+    """
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
+    if pa.types.is_large_binary(keys.type):
+        keys = keys.cast(pa.binary())
+    out = np.full(len(keys), -1, dtype=np.int64)
+    if len(keys) == 0:
+        return out
+    offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32)[
+        keys.offset : keys.offset + len(keys) + 1
+    ]
+    data_buffer = keys.buffers()[2]
+    data = (
+        np.frombuffer(data_buffer, dtype=np.uint8)
+        if data_buffer is not None
+        else np.zeros(0, np.uint8)
+    )
+    lengths = np.diff(offsets)
+    valid = (
+        np.ones(len(keys), dtype=bool)
+        if keys.null_count == 0
+        else keys.is_valid().to_numpy(zero_copy_only=False)
+    )
+    m = np.uint32(_M)
+    for length in np.unique(lengths[valid]):
+        rows = np.flatnonzero(valid & (lengths == length))
+        block = data[offsets[rows][:, None] + np.arange(length)].astype(np.uint32)
+        with np.errstate(over="ignore"):
+            h = np.full(len(rows), (_SEED ^ int(length)) & _MASK, dtype=np.uint32)
+            whole = int(length) & ~3
+            for i in range(0, whole, 4):
+                k = (
+                    block[:, i]
+                    | (block[:, i + 1] << 8)
+                    | (block[:, i + 2] << 16)
+                    | (block[:, i + 3] << 24)
+                )
+                k = k * m
+                k ^= k >> np.uint32(24)
+                k = k * m
+                h = (h * m) ^ k
+            tail = int(length) & 3
+            if tail == 3:
+                h ^= block[:, whole + 2] << 16
+            if tail >= 2:
+                h ^= block[:, whole + 1] << 8
+            if tail >= 1:
+                h ^= block[:, whole]
+                h = h * m
+            h ^= h >> np.uint32(13)
+            h = h * m
+            h ^= h >> np.uint32(15)
+        out[rows] = (h & np.uint32(0x7FFFFFFF)).astype(np.int64) % num_partitions
+    return out

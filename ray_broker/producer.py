@@ -39,7 +39,7 @@ from ray_broker.errors import (
     SerializationError,
 )
 from ray_broker.metadata import MetadataCache
-from ray_broker.partitioner import partition_for_key
+from ray_broker.partitioner import partition_for_key, partitions_for_keys
 from ray_broker.storage.schema import HEADER_TYPE
 from ray_broker.structs import BatchMetadata, ProduceResult, RecordMetadata, TopicMetadata
 
@@ -434,19 +434,15 @@ class Producer:
         self._pending_bytes += size
 
     def _split(self, table: pa.Table, metadata: TopicMetadata) -> Iterable[tuple[int, pa.Table]]:
+        """(partition, rows) pieces of a send_batch table, each in the table's order."""
         n = metadata.num_partitions
         if "partition" in table.column_names:
-            parts = table.column("partition").to_numpy(zero_copy_only=False)
-            body = table.drop_columns(["partition"])
-            for p in np.unique(parts):
-                _check_partition(int(p), metadata)
-                yield int(p), body.filter(pa.array(parts == p))
+            parts = table.column("partition").to_numpy(zero_copy_only=False).astype(np.int64)
+            yield from _pieces(table.drop_columns(["partition"]), parts)
         elif "key" in table.column_names and table.column("key").null_count < table.num_rows:
-            keys = table.column("key").to_pylist()
-            sticky = self._sticky.setdefault(metadata.name, 0) % n
-            parts = np.array([partition_for_key(k, n) if k is not None else sticky for k in keys])
-            for p in np.unique(parts):
-                yield int(p), table.filter(pa.array(parts == p))
+            parts = partitions_for_keys(table.column("key"), n)  # vectorized murmur2
+            parts[parts < 0] = self._sticky.setdefault(metadata.name, 0) % n  # null keys
+            yield from _pieces(table, parts)
         else:
             partition = self._sticky.setdefault(metadata.name, 0) % n
             self._sticky[metadata.name] = partition + 1
@@ -642,6 +638,20 @@ def _has_predecessors(queue: _PartitionQueue, batch: ProducerBatch) -> bool:
         if other.base_sequence is not None:
             return True
     return False
+
+
+def _pieces(table: pa.Table, parts: np.ndarray) -> Iterable[tuple[int, pa.Table]]:
+    """Rows grouped by partition with one stable sort and slices (not a filter per partition),
+    keeping each partition's rows in table order."""
+    if len(parts) and (parts == parts[0]).all():
+        yield int(parts[0]), table
+        return
+    order = np.argsort(parts, kind="stable")
+    ordered = table.take(pa.array(order))
+    sorted_parts = parts[order]
+    bounds = np.flatnonzero(np.diff(sorted_parts)) + 1
+    for start, end in zip([0, *bounds.tolist()], [*bounds.tolist(), len(parts)], strict=True):
+        yield int(sorted_parts[start]), ordered.slice(start, end - start)
 
 
 def _check_batch(table: pa.Table, metadata: TopicMetadata) -> None:

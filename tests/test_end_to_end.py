@@ -175,7 +175,11 @@ def test_bad_produce_requests_raise_typed_errors_and_the_broker_keeps_serving(br
 
 def test_batch_rejected_by_the_partition_fails_its_future_and_later_sends_succeed(broker, topic):
     producer = broker.producer()
-    bad = producer.send_batch(topic, pa.table({"value": [b"a"], "timestamp": ["not a time"]}))
+    with pytest.raises(errors.InvalidRecord, match="timestamp"):  # refused before queuing
+        producer.send_batch(topic, pa.table({"value": [b"a"], "timestamp": ["not a time"]}))
+    # A batch only the partition can judge: dated a day ahead (message.timestamp.after.max.ms).
+    tomorrow = int(time.time() * 1000) + 86_400_000
+    bad = producer.send_batch(topic, pa.table({"value": [b"a"], "timestamp": [tomorrow]}))
     with pytest.raises(errors.InvalidRecord, match="timestamp"):
         bad.result(timeout=30)
     good = producer.send_batch(topic, pa.table({"value": [b"b"]}))

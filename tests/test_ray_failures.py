@@ -96,15 +96,32 @@ def test_retrying_stops_at_the_deadline_and_on_non_retriable_errors() -> None:
     assert attempts == [-1]
 
 
-def test_a_batch_that_cannot_be_built_fails_alone_and_the_sender_goes_on(broker, topic) -> None:
+def test_a_batch_that_cannot_be_built_fails_alone_and_the_sender_goes_on(
+    broker, topic, monkeypatch
+) -> None:
+    """send() refuses what it can see is wrong; whatever still breaks while a batch is built
+    (injected here) fails that batch's futures only — the sender thread lives on."""
+    from ray_broker.producer import ProducerBatch
+
     producer = broker.producer(linger_ms=0)
-    bad = producer.send(topic, value=b"v", headers=[("\ud800", b"x")], partition=0)
-    with pytest.raises(errors.BrokerError):
-        bad.result(timeout=30)
+    with pytest.raises(errors.InvalidRecord):
+        producer.send(topic, value=b"v", headers=[("\ud800", b"x")])
     with pytest.raises(errors.InvalidRecord):
         producer.send(topic, value=b"v", timestamp_ms="now")
-    with pytest.raises(errors.InvalidRecord):
-        producer.send(topic, value=b"v", timestamp_ms=2**64)
+    build = ProducerBatch.build_table
+
+    def broken_for_partition_0(self):
+        if self.partition == 0:
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return build(self)
+
+    monkeypatch.setattr(ProducerBatch, "build_table", broken_for_partition_0)
+    bad = producer.send(topic, value=b"v", partition=0)
+    with pytest.raises(errors.BrokerError) as caught:
+        bad.result(timeout=30)
+    assert not caught.value.retriable and "UnicodeEncodeError" in str(caught.value)
     good = producer.send(topic, value=b"after", partition=1).result(timeout=30)
     assert good.offset == 0
+    monkeypatch.setattr(ProducerBatch, "build_table", build)
+    assert producer.send(topic, value=b"again", partition=0).result(timeout=30).offset == 0
     producer.close(timeout=30)
