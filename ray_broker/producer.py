@@ -668,7 +668,8 @@ def _check_batch(table: pa.Table, metadata: TopicMetadata) -> None:
             if not any(check(column_type) for check in accepted) and not pa.types.is_null(
                 column_type
             ):
-                raise InvalidRecord(f"column {name!r} of type {column_type} is not allowed")
+                hint = " (cast text to pa.binary() first)" if name in ("key", "value") else ""
+                raise InvalidRecord(f"column {name!r} of type {column_type} is not allowed{hint}")
     if "timestamp" in table.column_names:
         stamps = table.column("timestamp").cast(pa.int64())
         if stamps.null_count or (len(stamps) and pc.min(stamps).as_py() < 0):

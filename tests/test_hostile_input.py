@@ -23,6 +23,32 @@ from ray_broker import TopicPartition, errors
 from ray_broker.config import validate_group_id, validate_topic_name
 
 
+@pytest.fixture(scope="module")
+def shared_broker(tmp_path_factory):
+    """One broker for the tests here that neither restart nor lock it (each uses its own
+    topics): a broker per test would cost the suite about a minute."""
+    from tests.conftest import start_local_ray
+
+    start_local_ray()
+    connection = rb.connect(
+        data_dir=tmp_path_factory.mktemp("hostile"), namespace=f"hostile-{uuid.uuid4().hex[:6]}"
+    )
+    yield connection
+    connection.shutdown()
+
+
+@pytest.fixture
+def broker(shared_broker):
+    return shared_broker
+
+
+@pytest.fixture
+def topic(shared_broker) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    shared_broker.admin().create_topic(name, partitions=3)
+    return name
+
+
 def round_trip(broker, topic: str) -> None:
     """A record sent now is read back: the broker still serves."""
     value = uuid.uuid4().hex.encode()
@@ -89,10 +115,8 @@ def test_internal_names_are_reserved_and_internal_state_is_not_a_topic(broker) -
             admin.delete_topic(name)
     admin.create_topic("t", partitions=1)
     round_trip(broker, "t")
-    assert (
-        not any(p.name.startswith("__") for p in broker.data_dir.iterdir() if p.is_dir())
-        or (broker.data_dir / "__internal").is_dir()
-    )
+    internal = [p.name for p in broker.data_dir.iterdir() if p.name.startswith("__")]
+    assert internal == ["__internal"]
 
 
 def test_a_second_broker_on_the_same_data_dir_is_refused(ray_session, tmp_path) -> None:
@@ -324,9 +348,14 @@ def test_a_bad_session_timeout_does_not_stop_session_expiry(broker, topic) -> No
     assert not members()
 
 
-def test_data_files_are_private_to_the_broker(broker, topic) -> None:
-    round_trip(broker, topic)
-    for path in Path(broker.data_dir).rglob("*"):
+def test_data_files_are_private_to_the_broker(ray_session, tmp_path) -> None:
+    own = rb.connect(data_dir=tmp_path, namespace=f"p{uuid.uuid4().hex[:6]}")
+    own.admin().create_topic("t", partitions=1)
+    round_trip(own, "t")
+    own.shutdown()
+    paths = list(Path(tmp_path).rglob("*"))
+    assert len(paths) > 5
+    for path in paths:
         mode = path.stat().st_mode & 0o777
         assert mode & 0o077 == 0, f"{path} is readable by others: {oct(mode)}"
 
