@@ -16,6 +16,7 @@ from ray_broker.config import TopicConfig
 from ray_broker.errors import InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache
 from ray_broker.storage.log import Clock, Log, wall_clock_ms
+from ray_broker.storage.schema import BROKER_COLUMNS
 from ray_broker.structs import PartitionOffsets, ProduceResult
 
 # Producer state is rebuilt from this many of the newest records after a restart: far more than
@@ -144,6 +145,11 @@ class Partition:
         if not isinstance(batch, (pa.Table, pa.RecordBatch)):
             raise InvalidRecord(f"expected a pyarrow Table, got {type(batch).__name__}")
         count = batch.num_rows
+        reserved = [n for n in BROKER_COLUMNS if n in batch.schema.names]
+        if reserved:
+            raise InvalidRecord(
+                f"{self.name}: columns {reserved} are written by the partition, not by producers"
+            )
         self._check_timestamps(batch)
         if producer_id is not None and count:
             existing = self.producers.check(producer_id, producer_epoch, base_sequence, count)

@@ -40,7 +40,7 @@ from ray_broker.errors import (
 )
 from ray_broker.metadata import MetadataCache
 from ray_broker.partitioner import partition_for_key, partitions_for_keys
-from ray_broker.storage.schema import HEADER_TYPE
+from ray_broker.storage.schema import BROKER_COLUMNS, HEADER_TYPE
 from ray_broker.structs import BatchMetadata, ProduceResult, RecordMetadata, TopicMetadata
 
 logger = logging.getLogger(__name__)
@@ -440,7 +440,10 @@ class Producer:
             parts = table.column("partition").to_numpy(zero_copy_only=False).astype(np.int64)
             yield from _pieces(table.drop_columns(["partition"]), parts)
         elif "key" in table.column_names and table.column("key").null_count < table.num_rows:
-            parts = partitions_for_keys(table.column("key"), n)  # vectorized murmur2
+            keys = table.column("key")
+            if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+                keys = keys.cast(pa.large_binary())  # murmur2 of the UTF-8 bytes
+            parts = partitions_for_keys(keys, n)  # vectorized murmur2
             parts[parts < 0] = self._sticky.setdefault(metadata.name, 0) % n  # null keys
             yield from _pieces(table, parts)
         else:
@@ -656,9 +659,18 @@ def _pieces(table: pa.Table, parts: np.ndarray) -> Iterable[tuple[int, pa.Table]
 
 def _check_batch(table: pa.Table, metadata: TopicMetadata) -> None:
     """Raises InvalidRecord / InvalidPartitions unless every row of a send_batch table fits."""
+    text_or_bytes = (
+        pa.types.is_binary,
+        pa.types.is_large_binary,
+        pa.types.is_string,  # stored as its UTF-8 bytes, as the log does
+        pa.types.is_large_string,
+    )
+    reserved = [name for name in BROKER_COLUMNS if name in table.column_names]
+    if reserved:
+        raise InvalidRecord(f"columns {reserved} are the broker's own; remove them")
     types = {
-        "value": (pa.types.is_binary, pa.types.is_large_binary),
-        "key": (pa.types.is_binary, pa.types.is_large_binary),
+        "value": text_or_bytes,
+        "key": text_or_bytes,
         "timestamp": (pa.types.is_integer, pa.types.is_timestamp),
         "partition": (pa.types.is_integer,),
     }
@@ -668,8 +680,7 @@ def _check_batch(table: pa.Table, metadata: TopicMetadata) -> None:
             if not any(check(column_type) for check in accepted) and not pa.types.is_null(
                 column_type
             ):
-                hint = " (cast text to pa.binary() first)" if name in ("key", "value") else ""
-                raise InvalidRecord(f"column {name!r} of type {column_type} is not allowed{hint}")
+                raise InvalidRecord(f"column {name!r} of type {column_type} is not allowed")
     if "timestamp" in table.column_names:
         stamps = table.column("timestamp").cast(pa.int64())
         if stamps.null_count or (len(stamps) and pc.min(stamps).as_py() < 0):

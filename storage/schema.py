@@ -61,6 +61,8 @@ ATTR_CONTROL = 0x20
 
 # Columns a producer may send; ``offset`` is assigned by the leader.
 PRODUCER_COLUMNS = tuple(name for name in RECORD_SCHEMA.names if name != "offset")
+# Written by the partition itself (offsets, idempotence, control flags), never by applications.
+BROKER_COLUMNS = ("offset", "producer_id", "producer_epoch", "sequence", "attributes")
 
 _BINARY_LIKE = (pa.binary(), pa.large_binary(), pa.string(), pa.large_string(), pa.binary_view())
 
@@ -70,10 +72,23 @@ def empty_table() -> pa.Table:
 
 
 def record_sizes(batch: pa.RecordBatch) -> pa.Array:
-    """Bytes per record counted against max.message.bytes: key + value + header values."""
+    """Bytes per record counted against max.message.bytes: key + value + header names and
+    values (headers must not carry what the value may not)."""
     sizes = pc.fill_null(pc.binary_length(batch.column("value")), 0)
     sizes = pc.add(sizes, pc.fill_null(pc.binary_length(batch.column("key")), 0))
-    return sizes
+    headers = batch.column("headers")
+    if headers.null_count == len(headers):
+        return sizes
+    entries = pc.list_flatten(headers)
+    if len(entries) == 0:
+        return sizes
+    entry_sizes = pc.add(
+        pc.fill_null(pc.binary_length(entries.field("key")), 0),
+        pc.fill_null(pc.binary_length(entries.field("value")), 0),
+    ).to_numpy(zero_copy_only=False)
+    owner = pc.list_parent_indices(headers).to_numpy(zero_copy_only=False)
+    per_record = np.bincount(owner, weights=entry_sizes, minlength=len(headers)).astype(np.int64)
+    return pc.add(sizes, pa.array(per_record))
 
 
 def _coerce_column(name: str, column: pa.Array, target: pa.DataType) -> pa.Array:

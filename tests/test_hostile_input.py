@@ -225,7 +225,11 @@ def test_send_batch_is_validated_whole_before_anything_is_written(broker) -> Non
     with pytest.raises(errors.InvalidRecord):
         producer.send_batch("two", pa.table({"value": [b"a"], "timestamp": [-1000]}))
     with pytest.raises(errors.InvalidRecord):
-        producer.send_batch("two", pa.table({"value": [b"a"], "key": ["a str key"]}))
+        producer.send_batch("two", pa.table({"value": [b"a"], "key": [1.5]}))
+    with pytest.raises(errors.InvalidRecord, match="broker's own"):
+        producer.send_batch(
+            "two", pa.table({"value": [b"a"], "sequence": pa.array([7], pa.int32())})
+        )
     with pytest.raises(errors.InvalidRecord):
         producer.send_batch(
             "two", pa.table({"value": [b"a"], "partition": pa.array([None], pa.int32())})

@@ -227,3 +227,18 @@ def test_reset_to_continues_an_empty_log_from_any_offset(make_log):
     assert log.append(values_batch(0, 2)) == (1_000, 1_001)
     log.close()
     assert make_log().read(1_000).column("offset").to_pylist() == [1_000, 1_001]
+
+
+def test_headers_count_toward_max_message_bytes(make_log):
+    import pyarrow as pa
+
+    from ray_broker.errors import RecordTooLarge
+    from ray_broker.storage.schema import HEADER_TYPE
+
+    log = make_log(max_message_bytes=1024)
+    small = pa.array([[{"key": "h", "value": b"x" * 10}], None], HEADER_TYPE)
+    log.append(pa.table({"value": [b"a", b"b"], "headers": small}))
+    big = pa.array([None, [{"key": "h", "value": b"x" * 2000}]], HEADER_TYPE)
+    with pytest.raises(RecordTooLarge, match="record 1"):
+        log.append(pa.table({"value": [b"a", b"b"], "headers": big}))
+    assert log.log_end_offset == 2
