@@ -649,6 +649,7 @@ class Controller:
                 ray.kill(handle, no_restart=True)
             self._actors.clear()
             self.registry.close()
+            self._dir_lock.release()  # the next broker on this directory may start at once
         return len(handles)
 
     async def broker_config(self) -> dict[str, Any]:

@@ -94,7 +94,8 @@ def internal_dir(data_dir: Path, name: str) -> Path:
     if legacy.is_dir() and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         legacy.rename(target)
-        legacy.parent.rmdir() if not any(legacy.parent.iterdir()) else None
+        if not any(legacy.parent.iterdir()):
+            legacy.parent.rmdir()
     return target
 
 
