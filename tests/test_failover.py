@@ -10,6 +10,18 @@ def choose_from(nodes: list[str]):
     return lambda count, exclude: [n for n in nodes if n not in exclude][:count]
 
 
+def replan(state: PartitionState, alive: set[str], **options):
+    """plan_partition for two replicas on nodes a/b, clean elections, no spare nodes."""
+    return plan_partition(
+        state,
+        alive,
+        replication_factor=options.pop("replication_factor", 2),
+        unclean=options.pop("unclean", False),
+        choose_nodes=options.pop("choose_nodes", choose_from([])),
+        **options,
+    )
+
+
 def test_dead_leader_is_replaced_by_an_in_sync_replica_and_a_new_slot() -> None:
     state = PartitionState.placed(["a", "b", "c"])
     plan = plan_partition(
@@ -36,36 +48,15 @@ def test_no_in_sync_replica_alive_leaves_the_partition_offline_unless_unclean() 
 def test_hung_leader_fails_over_only_with_a_standby() -> None:
     state = PartitionState.placed(["a", "b"])
     state.isr = ["r0"]
-    plan = plan_partition(
-        state,
-        {"a", "b"},
-        replication_factor=2,
-        unclean=False,
-        choose_nodes=choose_from([]),
-        leader_hung=True,
-    )
+    plan = replan(state, {"a", "b"}, leader_hung=True)
     assert not plan.changed and state.leader == "r0"  # waiting loses nothing
     state.isr = ["r0", "r1"]
-    plan = plan_partition(
-        state,
-        {"a", "b"},
-        replication_factor=2,
-        unclean=False,
-        choose_nodes=choose_from([]),
-        leader_hung=True,
-    )
+    plan = replan(state, {"a", "b"}, leader_hung=True)
     assert plan.changed and state.leader == "r1" and state.isr == ["r1"]
 
 
 def test_preferred_leader_returns_when_in_sync() -> None:
     state = PartitionState.placed(["a", "b"])
     state.leader, state.epoch = "r1", 1
-    plan = plan_partition(
-        state,
-        {"a", "b"},
-        replication_factor=2,
-        unclean=False,
-        choose_nodes=choose_from([]),
-        prefer=True,
-    )
+    plan = replan(state, {"a", "b"}, prefer=True)
     assert plan.changed and state.leader == "r0" and state.epoch == 2
