@@ -496,12 +496,19 @@ class Consumer:
         if failed_at is not None:
             index, error = failed_at
             table = table.slice(0, index)
-            keys, values = keys[:index], values[:index]
-            return self._build(tp, table, keys, values), (offsets[index], error)
-        return self._build(tp, table, keys, values), None
+            return self._build(tp, table, offsets[:index], keys[:index], values[:index]), (
+                offsets[index],
+                error,
+            )
+        return self._build(tp, table, offsets, keys, values), None
 
     def _build(
-        self, tp: TopicPartition, table: pa.Table, keys: list[Any], values: list[Any]
+        self,
+        tp: TopicPartition,
+        table: pa.Table,
+        offsets: list[int],
+        keys: list[Any],
+        values: list[Any],
     ) -> list[Record]:
         headers = table.column("headers")
         header_lists = (
@@ -512,7 +519,7 @@ class Consumer:
         return [
             Record(tp.topic, tp.partition, offset, timestamp, key, value, hdrs)
             for offset, timestamp, key, value, hdrs in zip(
-                table.column("offset").to_pylist(),
+                offsets,
                 table.column("timestamp").to_pylist(),
                 keys,
                 values,
