@@ -41,6 +41,7 @@ from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
 from ray_broker.config import (
     CONTROLLER_NAME,
     GROUP_COORDINATOR_NAME,
+    HEAD_NODE_RESOURCE,
     BrokerConfig,
     parse_config,
     validate_topic_name,
@@ -56,9 +57,6 @@ from ray_broker.errors import (
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
 
 logger = logging.getLogger(__name__)
-
-
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 
 
 def live_nodes() -> dict[str, bool]:

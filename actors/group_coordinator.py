@@ -360,7 +360,12 @@ class GroupCoordinator:
             if not isinstance(offset, int) or not 0 <= offset <= high:
                 raise OffsetOutOfRange(
                     f"cannot commit offset {offset!r} for {topic}-{partition}: valid offsets "
-                    f"are [0, {high}]"
+                    f"are [0, {high}]",
+                    topic=topic,
+                    partition=partition,
+                    offset=offset if isinstance(offset, int) else None,
+                    log_start=0,
+                    log_end=high,
                 )
         documents = {}
         stamp = time.time_ns() // 1_000_000
@@ -479,7 +484,12 @@ class GroupCoordinator:
                 if not mark.log_start_offset <= offset <= mark.high_watermark:
                     raise OffsetOutOfRange(
                         f"offset {offset} is outside [{mark.log_start_offset}, "
-                        f"{mark.high_watermark}] for {tp[0]}-{tp[1]}"
+                        f"{mark.high_watermark}] for {tp[0]}-{tp[1]}",
+                        topic=tp[0],
+                        partition=tp[1],
+                        offset=offset,
+                        log_start=mark.log_start_offset,
+                        log_end=mark.high_watermark,
                     )
             else:
                 hit = await self._leader_call(meta, tp[1], "offset_for_time", value)

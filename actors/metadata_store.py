@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from ray_broker.storage.config import LogConfig
 from ray_broker.storage.log import Log
-from ray_broker.storage.segment import fsync_directory
+from ray_broker.storage.segment import fsync_path
 
 _CONFIG = LogConfig(
     segment_bytes=4 * 1024 * 1024, cleanup_policy="compact", retention_ms=-1, flush_messages=1
@@ -87,7 +87,7 @@ class MetadataStore:
         self.log.close()
         self.directory.rename(self._retired_dir)
         self._snapshot_dir.rename(self.directory)
-        fsync_directory(self.directory.parent)
+        fsync_path(self.directory.parent)
         shutil.rmtree(self._retired_dir)
         self.log = Log(self.directory, _CONFIG)
 

@@ -45,6 +45,7 @@ from ray_broker.errors import (
     NotLeader,
     Unauthorized,
 )
+from ray_broker.storage.ipc import from_ipc, to_ipc
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
 
 logger = logging.getLogger(__name__)
@@ -107,17 +108,6 @@ def _was_restarted() -> bool:
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
     except Exception:  # not running as an actor (unit tests)
         return False
-
-
-def records_to_ipc(table: pa.Table) -> pa.Buffer:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue()
-
-
-def ipc_to_records(buffer: Any) -> pa.Table:
-    return pa.ipc.open_stream(buffer).read_all()
 
 
 class PartitionActor:
@@ -293,14 +283,15 @@ class PartitionActor:
 
     async def produce(
         self,
-        batch: pa.Table,
+        batch: pa.Table | pa.Buffer | bytes,
         producer_id: int | None = None,
         producer_epoch: int = 0,
         base_sequence: int = 0,
         acks: int = -1,
         predecessors_in_flight: bool = True,
     ) -> ProduceResult:
-        """Append a producer batch as the leader.
+        """Append a producer batch (a Table, or the IPC stream of one as clients send it) as
+        the leader.
 
         ``predecessors_in_flight`` says whether the producer has earlier batches of this
         partition on their way; only then does a batch that skips sequences wait for them (Ray
@@ -318,6 +309,8 @@ class PartitionActor:
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
         """
         _check_produce_arguments(producer_id, producer_epoch, base_sequence, acks)
+        if isinstance(batch, (pa.Buffer, bytes)):
+            batch = from_ipc(batch)
         await self._ensure_role()
         self._check_leader()
         min_isr = self.core.log.config.min_insync_replicas
@@ -361,7 +354,10 @@ class PartitionActor:
             if not self.replica.is_leading(epoch):
                 raise NotLeader(
                     f"{self.core.name}: lost the leadership before the write was replicated; "
-                    "it may or may not be committed — retry (idempotence deduplicates)"
+                    "it may or may not be committed — retry (idempotence deduplicates)",
+                    topic=self.core.topic,
+                    partition=self.core.partition,
+                    leader_epoch=epoch,
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._hw_moved is None:
@@ -422,7 +418,7 @@ class PartitionActor:
         finally:
             self._parked -= 1
         return FetchResponse(
-            records_to_ipc(table),
+            to_ipc(table),
             table.num_rows,
             self.core.high_watermark,
             self.core.log.log_start_offset,
@@ -528,7 +524,7 @@ class PartitionActor:
         self._authorize(token)
         self._start_background()
         self._check_epoch(epoch)
-        table = ipc_to_records(records_ipc) if records_ipc is not None else None
+        table = from_ipc(records_ipc) if records_ipc is not None else None
         if table is not None and table.num_rows:
             self.core.append_replica(table, epochs)
             self._seal_in_background()
@@ -596,7 +592,7 @@ class PartitionActor:
         table = None
         if progress.log_end_offset < leader_end:
             table = self.core.log.read(progress.log_end_offset, REPLICA_FETCH_RECORDS)
-        payload = records_to_ipc(table) if table is not None and table.num_rows else None
+        payload = to_ipc(table) if table is not None and table.num_rows else None
         follower_end = await link.handle.replicate.remote(
             epoch, payload, self.core.epochs.entries, self.core.high_watermark, token=self._token
         )

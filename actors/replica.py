@@ -141,7 +141,8 @@ class Replica:
         if self.role != Role.LEADER:
             raise NotLeader(
                 f"replica {self.slot} of {self.name} is not the leader (role "
-                f"{self.role.value}, epoch {self.leader_epoch}); refresh metadata and retry"
+                f"{self.role.value}, epoch {self.leader_epoch}); refresh metadata and retry",
+                leader_epoch=self.leader_epoch,
             )
 
     def accept_leader(self, epoch: int) -> bool:

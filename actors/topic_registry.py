@@ -67,7 +67,8 @@ class TopicRegistry:
         except KeyError:
             raise TopicNotFound(
                 f"topic {name!r} does not exist; create it with admin.create_topic() or "
-                "`ray-broker topic create`"
+                "`ray-broker topic create`",
+                topic=name,
             ) from None
 
     def create(

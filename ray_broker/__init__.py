@@ -37,14 +37,13 @@ _LAZY = {
     "Consumer": "ray_broker.consumer",
     "Admin": "ray_broker.admin",
     # Subclassed by applications: importable without reaching into private modules.
-    "ConsumerRebalanceListener": "ray_broker.group_member",
+    "ConsumerRebalanceListener": "ray_broker.consumer",
 }
 
 if TYPE_CHECKING:
     from ray_broker.admin import Admin
     from ray_broker.broker import Broker, connect
-    from ray_broker.consumer import Consumer
-    from ray_broker.group_member import ConsumerRebalanceListener
+    from ray_broker.consumer import Consumer, ConsumerRebalanceListener
     from ray_broker.producer import Producer
 
 

@@ -10,6 +10,7 @@ from ray_broker.config import (
     CONTROLLER_NAME,
     DEFAULT_NAMESPACE,
     GROUP_COORDINATOR_NAME,
+    HEAD_NODE_RESOURCE,
     BrokerConfig,
     default_data_dir,
     parse_config,
@@ -20,8 +21,6 @@ from ray_broker.runtime import ensure_ray
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 120.0
-
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's built-in resource of the head node
 
 
 class Broker:

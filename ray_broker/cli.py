@@ -2,7 +2,9 @@
 
 Without ``--address`` (or ``RAY_ADDRESS``) every command runs an embedded single-node Ray for
 its own duration, with data under ``--data-dir``; with an address it talks to the broker that
-lives in that Ray cluster.
+lives in that Ray cluster. These options (and ``--namespace``) are defined once, on the root
+command, and may be written anywhere on the line: ``ray-broker topic list --namespace x``
+works as ``ray-broker --namespace x topic list`` does.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +24,37 @@ from rich.table import Table
 from ray_broker.config import DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError
 
-app = typer.Typer(help="A Kafka-class message broker on Ray.", no_args_is_help=True)
+GLOBAL_OPTIONS = ("--address", "--data-dir", "--namespace")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move the root command's options, wherever they were written, to the front."""
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in arg:
+                front.append(arg)
+            else:
+                front.extend(args[index : index + 2])
+                index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    return front + rest
+
+
+class _HoistingGroup(typer.core.TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
+app = typer.Typer(
+    help="A Kafka-class message broker on Ray.", no_args_is_help=True, cls=_HoistingGroup
+)
 topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
 app.add_typer(topic_app, name="topic")
 group_app = typer.Typer(
@@ -44,12 +77,35 @@ DataDirOption = Annotated[
 NamespaceOption = Annotated[str, typer.Option("--namespace", help="Broker's Ray namespace.")]
 
 
+@dataclass(frozen=True)
+class Target:
+    """Which broker the command talks to (the root command's options)."""
+
+    address: str | None = None
+    data_dir: Path | None = None
+    namespace: str = DEFAULT_NAMESPACE
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    address: AddressOption = None,
+    data_dir: DataDirOption = None,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+) -> None:
+    """A Kafka-class message broker on Ray."""
+    ctx.obj = Target(address, data_dir, namespace)
+
+
 @contextmanager
-def _broker(address: str | None, data_dir: Path | None, namespace: str) -> Any:
+def _broker(ctx: typer.Context) -> Any:
     import ray_broker as rb
 
+    target: Target = ctx.find_root().obj or Target()
     try:
-        with rb.connect(address, data_dir=data_dir, namespace=namespace) as broker:
+        with rb.connect(
+            target.address, data_dir=target.data_dir, namespace=target.namespace
+        ) as broker:
             yield broker
     except BrokerError as exc:
         console.print(f"[bold red]{type(exc).__name__}:[/] {exc}")
@@ -71,16 +127,14 @@ def _parse_config(pairs: list[str]) -> dict[str, str]:
 
 @topic_app.command("create")
 def topic_create(
+    ctx: typer.Context,
     name: str,
     partitions: Annotated[int, typer.Option("--partitions", "-p")] = 1,
     replication_factor: Annotated[int, typer.Option("--replication-factor", "-r")] = 1,
     config: Annotated[list[str], typer.Option("--config", "-c", help="key=value")] = [],  # noqa: B006
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Create a topic."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         described = broker.admin().create_topic(
             name, partitions, replication_factor, _parse_config(config)
         )
@@ -89,25 +143,21 @@ def topic_create(
 
 @topic_app.command("list")
 def topic_list(
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    ctx: typer.Context,
 ) -> None:
     """List topics."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         for name in broker.admin().list_topics():
             console.print(name)
 
 
 @topic_app.command("describe")
 def topic_describe(
+    ctx: typer.Context,
     name: str,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Show a topic's partitions, offsets and settings."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         described = broker.admin().describe_topic(name)
     table = Table(title=f"topic {name} ({described.topic_id})")
     for column in ("partition", "leader epoch", "log start", "high watermark", "log end", "node"):
@@ -130,13 +180,11 @@ def topic_describe(
 
 @topic_app.command("delete")
 def topic_delete(
+    ctx: typer.Context,
     name: str,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Delete a topic and its data."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         broker.admin().delete_topic(name)
         console.print(f"Deleted topic [bold]{name}[/]")
 
@@ -146,12 +194,10 @@ def topic_delete(
 
 @group_app.command("list")
 def group_list(
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    ctx: typer.Context,
 ) -> None:
     """List consumer groups with their state and member count."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         groups = broker.admin().list_groups()
     table = Table(title="consumer groups")
     for column in ("group", "state", "members"):
@@ -163,13 +209,11 @@ def group_list(
 
 @group_app.command("describe")
 def group_describe(
+    ctx: typer.Context,
     group_id: str,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Show a group's members, committed offsets and lag per partition."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         described = broker.admin().describe_group(group_id)
     title = (
         f"group {group_id}: {described.state}, generation {described.generation}, "
@@ -197,6 +241,7 @@ def group_describe(
 
 @group_app.command("reset-offsets")
 def group_reset_offsets(
+    ctx: typer.Context,
     group_id: str,
     topic: Annotated[str, typer.Option("--topic", "-t")],
     to_earliest: Annotated[bool, typer.Option("--to-earliest")] = False,
@@ -205,9 +250,6 @@ def group_reset_offsets(
     to_datetime: Annotated[
         str | None, typer.Option("--to-datetime", help="ISO 8601, e.g. 2026-11-30T06:00:00")
     ] = None,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Move an inactive group's committed offsets on a topic."""
     from datetime import datetime
@@ -229,7 +271,7 @@ def group_reset_offsets(
         except ValueError as exc:
             raise typer.BadParameter(f"--to-datetime: {exc}") from None
         target, value = "datetime", int(moment.timestamp() * 1000)
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         moved = broker.admin().reset_offsets(group_id, topic, target, value)
     for tp, offset in sorted(moved.items()):
         console.print(f"{tp.topic}-{tp.partition} -> {offset:,}")
@@ -237,13 +279,11 @@ def group_reset_offsets(
 
 @group_app.command("delete")
 def group_delete(
+    ctx: typer.Context,
     group_id: str,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Delete an inactive group and its committed offsets."""
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         broker.admin().delete_group(group_id)
     console.print(f"Deleted group [bold]{group_id}[/]")
 
@@ -253,21 +293,19 @@ def group_delete(
 
 @app.command()
 def produce(
+    ctx: typer.Context,
     topic: str,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="Default: stdin.")] = None,
     key_separator: Annotated[
         str | None, typer.Option(help="Split each line into key and value at this string.")
     ] = None,
     partition: Annotated[int | None, typer.Option("--partition", "-p")] = None,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Send each line of a file (or stdin) as one record."""
     source = file.open("rb") if file else sys.stdin.buffer
     total = file.stat().st_size if file else None
     sent = 0
-    with _broker(address, data_dir, namespace) as broker, _progress() as progress:
+    with _broker(ctx) as broker, _progress() as progress:
         task = progress.add_task("producing", total=total)
         producer = broker.producer()
         for line in source:
@@ -284,6 +322,7 @@ def produce(
 
 @app.command()
 def consume(
+    ctx: typer.Context,
     topic: str,
     from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
     offset: Annotated[
@@ -298,9 +337,6 @@ def consume(
     group: Annotated[
         str | None, typer.Option("--group", "-g", help="Consume as a member of this group.")
     ] = None,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
 ) -> None:
     """Print records of a topic, one per line."""
     from ray_broker.structs import TopicPartition
@@ -308,7 +344,7 @@ def consume(
     reset = "earliest" if from_beginning else "latest"
     count = 0
     out = sys.stdout.buffer
-    with _broker(address, data_dir, namespace) as broker:
+    with _broker(ctx) as broker:
         consumer = broker.consumer(
             auto_offset_reset=reset, consumer_timeout_ms=timeout_ms, group_id=group
         )
@@ -348,17 +384,18 @@ def _progress() -> Progress:
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     records: Annotated[
         int, typer.Option(help="How many records to produce and consume.")
     ] = 1_000_000,
     partitions: Annotated[int, typer.Option()] = 4,
     value_bytes: Annotated[int, typer.Option()] = 100,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Default: a fresh temporary directory, removed after.")
-    ] = None,
 ) -> None:
-    """Start an embedded broker, produce records, consume them back, and report what happened."""
+    """Start an embedded broker, produce records, consume them back, and report what happened.
+    With --data-dir the data stays there; by default a fresh temporary directory is removed."""
     from ray_broker.demo import run_demo
+
+    data_dir = ctx.find_root().obj.data_dir
 
     with tempfile.TemporaryDirectory(prefix="ray-broker-demo-") as tmp:
         try:

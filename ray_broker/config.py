@@ -1,7 +1,8 @@
 """Every named limit and default of the broker and its clients, validated with pydantic.
 
-A leaf module like ``errors`` and ``structs``: the actors import it too, so it imports nothing of
-the client API and no Ray.
+Imported by the actors and the clients alike, so it imports nothing of the client API and no
+Ray; below it sit only ``errors`` and the storage layer, whose ``LogConfig`` (the log's own
+settings) ``TopicConfig`` extends with what only the broker enforces.
 
 Clients accept kafka-python keyword names (``linger_ms``) and Kafka's dotted names
 (``"linger.ms"``). Unknown keys raise ``InvalidConfig`` instead of being ignored, so a typo is
@@ -20,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ray_broker.errors import InvalidConfig, InvalidGroupId, InvalidTopicName
 from ray_broker.storage.config import LogConfig, merge_config, parse_config
+
+# Ray's built-in resource of the head node: actors that must live there ask for a sliver of it.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 __all__ = [
     "BrokerConfig",

@@ -1,8 +1,10 @@
 """The one error hierarchy of ray-broker, shared by storage, actors and the client API.
 
 This is a leaf module: it imports nothing of the project and no Ray, so every layer may raise
-these errors. They cross actor boundaries, so each class keeps its whole state in ``args`` (the
-message) and pickles like a plain ``Exception``; the client re-raises them unwrapped.
+these errors. Each class names the facts it carries in ``fields`` (``RecordTooLarge.size`` and
+``.limit``, ``OffsetOutOfRange.log_start``, ...), so callers read attributes instead of parsing
+messages; a field not given is None. They cross actor boundaries: ``__reduce__`` keeps the
+message and the fields, and the client re-raises them unwrapped.
 
 ``retriable`` tells a client whether retrying the same request later can succeed (a leader moved,
 a replica is catching up) or whether the request itself is wrong.
@@ -10,21 +12,39 @@ a replica is catching up) or whether the request itself is wrong.
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def _rebuild(cls: type[BrokerError], message: str, fields: dict[str, Any]) -> BrokerError:
+    return cls(message, **fields)
+
 
 class BrokerError(Exception):
     """Root of every error ray-broker raises on purpose."""
 
     retriable: bool = False
+    fields: tuple[str, ...] = ()
 
-    def __init__(self, message: str = "") -> None:
+    def __init__(self, message: str = "", **fields: Any) -> None:
+        unknown = set(fields) - set(self.fields)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no fields {sorted(unknown)}")
         super().__init__(message)
+        for name in self.fields:
+            setattr(self, name, fields.get(name))
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args and self.args[0] else (self.__doc__ or "").strip()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        message = str(self.args[0]) if self.args else ""
+        return _rebuild, (type(self), message, {n: getattr(self, n) for n in self.fields})
+
 
 class BrokerTimeoutError(BrokerError, TimeoutError):
     """A request did not complete within its deadline."""
+
+    fields = ("topic", "partition")
 
     retriable = True
 
@@ -39,45 +59,68 @@ class InvalidRecord(BrokerError, ValueError):
 class RecordTooLarge(BrokerError, ValueError):
     """A record is larger than the topic's max.message.bytes."""
 
+    fields = ("topic", "size", "limit")
+
 
 class OffsetOutOfRange(BrokerError, IndexError):
     """The requested offset lies outside [log start offset, log end offset]."""
+
+    fields = ("topic", "partition", "offset", "log_start", "log_end")
 
 
 class InvalidConfig(BrokerError, ValueError):
     """A configuration key is unknown or its value is not allowed."""
 
+    fields = ("key", "value")
+
 
 class InvalidTopicName(BrokerError, ValueError):
     """A topic name breaks Kafka's naming rules."""
+
+    fields = ("topic",)
 
 
 class InvalidGroupId(InvalidConfig):
     """A consumer group id is empty, too long, or has control characters."""
 
+    fields = ("key", "value", "group_id")
+
 
 class InvalidPartitions(BrokerError, ValueError):
     """A partition count or partition number is not allowed."""
+
+    fields = ("topic", "partition")
 
 
 class InvalidReplicationFactor(BrokerError, ValueError):
     """The replication factor is below 1 or above the number of live nodes."""
 
+    fields = ("requested", "available")
+
 
 class SerializationError(BrokerError, TypeError):
-    """A key or value is not bytes and no serializer was given for it."""
+    """A key or value is not bytes and no serializer was given for it, or a deserializer failed
+    on a consumed record (then ``topic``, ``partition`` and ``offset`` say which)."""
+
+    fields = ("topic", "partition", "offset")
 
 
 class TopicNotFound(BrokerError, LookupError):
     """The topic does not exist (and auto-creation is off)."""
 
+    fields = ("topic",)
+
 
 class UnknownTopicOrPartition(TopicNotFound):
     """The topic or the partition number does not exist."""
 
+    fields = ("topic", "partition")
+
 
 class TopicExists(BrokerError):
     """A topic with that name already exists."""
+
+    fields = ("topic",)
 
 
 # --- broker state -------------------------------------------------------------------------------
@@ -86,17 +129,25 @@ class TopicExists(BrokerError):
 class CorruptSegment(BrokerError):
     """A sealed segment file cannot be read or breaks the log's invariants."""
 
+    fields = ("path",)
+
 
 class KafkaStorageError(BrokerError, OSError):
     """The log directory cannot be written or read."""
+
+    fields = ("path",)
 
 
 class DataDirInUse(KafkaStorageError):
     """Another broker (namespace or process) owns this data directory; use another one."""
 
+    fields = ("path",)
+
 
 class NotLeader(BrokerError):
     """This replica is not the partition's leader; refresh metadata and retry."""
+
+    fields = ("topic", "partition", "leader_epoch")
 
     retriable = True
 
@@ -104,17 +155,23 @@ class NotLeader(BrokerError):
 class FencedLeaderEpoch(BrokerError):
     """The request carried a leader epoch older than the partition's current one."""
 
+    fields = ("topic", "partition", "leader_epoch")
+
     retriable = True
 
 
 class PartitionUnavailable(BrokerError):
     """The partition's actor is down or restarting; retry after a short back-off."""
 
+    fields = ("topic", "partition")
+
     retriable = True
 
 
 class NotEnoughReplicas(BrokerError):
     """Fewer in-sync replicas than min.insync.replicas; the write was not committed."""
+
+    fields = ("topic", "partition", "in_sync", "required")
 
     retriable = True
 
@@ -123,9 +180,13 @@ class NotEnoughReplicasAfterAppend(NotEnoughReplicas):
     """The write reached the leader, but the in-sync replicas shrank below min.insync.replicas
     before it was committed; retrying is safe with idempotence."""
 
+    fields = ("topic", "partition", "in_sync", "required")
+
 
 class BrokerBusy(BrokerError):
     """The partition is behind on writing its segments to disk; back off and retry."""
+
+    fields = ("topic", "partition")
 
     retriable = True
 
@@ -147,6 +208,8 @@ class ConsumerClosed(BrokerError):
 class OutOfOrderSequence(BrokerError):
     """A producer batch skipped sequence numbers; the producer resends its batches in order."""
 
+    fields = ("topic", "partition", "expected", "received")
+
     retriable = True
 
 
@@ -157,44 +220,50 @@ class ProducerFenced(BrokerError):
 class GroupNotFound(BrokerError, LookupError):
     """The consumer group does not exist (no members and no committed offsets)."""
 
+    fields = ("group_id",)
+
 
 class GroupNotEmpty(BrokerError):
     """The operation needs a group without active members; stop its consumers first."""
+
+    fields = ("group_id",)
 
 
 class InconsistentGroupProtocol(BrokerError, ValueError):
     """The consumer's partition.assignment.strategy differs from the group's."""
 
-
-class RebalanceInProgress(BrokerError):
-    """The group is rebalancing; poll again and retry after the new assignment."""
-
-    retriable = True
+    fields = ("group_id",)
 
 
 class CommitFailed(BrokerError):
     """The commit was refused: the partition is not assigned to this consumer any more."""
+
+    fields = ("group_id", "topic", "partition")
 
 
 class IllegalGeneration(CommitFailed):
     """The consumer is no longer a member of the group's current generation (it was removed
     after its session timed out, or left); its commits are fenced until it rejoins."""
 
+    fields = ("group_id", "topic", "partition", "generation")
+
 
 class NoOffsetForPartition(OffsetOutOfRange):
     """The group has no committed offset for the partition and auto_offset_reset is 'none'."""
+
+    fields = ("topic", "partition", "offset", "log_start", "log_end")
 
 
 class Unauthorized(BrokerError, PermissionError):
     """The principal lacks the ACL for this operation."""
 
-
-class AuthenticationFailed(BrokerError, PermissionError):
-    """The credentials were rejected."""
+    fields = ("operation",)
 
 
 class QuotaExceeded(BrokerError):
     """The client or user exceeded its quota; back off for the time the message gives."""
+
+    fields = ("throttle_ms",)
 
     retriable = True
 

@@ -37,6 +37,8 @@ class MetadataCache:
         self._max_age_s = max_age_ms / 1000
         self._timeout_s = request_timeout_ms / 1000
         self._topics: dict[str, tuple[float, TopicMetadata]] = {}
+        self._refreshing: set[str] = set()
+        self._refresh_errors: dict[str, BrokerError] = {}
         self._lock = threading.Lock()
 
     def topic(self, name: str, *, auto_create: bool = False) -> TopicMetadata:
@@ -46,6 +48,48 @@ class MetadataCache:
         if cached is not None and time.monotonic() - cached[0] < self._max_age_s:
             return cached[1]
         return self.refresh(name, auto_create=auto_create)
+
+    def cached(self, name: str, on_refresh: Callable[[], None]) -> TopicMetadata | None:
+        """The topic's metadata without waiting: what is cached, else None while a background
+        refresh runs (``on_refresh`` is called when it ends) — so a producer's sender never
+        holds every partition back behind one slow lookup.
+
+        Raises:
+            BrokerError: the last background refresh of this topic failed (e.g. TopicNotFound);
+                raised once, the next call starts a new refresh.
+        """
+        with self._lock:
+            error = self._refresh_errors.pop(name, None)
+            if error is not None:
+                raise error
+            cached = self._topics.get(name)
+            if cached is not None and time.monotonic() - cached[0] < self._max_age_s:
+                return cached[1]
+            if name not in self._refreshing:
+                self._refreshing.add(name)
+                threading.Thread(
+                    target=self._refresh_in_background,
+                    args=(name, on_refresh),
+                    name=f"ray-broker-metadata-{name}",
+                    daemon=True,
+                ).start()
+        return None if cached is None else cached[1]  # an aged entry serves until replaced
+
+    def _refresh_in_background(self, name: str, on_refresh: Callable[[], None]) -> None:
+        try:
+            self.refresh(name)
+        except BrokerError as exc:
+            with self._lock:
+                self._refresh_errors[name] = exc
+        except Exception as exc:  # never let the thread die silently with waiters behind it
+            with self._lock:
+                self._refresh_errors[name] = BrokerError(
+                    f"metadata refresh of {name!r} failed: {type(exc).__name__}: {exc}"
+                )
+        finally:
+            with self._lock:
+                self._refreshing.discard(name)
+            on_refresh()
 
     def refresh(self, name: str, *, auto_create: bool = False) -> TopicMetadata:
         metadata = self.controller_call("metadata", name, auto_create)

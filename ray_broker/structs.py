@@ -6,7 +6,7 @@ Frozen and slotted: they cross actor boundaries by pickle and are created per re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 
@@ -25,9 +25,12 @@ class RecordMetadata:
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record. ``value`` None is a tombstone."""
+class Record(NamedTuple):
+    """One consumed record. ``value`` None is a tombstone.
+
+    A NamedTuple, not a dataclass: ``poll()`` makes one per record, and a tuple is built in C
+    (see ``consumer/records.py``); it is immutable and reads by name all the same.
+    """
 
     topic: str
     partition: int
@@ -35,7 +38,7 @@ class Record:
     timestamp: int
     key: bytes | None
     value: Any
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    headers: list[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True, slots=True)

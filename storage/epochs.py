@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from ray_broker.storage.segment import fsync_directory
+from ray_broker.storage.segment import publish
 
 EPOCHS_FILE = "_leader_epochs.json"
 
@@ -69,10 +69,4 @@ class LeaderEpochCache:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.entries))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_directory(self.directory)
+        publish(tmp, self.path)

@@ -39,7 +39,7 @@ from ray_broker.storage.segment import (
     MemorySegment,
     ReadBudget,
     SealedSegment,
-    fsync_directory,
+    fsync_path,
     segment_name,
     wal_name,
     write_sealed,
@@ -191,7 +191,7 @@ class Log:
         kept_sealed = [s for s in segments[: index + 1] if not isinstance(s, MemorySegment)]
         self._sealed = kept_sealed
         self._sealed_bases = [s.base_offset for s in kept_sealed]
-        fsync_directory(self.directory)
+        fsync_path(self.directory)
         return [s for s in segments[: index + 1] if isinstance(s, MemorySegment)]
 
     def _recover_wal(self, base: int) -> MemorySegment:
@@ -217,7 +217,7 @@ class Log:
     def _new_segment(self, base: int) -> MemorySegment:
         segment = MemorySegment(self.directory, base, self._clock())
         segment.open_writer()
-        fsync_directory(self.directory)
+        fsync_path(self.directory)
         return segment
 
     def _add_sealed(self, segment: SealedSegment) -> None:
@@ -425,7 +425,10 @@ class Log:
         if not start <= offset <= end:
             raise OffsetOutOfRange(
                 f"offset {offset} is outside the log's range [{start}, {end}] "
-                f"({self.directory}); seek to the beginning or end"
+                f"({self.directory}); seek to the beginning or end",
+                offset=offset,
+                log_start=start,
+                log_end=end,
             )
 
     def _segments_from(self, offset: int) -> Iterable[Segment]:

@@ -178,7 +178,9 @@ def prepare_batch(
         index = pc.index(sizes, largest).as_py()
         raise RecordTooLarge(
             f"record {index} of the batch is {largest} bytes, over max.message.bytes="
-            f"{max_message_bytes}; split it or raise the topic's max.message.bytes"
+            f"{max_message_bytes}; split it or raise the topic's max.message.bytes",
+            size=largest,
+            limit=max_message_bytes,
         )
     if require_keys and prepared.column("key").null_count:
         raise InvalidRecord(

@@ -46,13 +46,20 @@ def base_offset_of(path: Path) -> int:
     return int(path.name.removeprefix(HIDDEN_PREFIX)[:20])
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Make a file's content, or a rename or unlink in a directory, durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move a fully written ``tmp`` to ``final`` so that a crash leaves one or the other whole."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
 
 
 def _row_bytes(batch: pa.RecordBatch) -> float:
@@ -338,11 +345,5 @@ def write_sealed(
         row_group_size=row_group_records,
         write_statistics=["offset", "timestamp"],
     )
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    fsync_directory(directory)
+    publish(tmp, final)
     return SealedSegment.load(final)

@@ -108,3 +108,19 @@ def test_group_commands_show_lag_reset_and_delete(cli, tmp_path):
     assert cli("group", "delete", "workers").exit_code == 0
     missing = cli("group", "describe", "workers")
     assert missing.exit_code == 1 and "GroupNotFound" in missing.output
+
+
+def test_root_options_may_be_written_anywhere_on_the_line() -> None:
+    from ray_broker.cli import hoist_global_options
+
+    line = ["topic", "list", "--namespace", "x", "--data-dir=/tmp/d", "--address", "a:1"]
+    assert hoist_global_options(line) == [
+        "--namespace",
+        "x",
+        "--data-dir=/tmp/d",
+        "--address",
+        "a:1",
+        "topic",
+        "list",
+    ]
+    assert hoist_global_options(["produce", "t"]) == ["produce", "t"]

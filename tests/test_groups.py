@@ -30,7 +30,7 @@ class GroupWorker:
 
     def __init__(self, namespace: str, topic: str, log: str, options: dict) -> None:
         import ray_broker as rb
-        from ray_broker.group_member import ConsumerRebalanceListener
+        from ray_broker.consumer import ConsumerRebalanceListener
 
         class Recorder(ConsumerRebalanceListener):
             def __init__(self) -> None:

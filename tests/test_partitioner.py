@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_broker.partitioner import murmur2, partition_for_key
+from ray_broker.producer.partitioner import murmur2, partition_for_key
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def test_vectorized_partitioning_matches_the_java_vectors_and_the_scalar_path():
 
     import pyarrow as pa
 
-    from ray_broker.partitioner import partitions_for_keys
+    from ray_broker.producer.partitioner import partitions_for_keys
 
     java = [b"", b"a", b"ab", b"abc", b"123456789", b"\x00 "]
     assert partitions_for_keys(pa.array(java, pa.binary()), 1000).tolist() == [

@@ -103,27 +103,27 @@ def test_a_batch_that_cannot_be_built_fails_alone_and_the_sender_goes_on(
 ) -> None:
     """send() refuses what it can see is wrong; whatever still breaks while a batch is built
     (injected here) fails that batch's futures only — the sender thread lives on."""
-    from ray_broker.producer import ProducerBatch
+    from ray_broker.producer.batch import PendingRecords
 
     producer = broker.producer(linger_ms=0)
     with pytest.raises(errors.InvalidRecord):
         producer.send(topic, value=b"v", headers=[("\ud800", b"x")])
     with pytest.raises(errors.InvalidRecord):
         producer.send(topic, value=b"v", timestamp_ms="now")
-    build = ProducerBatch.build_table
+    build = PendingRecords.build_table
 
     def broken_for_partition_0(self):
-        if self.partition == 0:
+        if self.partitions and self.partitions[0] == 0:
             raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
         return build(self)
 
-    monkeypatch.setattr(ProducerBatch, "build_table", broken_for_partition_0)
+    monkeypatch.setattr(PendingRecords, "build_table", broken_for_partition_0)
     bad = producer.send(topic, value=b"v", partition=0)
     with pytest.raises(errors.BrokerError) as caught:
         bad.result(timeout=30)
     assert not caught.value.retriable and "UnicodeEncodeError" in str(caught.value)
     good = producer.send(topic, value=b"after", partition=1).result(timeout=30)
     assert good.offset == 0
-    monkeypatch.setattr(ProducerBatch, "build_table", build)
+    monkeypatch.setattr(PendingRecords, "build_table", build)
     assert producer.send(topic, value=b"again", partition=0).result(timeout=30).offset == 0
     producer.close(timeout=30)

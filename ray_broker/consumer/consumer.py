@@ -1,27 +1,28 @@
-"""The consumer: pulls Arrow slices from partition actors, one long-poll fetch in flight each.
+"""The public consumer: subscribe or assign, poll records, seek, commit.
 
-Each assigned partition keeps one fetch outstanding (a long poll that the partition answers as
-soon as data arrives) and at most one fetched slice buffered, so the next slice is on its way
-while the application handles this one. ``poll_arrow()`` hands out those slices without building
-a Python object per record; ``poll()`` builds ``Record`` objects only for what it returns.
+It is assembled from one piece per concept: ``SubscriptionState`` (positions and buffered
+slices, plain), ``Fetcher`` (the fetches in flight, Ray), ``GroupMembership`` (joining and
+heartbeats) and ``records`` (Arrow slices into ``Record`` objects or one table).
+``poll_arrow()`` hands out slices without building a Python object per record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 
-from ray_broker._ray import call, classify, resolve, retrying, submit
+from ray_broker._ray import classify, resolve, retrying, submit
 from ray_broker.config import ConsumerConfig, client_config, validate_group_id
+from ray_broker.consumer.fetcher import Fetcher
+from ray_broker.consumer.group_member import ConsumerRebalanceListener, GroupMembership
+from ray_broker.consumer.records import decode, to_arrow
+from ray_broker.consumer.subscription_state import SubscriptionState
 from ray_broker.errors import (
     BrokerError,
     ConsumerClosed,
@@ -31,33 +32,12 @@ from ray_broker.errors import (
     SerializationError,
     UnknownTopicOrPartition,
 )
-from ray_broker.group_member import ConsumerRebalanceListener, GroupMembership
 from ray_broker.metadata import MetadataCache
-from ray_broker.structs import (
-    FetchResponse,
-    OffsetAndTimestamp,
-    PartitionOffsets,
-    Record,
-    TopicPartition,
-)
+from ray_broker.structs import OffsetAndTimestamp, PartitionOffsets, Record, TopicPartition
 
 logger = logging.getLogger(__name__)
 
-USER_COLUMNS = ["offset", "timestamp", "key", "value", "headers"]
 CLOSE_TIMEOUT_S = 2.0
-
-
-@dataclass
-class _PartitionFetch:
-    """Fetch state of one assigned partition."""
-
-    position: int | None = None  # next offset handed to the application
-    fetch_offset: int | None = None  # next offset to ask the partition for
-    in_flight: Any = None  # ObjectRef of the outstanding fetch
-    sent_at: float = 0.0
-    buffer: pa.Table | None = None  # fetched, not yet handed out
-    backoff_until: float = 0.0
-    high_watermark: int = -1
 
 
 class Consumer:
@@ -82,9 +62,8 @@ class Consumer:
         self._metadata = metadata
         self._coordinator = coordinator
         self._membership: GroupMembership | None = None
-        self._fetches: dict[TopicPartition, _PartitionFetch] = {}
-        self._next_partition = 0
-        self._abandoned: list[Any] = []
+        self._subscriptions = SubscriptionState()
+        self._fetcher = Fetcher(metadata, self.config, self._subscriptions, self._reset)
         self._last_auto_commit = time.monotonic()
         self._closed = False
         if topics:
@@ -120,9 +99,8 @@ class Consumer:
             self._metadata.topic(name)  # TopicNotFound now, not in a later poll
         self._check_open()
         if self.config.group_id is not None:
-            for state in self._fetches.values():
-                self._abandon(state)
-            self._fetches = {}
+            for ref in self._subscriptions.assign([]):
+                self._fetcher.abandon(ref)
             if self._membership is not None:
                 self._membership.close(leave=True)
             self._membership = GroupMembership(
@@ -153,32 +131,25 @@ class Consumer:
         wanted = [TopicPartition(*tp) for tp in partitions]
         for tp in wanted:
             if not 0 <= tp.partition < self._metadata.topic(tp.topic).num_partitions:
-                raise UnknownTopicOrPartition(f"{tp.topic}-{tp.partition} does not exist")
-        for tp, state in self._fetches.items():
-            if tp not in wanted:
-                self._abandon(state)
-        self._fetches = {tp: self._fetches.get(tp, _PartitionFetch()) for tp in wanted}
+                raise UnknownTopicOrPartition(
+                    f"{tp.topic}-{tp.partition} does not exist",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                )
+        for ref in self._subscriptions.assign(wanted):
+            self._fetcher.abandon(ref)
 
     def assignment(self) -> set[TopicPartition]:
-        return set(self._fetches)
+        return self._subscriptions.assigned()
 
     def unsubscribe(self) -> None:
         if self._membership is not None:
-            self._commit_quietly(set(self._fetches))
+            self._commit_quietly(self._subscriptions.assigned())
             self._membership.close(leave=True)
             self._membership = None
         self.assign([])
 
     # --- positions ------------------------------------------------------------------------------
-
-    def _state(self, tp: TopicPartition) -> _PartitionFetch:
-        try:
-            return self._fetches[TopicPartition(*tp)]
-        except KeyError:
-            raise UnknownTopicOrPartition(f"{tp} is not assigned to this consumer") from None
-
-    def _leader(self, tp: TopicPartition) -> Any:
-        return self._metadata.topic(tp.topic).leader(tp.partition)
 
     def _offsets(self, tp: TopicPartition) -> PartitionOffsets:
         """The partition's offsets from its current leader, following a failover.
@@ -186,46 +157,10 @@ class Consumer:
         Raises:
             BrokerError: no leader answered within request.timeout.ms.
         """
-        return self._leader_call(tp, "offsets")
-
-    def _leader_call(self, tp: TopicPartition, method: str, *args: Any) -> Any:
-        """Call the partition's leader, following it through failovers for request.timeout.ms."""
-        timeout_s = self.config.request_timeout_ms / 1000
-        return retrying(
-            lambda: call(getattr(self._leader(tp), method), *args, timeout_s=timeout_s),
-            time.monotonic() + timeout_s,
-            self.config.retry_backoff_ms / 1000,
-            lambda _error: self._metadata.forget(tp.topic),  # the leader moved or restarts
-        )
+        return self._fetcher.leader_call(tp, "offsets")
 
     def _move(self, tp: TopicPartition, offset: int) -> None:
-        state = self._state(tp)
-        state.position = state.fetch_offset = offset
-        state.buffer = None
-        self._abandon(state)
-
-    def _abandon(self, state: _PartitionFetch) -> None:
-        """Drop an outstanding fetch; its reply (or error) is collected and ignored later.
-
-        Ray reports errors of results nobody ever reads, so none is left unread.
-        """
-        if state.in_flight is not None:
-            self._abandoned.append(state.in_flight)
-            state.in_flight = None
-
-    def _reap_abandoned(self, timeout_s: float = 0) -> None:
-        if not self._abandoned:
-            return
-        try:
-            done, self._abandoned = ray.wait(
-                self._abandoned, num_returns=len(self._abandoned), timeout=timeout_s
-            )
-        except Exception:  # nothing to learn from abandoned fetches; let Ray drop them
-            self._abandoned = []
-            return
-        for ref in done:
-            with contextlib.suppress(Exception):  # an abandoned fetch's answer is not needed
-                ray.get(ref)
+        self._fetcher.abandon(self._subscriptions.move(tp, offset))
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` next.
@@ -240,21 +175,26 @@ class Consumer:
         if not offsets.log_start_offset <= offset <= offsets.high_watermark:
             raise OffsetOutOfRange(
                 f"cannot seek {tp.topic}-{tp.partition} to {offset}: valid offsets are "
-                f"[{offsets.log_start_offset}, {offsets.high_watermark}]"
+                f"[{offsets.log_start_offset}, {offsets.high_watermark}]",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                log_start=offsets.log_start_offset,
+                log_end=offsets.high_watermark,
             )
         self._move(tp, offset)
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
-        for tp in partitions or tuple(self._fetches):
+        for tp in partitions or tuple(self._subscriptions.assigned()):
             self._move(tp, self._offsets(tp).log_start_offset)
 
     def seek_to_end(self, *partitions: TopicPartition) -> None:
-        for tp in partitions or tuple(self._fetches):
+        for tp in partitions or tuple(self._subscriptions.assigned()):
             self._move(tp, self._offsets(tp).high_watermark)
 
     def position(self, tp: TopicPartition) -> int:
         """The offset of the next record ``poll`` returns for ``tp``."""
-        state = self._state(tp)
+        state = self._subscriptions.state(tp)
         if state.position is None:
             self._reset(tp)
         assert state.position is not None
@@ -272,7 +212,9 @@ class Consumer:
                 raise cause
             raise NoOffsetForPartition(
                 f"{tp.topic}-{tp.partition} has no committed offset in group "
-                f"{self.config.group_id!r} and auto_offset_reset='none'"
+                f"{self.config.group_id!r} and auto_offset_reset='none'",
+                topic=tp.topic,
+                partition=tp.partition,
             )
         offsets = self._offsets(tp)
         self._move(tp, offsets.log_start_offset if policy == "earliest" else offsets.high_watermark)
@@ -288,7 +230,9 @@ class Consumer:
     ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
         """The earliest offset per partition whose timestamp is >= the given ms timestamp."""
         found = {
-            TopicPartition(*tp): self._leader_call(TopicPartition(*tp), "offset_for_time", ts)
+            TopicPartition(*tp): self._fetcher.leader_call(
+                TopicPartition(*tp), "offset_for_time", ts
+            )
             for tp, ts in timestamps.items()
         }
         return {tp: None if hit is None else OffsetAndTimestamp(*hit) for tp, hit in found.items()}
@@ -308,7 +252,9 @@ class Consumer:
         out: dict[TopicPartition, list[Record]] = {}
         failure: SerializationError | None = None
         for tp, table in slices:
-            records, failed_at = self._records(tp, table)
+            records, failed_at = decode(
+                tp, table, self.config.key_deserializer, self.config.value_deserializer
+            )
             if failed_at is not None:
                 # The position stays at the bad record: what came before it is returned now,
                 # the bad record raises (on the next poll if others are returned now).
@@ -324,19 +270,7 @@ class Consumer:
     def poll_arrow(self, timeout_ms: int = 0, max_records: int = 100_000) -> pa.Table:
         """Records as one Arrow table with ``topic`` and ``partition`` columns; no per-record
         Python objects. Empty (with the same columns) if nothing arrived in ``timeout_ms``."""
-        slices = self._poll_slices(timeout_ms, max_records)
-        tables = []
-        for tp, table in slices:
-            n = table.num_rows
-            topic = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), [tp.topic])
-            tables.append(
-                table.select(USER_COLUMNS)
-                .add_column(0, "partition", pa.array(np.full(n, tp.partition, np.int32)))
-                .add_column(0, "topic", topic)
-            )
-        if not tables:
-            return _empty_arrow()
-        return pa.concat_tables(tables, promote_options="permissive")
+        return to_arrow(self._poll_slices(timeout_ms, max_records))
 
     def __iter__(self) -> Iterator[Record]:
         """Records one at a time; the position only passes records actually handed out, so a
@@ -355,178 +289,26 @@ class Consumer:
                     del unread[tp]
             finally:
                 for tp, offset in unread.items():  # only left on an early exit
-                    if tp in self._fetches:
+                    if tp in self._subscriptions.partitions:
                         self._move(tp, offset)
 
     def _poll_slices(
         self, timeout_ms: int, max_records: int
     ) -> list[tuple[TopicPartition, pa.Table]]:
         self._check_open()
-        self._reap_abandoned()
+        self._fetcher.reap_abandoned()
         self._maybe_auto_commit()
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
         while True:
             self._sync_group()
-            self._send_fetches()
-            slices = self._drain(max_records)
+            self._fetcher.send_fetches()
+            slices = self._subscriptions.drain(max_records)
             remaining = deadline - time.monotonic()
             if slices or remaining <= 0:
                 return slices
             if self._membership is not None:  # wake up for rebalances, not only for records
                 remaining = min(remaining, self.config.heartbeat_interval_ms / 1000)
-            self._await_fetches(remaining)
-
-    def _send_fetches(self) -> None:
-        now = time.monotonic()
-        patience = (self.config.fetch_max_wait_ms + self.config.request_timeout_ms) / 1000
-        for tp, state in self._fetches.items():
-            if state.in_flight is not None and now - state.sent_at > patience:
-                self._abandon(state)  # a hung leader: ask the current one
-                self._metadata.forget(tp.topic)
-            if state.in_flight is not None or state.buffer is not None or now < state.backoff_until:
-                continue
-            if state.position is None:
-                self._reset(tp)
-            try:
-                state.sent_at = now
-                state.in_flight = submit(
-                    self._leader(tp).fetch,
-                    state.fetch_offset,
-                    self.config.max_partition_fetch_records,
-                    self.config.max_partition_fetch_bytes,
-                    self.config.fetch_max_wait_ms,
-                )
-            except BrokerError as exc:
-                if not exc.retriable:
-                    raise
-                state.in_flight = None
-                state.backoff_until = now + self.config.retry_backoff_ms / 1000
-                self._metadata.forget(tp.topic)
-
-    def _await_fetches(self, timeout_s: float) -> None:
-        pending = {s.in_flight: tp for tp, s in self._fetches.items() if s.in_flight is not None}
-        if not pending:
-            time.sleep(min(timeout_s, self.config.retry_backoff_ms / 1000))
-            return
-        try:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
-            if ready:
-                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-        except Exception as exc:  # Ray's own failure: drop these fetches and send them again
-            logger.warning("waiting for fetches failed: %s", classify(exc))
-            for tp in pending.values():
-                self._abandon(self._fetches[tp])
-            return
-        for ref in ready:
-            self._complete_fetch(pending[ref], ref)
-
-    def _complete_fetch(self, tp: TopicPartition, ref: Any) -> None:
-        state = self._fetches.get(tp)
-        if state is None or state.in_flight is not ref:
-            return  # seeked or unassigned meanwhile
-        state.in_flight = None
-        try:
-            response: FetchResponse = ray.get(ref)
-        except Exception as exc:  # Ray's own types: classify() maps them to BrokerError
-            error = classify(exc)
-            if isinstance(error, OffsetOutOfRange):
-                self._reset(tp, error)
-            elif error.retriable:
-                state.backoff_until = time.monotonic() + self.config.retry_backoff_ms / 1000
-                self._metadata.forget(tp.topic)
-            else:
-                raise error from None
-            return
-        state.high_watermark = response.high_watermark
-        if response.num_records:
-            table = pa.ipc.open_stream(response.records_ipc).read_all()
-            state.buffer = table
-            state.fetch_offset = table.column("offset")[-1].as_py() + 1
-
-    def _drain(self, max_records: int) -> list[tuple[TopicPartition, pa.Table]]:
-        out: list[tuple[TopicPartition, pa.Table]] = []
-        partitions = list(self._fetches.items())
-        if not partitions:
-            return out
-        start = self._next_partition % len(partitions)
-        self._next_partition += 1
-        for tp, state in partitions[start:] + partitions[:start]:
-            if max_records <= 0:
-                break
-            if state.buffer is None:
-                continue
-            taken = state.buffer.slice(0, max_records)
-            rest = state.buffer.num_rows - taken.num_rows
-            state.buffer = state.buffer.slice(taken.num_rows) if rest else None
-            state.position = taken.column("offset")[-1].as_py() + 1
-            max_records -= taken.num_rows
-            out.append((tp, taken))
-        return out
-
-    def _records(
-        self, tp: TopicPartition, table: pa.Table
-    ) -> tuple[list[Record], tuple[int, SerializationError] | None]:
-        """Records of a slice, and (offset, error) of the first one that fails to decode (the
-        records returned are those before it)."""
-        keys = table.column("key").to_pylist()
-        values = table.column("value").to_pylist()
-        offsets = table.column("offset").to_pylist()
-        failed_at = None
-        for what, column, decode in (
-            ("key", keys, self.config.key_deserializer),
-            ("value", values, self.config.value_deserializer),
-        ):
-            if decode is None:
-                continue
-            for index, raw in enumerate(column):
-                if failed_at is not None and index >= failed_at[0]:
-                    break
-                try:
-                    column[index] = None if raw is None else decode(raw)
-                except Exception as exc:  # the application's deserializer
-                    failed_at = (
-                        index,
-                        SerializationError(
-                            f"{what}_deserializer failed on {tp.topic}-{tp.partition} at offset "
-                            f"{offsets[index]}: {type(exc).__name__}: {exc}; seek past it to "
-                            "skip the record"
-                        ),
-                    )
-                    break
-        if failed_at is not None:
-            index, error = failed_at
-            table = table.slice(0, index)
-            return self._build(tp, table, offsets[:index], keys[:index], values[:index]), (
-                offsets[index],
-                error,
-            )
-        return self._build(tp, table, offsets, keys, values), None
-
-    def _build(
-        self,
-        tp: TopicPartition,
-        table: pa.Table,
-        offsets: list[int],
-        keys: list[Any],
-        values: list[Any],
-    ) -> list[Record]:
-        headers = table.column("headers")
-        header_lists = (
-            [[(h["key"], h["value"]) for h in hs] if hs else [] for hs in headers.to_pylist()]
-            if headers.null_count < len(headers)
-            else [[] for _ in range(table.num_rows)]
-        )
-        return [
-            Record(tp.topic, tp.partition, offset, timestamp, key, value, hdrs)
-            for offset, timestamp, key, value, hdrs in zip(
-                offsets,
-                table.column("timestamp").to_pylist(),
-                keys,
-                values,
-                header_lists,
-                strict=True,
-            )
-        ]
+            self._fetcher.await_fetches(remaining)
 
     # --- groups and commits ---------------------------------------------------------------------
 
@@ -535,11 +317,9 @@ class Consumer:
             return
         revoked, assigned = self._membership.reconcile(self._commit_before_revoke)
         for tp in revoked:
-            state = self._fetches.pop(tp, None)
-            if state is not None:
-                self._abandon(state)
+            self._fetcher.abandon(self._subscriptions.remove(tp))
         for tp in assigned:
-            self._fetches.setdefault(tp, _PartitionFetch())
+            self._subscriptions.add(tp)
 
     def _commit_before_revoke(self, partitions: set[TopicPartition]) -> None:
         if self.config.enable_auto_commit:
@@ -557,14 +337,10 @@ class Consumer:
         if time.monotonic() - self._last_auto_commit < self.config.auto_commit_interval_ms / 1000:
             return
         self._last_auto_commit = time.monotonic()
-        self._commit_quietly(set(self._fetches))
+        self._commit_quietly(self._subscriptions.assigned())
 
     def _positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {
-            tp: state.position
-            for tp in partitions
-            if (state := self._fetches.get(tp)) is not None and state.position is not None
-        }
+        return self._subscriptions.positions(partitions)
 
     def _group_id(self) -> str:
         if self.config.group_id is None:
@@ -582,7 +358,9 @@ class Consumer:
             IllegalGeneration: this member was removed from the group (fenced).
             OffsetOutOfRange: an offset is beyond the partition's end.
         """
-        chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
+        chosen = (
+            self._positions(self._subscriptions.assigned()) if offsets is None else dict(offsets)
+        )
         self._coordinator_call(lambda: self._commit_ref(chosen))
 
     def _coordinator_call(self, submit_call: Callable[[], Any]) -> Any:
@@ -602,7 +380,9 @@ class Consumer:
         callback: Callable[[dict[TopicPartition, int], BrokerError | None], None] | None = None,
     ) -> None:
         """Commit without waiting; ``callback(offsets, error)`` runs when the answer arrives."""
-        chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
+        chosen = (
+            self._positions(self._subscriptions.assigned()) if offsets is None else dict(offsets)
+        )
         try:
             ref = self._commit_ref(chosen)
         except BrokerError as exc:
@@ -623,7 +403,9 @@ class Consumer:
 
     def _commit_ref(self, offsets: dict[TopicPartition, int] | None) -> Any:
         group_id = self._group_id()
-        chosen = self._positions(self._fetches) if offsets is None else dict(offsets)
+        chosen = (
+            self._positions(self._subscriptions.assigned()) if offsets is None else dict(offsets)
+        )
         member = self._membership.member_id if self._membership is not None else None
         payload = {(tp[0], tp[1]): (offset, "") for tp, offset in chosen.items()}
         return submit(self._coordinator.commit, group_id, member, payload)
@@ -648,15 +430,13 @@ class Consumer:
             return
         if self._membership is not None:
             if self.config.enable_auto_commit:
-                self._commit_quietly(set(self._fetches))
+                self._commit_quietly(self._subscriptions.assigned())
             self._membership.close(leave=True)
             self._membership = None
-        for state in self._fetches.values():
-            if state.in_flight is not None:
-                ray.cancel(state.in_flight)
-            self._abandon(state)
-        self._fetches = {}
-        self._reap_abandoned(timeout_s=CLOSE_TIMEOUT_S)
+        for ref in self._subscriptions.assign([]):
+            ray.cancel(ref)
+            self._fetcher.abandon(ref)
+        self._fetcher.reap_abandoned(timeout_s=CLOSE_TIMEOUT_S)
         self._closed = True
 
     def __enter__(self) -> Consumer:
@@ -664,17 +444,3 @@ class Consumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _empty_arrow() -> pa.Table:
-    from ray_broker.storage.schema import RECORD_SCHEMA
-
-    fields = [RECORD_SCHEMA.field(name) for name in USER_COLUMNS]
-    schema = pa.schema(
-        [
-            pa.field("topic", pa.dictionary(pa.int32(), pa.string())),
-            pa.field("partition", pa.int32()),
-        ]
-        + fields
-    )
-    return schema.empty_table()

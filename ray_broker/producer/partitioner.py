@@ -2,6 +2,10 @@
 
 Records with the same key land in the same partition as they would with a Java or kafka-python
 producer on a topic with the same partition count.
+
+Then, for a whole buffer or ``send_batch`` table at once: rows with an explicit partition go
+there, rows with a key go to murmur2(key), the rest go to the topic's sticky partition
+(KIP-480), so a buffer of unkeyed records stays one request.
 """
 
 from __future__ import annotations
@@ -104,3 +108,65 @@ def partitions_for_keys(keys: pa.Array | pa.ChunkedArray, num_partitions: int) -
             h ^= h >> np.uint32(15)
         out[rows] = (h & np.uint32(0x7FFFFFFF)).astype(np.int64) % num_partitions
     return out
+
+
+def assign_partitions(
+    rows: int,
+    keys: pa.Array | pa.ChunkedArray | None,
+    explicit: np.ndarray | None,
+    num_partitions: int,
+    sticky: int,
+) -> tuple[np.ndarray, bool]:
+    """The partition of every row, and whether any row took the sticky partition."""
+    parts = np.full(rows, -1, dtype=np.int64) if explicit is None else explicit.astype(np.int64)
+    if keys is not None and rows:
+        if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+            keys = keys.cast(pa.large_binary())  # murmur2 of the UTF-8 bytes
+        unplaced = parts < 0
+        if unplaced.any():
+            hashed = partitions_for_keys(keys, num_partitions)
+            parts[unplaced] = hashed[unplaced]
+    unplaced = parts < 0
+    used_sticky = bool(unplaced.any())
+    if used_sticky:
+        parts[unplaced] = sticky % num_partitions
+    return parts, used_sticky
+
+
+def group_by_partition(
+    table: pa.Table, parts: np.ndarray, max_rows: int
+) -> tuple[list[tuple[int, pa.Table]], np.ndarray | None, np.ndarray | None]:
+    """Rows grouped by partition (each group in table order, cut at ``max_rows``) with one
+    stable sort and slices, not a filter per partition.
+
+    Returns the pieces, and for each row its piece and its index in that piece — both None when
+    the table is one piece as it stands.
+    """
+    count = len(parts)
+    if count == 0:
+        return [], None, None
+    if count <= max_rows and (parts == parts[0]).all():
+        return [(int(parts[0]), table)], None, None
+    if (np.diff(parts) >= 0).all():
+        order, ordered = np.arange(count), table  # already grouped: no copy
+    else:
+        order = np.argsort(parts, kind="stable")
+        ordered = table.take(pa.array(order))
+    sorted_parts = parts[order]
+    bounds = (np.flatnonzero(np.diff(sorted_parts)) + 1).tolist()
+    pieces: list[tuple[int, pa.Table]] = []
+    row_piece = np.empty(count, dtype=np.int64)
+    row_index = np.empty(count, dtype=np.int64)
+    for start, end in zip([0, *bounds], [*bounds, count], strict=True):
+        for chunk_start in range(start, end, max_rows):
+            chunk_end = min(chunk_start + max_rows, end)
+            rows = order[chunk_start:chunk_end]
+            row_piece[rows] = len(pieces)
+            row_index[rows] = np.arange(chunk_end - chunk_start)
+            pieces.append(
+                (
+                    int(sorted_parts[chunk_start]),
+                    ordered.slice(chunk_start, chunk_end - chunk_start),
+                )
+            )
+    return pieces, row_piece, row_index

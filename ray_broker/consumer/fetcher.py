@@ -1,0 +1,147 @@
+"""The consumer's I/O with partition leaders: one long-poll fetch in flight per partition.
+
+Each assigned partition keeps one fetch outstanding (the partition answers as soon as data
+arrives) and at most one fetched slice buffered (``SubscriptionState``), so the next slice is on
+its way while the application handles this one. Ray failures are mapped to typed errors here
+and, when retriable, become a back-off and a metadata refresh — never a stuck partition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from ray_broker._ray import call, classify, retrying, submit
+from ray_broker.config import ConsumerConfig
+from ray_broker.consumer.subscription_state import SubscriptionState
+from ray_broker.errors import BrokerError, OffsetOutOfRange
+from ray_broker.metadata import MetadataCache
+from ray_broker.storage.ipc import from_ipc
+from ray_broker.structs import FetchResponse, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+
+class Fetcher:
+    """See the module docstring. ``reset(tp, cause)`` places a partition whose position is
+    unknown or fell out of the log (the consumer applies its committed offset or reset policy)."""
+
+    def __init__(
+        self,
+        metadata: MetadataCache,
+        config: ConsumerConfig,
+        subscriptions: SubscriptionState,
+        reset: Callable[[TopicPartition, BrokerError | None], None],
+    ) -> None:
+        self._metadata = metadata
+        self._config = config
+        self._subscriptions = subscriptions
+        self._reset = reset
+        self._abandoned: list[Any] = []
+
+    def leader_call(self, tp: TopicPartition, method: str, *args: Any) -> Any:
+        """Call the partition's leader, following it through failovers for request.timeout.ms."""
+        timeout_s = self._config.request_timeout_ms / 1000
+        return retrying(
+            lambda: call(getattr(self._leader(tp), method), *args, timeout_s=timeout_s),
+            time.monotonic() + timeout_s,
+            self._config.retry_backoff_ms / 1000,
+            lambda _error: self._metadata.forget(tp.topic),  # the leader moved or restarts
+        )
+
+    def _leader(self, tp: TopicPartition) -> Any:
+        return self._metadata.topic(tp.topic).leader(tp.partition)
+
+    def abandon(self, ref: Any) -> None:
+        """Drop a fetch; its answer is collected and ignored later (Ray reports errors of
+        results nobody reads, so none is left unread)."""
+        if ref is not None:
+            self._abandoned.append(ref)
+
+    def reap_abandoned(self, timeout_s: float = 0) -> None:
+        if not self._abandoned:
+            return
+        try:
+            done, self._abandoned = ray.wait(
+                self._abandoned, num_returns=len(self._abandoned), timeout=timeout_s
+            )
+        except Exception:  # nothing to learn from abandoned fetches; let Ray drop them
+            self._abandoned = []
+            return
+        for ref in done:
+            with contextlib.suppress(Exception):  # an abandoned fetch's answer is not needed
+                ray.get(ref)
+
+    def send_fetches(self) -> None:
+        config, subscriptions = self._config, self._subscriptions
+        now = time.monotonic()
+        patience = (config.fetch_max_wait_ms + config.request_timeout_ms) / 1000
+        for tp, ref in subscriptions.hung(now, patience):
+            self.abandon(ref)  # a hung leader: ask the current one
+            self._metadata.forget(tp.topic)
+        for tp in subscriptions.to_fetch(now):
+            state = subscriptions.partitions[tp]
+            if state.position is None:
+                self._reset(tp, None)
+            try:
+                ref = submit(
+                    self._leader(tp).fetch,
+                    state.fetch_offset,
+                    config.max_partition_fetch_records,
+                    config.max_partition_fetch_bytes,
+                    config.fetch_max_wait_ms,
+                )
+            except BrokerError as exc:
+                if not exc.retriable:
+                    raise
+                subscriptions.fetch_failed(tp, now + config.retry_backoff_ms / 1000)
+                self._metadata.forget(tp.topic)
+                continue
+            subscriptions.fetch_sent(tp, ref, now)
+
+    def await_fetches(self, timeout_s: float) -> None:
+        pending = self._subscriptions.in_flight()
+        if not pending:
+            time.sleep(min(timeout_s, self._config.retry_backoff_ms / 1000))
+            return
+        try:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
+            if ready:
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        except Exception as exc:  # Ray's own failure: drop these fetches and send them again
+            logger.warning("waiting for fetches failed: %s", classify(exc))
+            for tp, ref in [(tp, ref) for ref, tp in pending.items()]:
+                self._subscriptions.fetch_failed(tp, 0.0)
+                self.abandon(ref)
+            return
+        for ref in ready:
+            self._complete(pending[ref], ref)
+
+    def _complete(self, tp: TopicPartition, ref: Any) -> None:
+        subscriptions = self._subscriptions
+        if not subscriptions.is_current(tp, ref):
+            return  # seeked or unassigned meanwhile
+        try:
+            response: FetchResponse = ray.get(ref)
+        except Exception as exc:  # Ray's own types: classify() maps them to BrokerError
+            error = classify(exc)
+            if isinstance(error, OffsetOutOfRange):
+                subscriptions.fetch_failed(tp, 0.0)
+                self._reset(tp, error)
+            elif error.retriable:
+                backoff = time.monotonic() + self._config.retry_backoff_ms / 1000
+                subscriptions.fetch_failed(tp, backoff)
+                self._metadata.forget(tp.topic)
+            else:
+                subscriptions.fetch_failed(tp, 0.0)
+                raise error from None
+            return
+        table = None
+        if response.num_records:
+            table = from_ipc(response.records_ipc)
+        subscriptions.fetched(tp, ref, table, response.high_watermark)

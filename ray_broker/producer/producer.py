@@ -1,0 +1,245 @@
+"""The public producer: ``send()`` one record or ``send_batch()`` an Arrow table.
+
+``send()`` costs a few microseconds: it checks the record, appends it to its topic's open
+buffer (plain lists) and returns a light future; partitioning (murmur2 of the keys) and Arrow
+conversion happen once per buffer, vectorized, on the sender thread. A buffer is sealed when it
+holds ``batch.size`` records or has waited ``linger.ms``; up to
+``max.in.flight.requests.per.connection`` requests per partition are in flight.
+
+Delivery is at-least-once with retries inside ``delivery.timeout.ms`` and, with
+``enable.idempotence`` (the default, as in Kafka 3), exactly-once per partition: every batch
+carries (producer id, epoch, base sequence), so a batch retried after its partition actor died
+is recognised if it had been written, and batches are written in order.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ray_broker.config import ProducerConfig, client_config
+from ray_broker.errors import BrokerTimeoutError, ProducerClosed, RecordTooLarge
+from ray_broker.metadata import MetadataCache
+from ray_broker.producer.accumulator import AccumulatorSettings, RecordAccumulator
+from ray_broker.producer.batch import BatchFuture, RecordFuture
+from ray_broker.producer.partitioner import assign_partitions, group_by_partition
+from ray_broker.producer.records import (
+    check_partition,
+    check_table,
+    check_timestamp,
+    header_list,
+    headers_size,
+    serialize,
+)
+from ray_broker.producer.sender import Sender
+from ray_broker.structs import TopicMetadata
+
+# How long send() trusts its own copy of a topic's metadata before asking the shared cache
+# (which the sender refreshes on errors): new partitions are seen within this time.
+TOPIC_SNAPSHOT_S = 1.0
+
+
+class Producer:
+    """Sends records to topics; thread-safe; use as a context manager or call ``close()``."""
+
+    def __init__(self, metadata: MetadataCache, **options: Any) -> None:
+        self.config: ProducerConfig = client_config(ProducerConfig, options)
+        self._metadata = metadata
+        self._accumulator = RecordAccumulator(AccumulatorSettings.of(self.config))
+        self._cond = threading.Condition(threading.Lock())
+        self._lock = self._cond._lock  # type: ignore[attr-defined]  # the hot path skips a call
+        # topic -> (trusted until, metadata, max.message.bytes): send() reads no shared state.
+        self._topics: dict[str, tuple[float, TopicMetadata, int]] = {}
+        self._key_serializer = self.config.key_serializer
+        self._value_serializer = self.config.value_serializer
+        self._buffer_memory = self.config.buffer_memory
+        self._closed = False
+        producer_id = secrets.randbits(62) if self.config.enable_idempotence else None
+        self._sender = Sender(
+            self._accumulator, self._cond, metadata, producer_id, self.config.acks
+        )
+        self._sender.start()
+
+    # --- public API -----------------------------------------------------------------------------
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFuture:
+        """Queue one record; returns a future of its ``RecordMetadata``.
+
+        Raises:
+            TopicNotFound: the topic does not exist (and auto-creation is off).
+            SerializationError: key or value is not bytes and no serializer was given.
+            RecordTooLarge: key + value + headers exceed the topic's max.message.bytes.
+            InvalidPartitions: ``partition`` is not a partition of the topic.
+            InvalidRecord: bad headers or timestamp.
+            ProducerClosed: the producer was closed.
+            BrokerTimeoutError: buffer.memory stayed full for max.block.ms.
+        """
+        if self._closed:
+            raise ProducerClosed("send() on a closed producer")
+        snapshot = self._topics.get(topic)
+        if snapshot is None or time.monotonic() > snapshot[0]:
+            snapshot = self._snapshot(topic)
+        _, metadata, max_bytes = snapshot
+        if value.__class__ is not bytes or self._value_serializer is not None:
+            value = serialize(value, self._value_serializer, "value")
+        if key is not None and (key.__class__ is not bytes or self._key_serializer is not None):
+            key = serialize(key, self._key_serializer, "key")
+        size = (0 if value is None else len(value)) + (0 if key is None else len(key))
+        header_dicts = None
+        if headers is not None:
+            header_dicts = header_list(headers)
+            size += headers_size(header_dicts)
+        if size > max_bytes:
+            raise RecordTooLarge(
+                f"record of {size} bytes (key, value and headers) exceeds max.message.bytes="
+                f"{max_bytes} of topic {topic!r}",
+                topic=topic,
+                size=size,
+                limit=max_bytes,
+            )
+        if timestamp_ms is None:
+            timestamp_ms = time.time_ns() // 1_000_000  # CreateTime is the producer's clock
+        else:
+            check_timestamp(timestamp_ms)
+        if partition is not None:
+            check_partition(partition, metadata)
+        accumulator = self._accumulator
+        with self._lock:
+            if accumulator.pending_bytes + size > self._buffer_memory:
+                self._wait_for_memory(size)
+            future, wake = accumulator.append(
+                topic,
+                metadata.num_partitions,
+                key,
+                value,
+                size,
+                timestamp_ms,
+                header_dicts,
+                partition,
+            )
+            if wake:
+                self._cond.notify_all()
+        return future
+
+    def send_batch(self, topic: str, table: pa.Table | pa.RecordBatch) -> BatchFuture:
+        """Queue a whole Arrow table: columns ``value`` and optional ``key``, ``headers``,
+        ``timestamp``, ``partition``. Rows with a ``partition`` go there; otherwise rows with
+        keys are partitioned by murmur2 of the key; otherwise the whole table goes to one
+        partition (the next one in turn), keeping its order.
+
+        Raises:
+            TopicNotFound, InvalidRecord, InvalidPartitions, ProducerClosed,
+            BrokerTimeoutError (buffer.memory stayed full for max.block.ms).
+        """
+        if self._closed:
+            raise ProducerClosed("send_batch() on a closed producer")
+        metadata = self._snapshot(topic)[1]
+        table = check_table(table, metadata)  # the whole table, before anything is queued
+        explicit = None
+        if "partition" in table.column_names:
+            explicit = table.column("partition").to_numpy(zero_copy_only=False)
+            table = table.drop_columns(["partition"])
+        keys = table.column("key") if "key" in table.column_names else None
+        if keys is not None and keys.null_count == len(keys):
+            keys = None
+        accumulator = self._accumulator
+        parts, used_sticky = assign_partitions(
+            table.num_rows,
+            keys,
+            explicit,
+            metadata.num_partitions,
+            accumulator.sticky.get(topic, 0),
+        )
+        pieces, _, _ = group_by_partition(table, parts, np.iinfo(np.int64).max)
+        with self._lock:
+            accumulator.next_sticky(topic, used_sticky)
+            if accumulator.pending_bytes + table.nbytes > self._buffer_memory:
+                self._wait_for_memory(table.nbytes)
+            batches = accumulator.append_table(topic, pieces)
+            self._cond.notify_all()
+        return BatchFuture(batches)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything queued now and wait for its acknowledgements.
+
+        Raises:
+            BrokerTimeoutError: not all acknowledged within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        accumulator = self._accumulator
+        with self._cond:
+            accumulator.flushing += 1
+            self._cond.notify_all()
+            try:
+                while not accumulator.idle:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise BrokerTimeoutError(
+                            f"flush: {accumulator.unfinished} batch(es) unacknowledged after "
+                            f"{timeout} s"
+                        )
+                    self._cond.wait(remaining)
+            finally:
+                accumulator.flushing -= 1
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then stop the sender. Further sends raise ProducerClosed."""
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            with self._cond:
+                self._accumulator.closed = True
+                self._cond.notify_all()
+            self._sender.join(timeout=5)
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self._metadata.topic(topic).num_partitions))
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _snapshot(self, topic: str) -> tuple[float, TopicMetadata, int]:
+        metadata = self._metadata.topic(topic, auto_create=True)
+        snapshot = (
+            time.monotonic() + TOPIC_SNAPSHOT_S,
+            metadata,
+            int(metadata.config["max.message.bytes"]),
+        )
+        self._topics[topic] = snapshot
+        return snapshot
+
+    def _wait_for_memory(self, size: int) -> None:
+        """Block (holding the condition) until ``size`` bytes fit in buffer.memory."""
+        deadline = time.monotonic() + self.config.max_block_ms / 1000
+        accumulator = self._accumulator
+        while accumulator.pending_bytes + size > self._buffer_memory and accumulator.pending_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerTimeoutError(
+                    f"buffer.memory={self._buffer_memory} stayed full for "
+                    f"max.block.ms={self.config.max_block_ms}; the broker is slower than sends"
+                )
+            self._cond.notify_all()
+            self._cond.wait(remaining)
