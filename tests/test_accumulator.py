@@ -161,7 +161,8 @@ def test_retriable_errors_retry_until_delivery_timeout_then_fail_typed() -> None
     clock.now = 2.0
     acc.ready_batches(clock.now)
     final = acc.failed(batch, errors.NotLeader("moved"), clock.now)
-    assert isinstance(final, errors.BrokerTimeoutError) and "NotLeader" in str(final)
+    assert isinstance(final, errors.BrokerTimeoutError) and final.partition == 0
+    assert isinstance(final.__cause__, errors.NotLeader)
 
 
 def test_unanswered_requests_time_out_and_late_replies_are_ignored() -> None:
@@ -199,3 +200,24 @@ def test_a_buffer_that_cannot_be_split_fails_alone() -> None:
     with pytest.raises(errors.InvalidRecord):
         future.result(timeout=0)
     assert acc.idle and acc.pending_bytes == 0
+
+
+def test_small_batches_waiting_for_one_partition_share_one_request_at_their_own_offsets() -> None:
+    from ray_broker.producer.batch import BatchFuture
+
+    acc, clock = make(linger_s=0, batch_records=5)
+    futures = [
+        BatchFuture(acc.append_table("t", [(0, pa.table({"value": [b"a", b"b"]}))]))
+        for _ in range(3)
+    ]
+    seal(acc, clock.now)
+    request, rest = acc.ready_batches(clock.now)  # 2 + 2 fit in 5; the third goes on its own
+    assert (request.record_count, rest.record_count) == (4, 2)
+    request_result = ProduceResult(10, 13, -1, 0)
+    assert acc.finished(request)
+    request.complete(request_result, None)
+    assert [f.result(0)[0].base_offset for f in futures[:2]] == [10, 12]
+    assert futures[1].result(0)[0].last_offset == 13
+    assert not futures[2].done()
+    ack(acc, rest)
+    assert futures[2].done() and acc.idle and acc.pending_bytes == 0

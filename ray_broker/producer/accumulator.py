@@ -237,8 +237,22 @@ class RecordAccumulator:
         records.fail(error)
 
     def enqueue(self, batches: list[ProducerBatch]) -> None:
+        """Queue batches behind their partitions' others; one that fits into the partition's
+        last waiting batch (never sent yet) rides in its request."""
         for batch in batches:
-            self.queue(batch.topic, batch.partition).ready.append(batch)
+            queue = self.queue(batch.topic, batch.partition)
+            tail = queue.ready[-1] if queue.ready else None
+            if (
+                tail is not None
+                and tail.attempts == 0
+                and tail.base_sequence is None
+                and tail.record_count + batch.record_count <= self.settings.batch_records
+                and tail.table.schema.equals(batch.table.schema)
+            ):
+                tail.absorb(batch)
+                self.unfinished -= 1
+            else:
+                queue.ready.append(batch)
 
     def queue(self, topic: str, partition: int) -> PartitionQueue:
         queue = self.queues.get((topic, partition))
@@ -329,11 +343,15 @@ class RecordAccumulator:
             queue.backoff_until = now + self.settings.retry_backoff_s
             return None
         if error.retriable:
-            return BrokerTimeoutError(
+            timeout = BrokerTimeoutError(
                 f"batch for {batch.topic}-{batch.partition} not acknowledged within "
                 f"delivery.timeout.ms={self.settings.delivery_timeout_s * 1000:.0f} after "
-                f"{batch.attempts} attempt(s); last error: {type(error).__name__}: {error}"
+                f"{batch.attempts} attempt(s); last error: {type(error).__name__}: {error}",
+                topic=batch.topic,
+                partition=batch.partition,
             )
+            timeout.__cause__ = error  # as `raise timeout from error` would chain it
+            return timeout
         if batch.base_sequence is not None and (
             batch.sequence_generation == queue.sequence_generation
         ):

@@ -9,6 +9,7 @@ buffer is split, at its partition's batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -73,6 +74,7 @@ class ProducerBatch:
         "error",
         "last_error",
         "final",
+        "followers",
         "completion",
     )
 
@@ -94,6 +96,8 @@ class ProducerBatch:
         self.error: BrokerError | None = None
         self.last_error: BrokerError | None = None
         self.final = False  # its outcome is decided (set under the producer's lock)
+        # Batches merged into this one before it was first sent, with their first row here.
+        self.followers: list[tuple[ProducerBatch, int]] = []
         self.completion = _Completion()
 
     @property
@@ -110,9 +114,29 @@ class ProducerBatch:
     def done(self) -> threading.Event:
         return self.completion.done
 
+    def absorb(self, other: ProducerBatch) -> None:
+        """Carry ``other``'s records in this batch's request (it was never sent); ``other``
+        completes with this one, at its own offsets. Fewer, larger requests: a keyed table spread
+        over N partitions otherwise makes N small calls per table."""
+        assert self.attempts == 0 and other.attempts == 0 and not other.followers
+        self.followers.append((other, self.table.num_rows))
+        self.table = pa.concat_tables([self.table, other.table])
+        self.size_bytes += other.size_bytes
+        other.deadline = self.deadline = min(self.deadline, other.deadline)
+
     def complete(self, result: ProduceResult | None, error: BrokerError | None) -> None:
         self.result, self.error = result, error
         self.completion.fire()
+        for follower, start in self.followers:
+            follower.complete(_shifted(result, start, follower.record_count), error)
+
+
+def _shifted(result: ProduceResult | None, start: int, count: int) -> ProduceResult | None:
+    """The part of a request's result that covers rows [start, start + count)."""
+    if result is None or result.base_offset < 0:
+        return result
+    base = result.base_offset + start
+    return dataclasses.replace(result, base_offset=base, last_offset=base + count - 1)
 
 
 class PendingRecords:
