@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import ActorDiedError, ActorUnschedulableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_broker._ray import await_ref, submit
@@ -278,32 +279,47 @@ class Controller:
             rounds += 1
             try:
                 await self._refresh_nodes()
-                hung = await self._probe_leaders()
+                hung, dead = await self._probe_replicas()
                 async with self._mutex():
                     pushes = await self._heal(
                         prefer=rounds % PREFERRED_LEADER_EVERY_ROUNDS == 0, hung=hung
                     )
+                    pushes += [p for p in self._restart_dead(dead) if p not in pushes]
                 await self._push_many(pushes)
             except Exception:  # keep watching; the next round retries
                 logger.exception("cluster check failed")
 
-    async def _probe_leaders(self) -> set[tuple[str, int]]:
-        """Leaders that have not answered for leader.probe.timeout.ms (hung, or restarting)."""
+    async def _probe_replicas(
+        self,
+    ) -> tuple[set[tuple[str, int]], set[tuple[str, int, str]]]:
+        """Ask every replica whether it is up. Returns the leaders that have not answered for
+        leader.probe.timeout.ms (hung, or restarting) and the replicas whose actor is gone for
+        good (it died, or could never be scheduled on its node) — those are started again, so
+        a replacement that failed to start does not leave its partition short of replicas."""
         probes = {}
-        for record in self.registry.topics.values():
-            if record.replication_factor == 1:
-                continue  # nobody to fail over to
-            for p, state in enumerate(record.states):
-                handle = self._actors.get((record.topic_id, p, state.leader or ""))
-                if handle is not None:
-                    probes[(record.topic_id, p)] = handle.ready.remote()
+        for (topic_id, p, slot), handle in list(self._actors.items()):
+            try:
+                probes[(topic_id, p, slot)] = submit(handle.ready)
+            except BrokerError:
+                continue  # cannot even submit (its node is leaving): the next round sees it
         timeout = self.config.controller_check_interval_ms / 1000
         answers = await asyncio.gather(
             *(asyncio.wait_for(ref, timeout) for ref in probes.values()), return_exceptions=True
         )
+        leaders = {
+            (record.topic_id, p): state.leader
+            for record in self.registry.topics.values()
+            if record.replication_factor > 1  # nobody to fail over to otherwise
+            for p, state in enumerate(record.states)
+        }
         now = asyncio.get_running_loop().time()
-        hung = set()
-        for key, answer in zip(probes, answers, strict=True):
+        hung, dead = set(), set()
+        for (topic_id, p, slot), answer in zip(probes, answers, strict=True):
+            if isinstance(answer, (ActorDiedError, ActorUnschedulableError)):
+                dead.add((topic_id, p, slot))
+            if leaders.get((topic_id, p)) != slot:
+                continue
+            key = (topic_id, p)
             if not isinstance(answer, BaseException):
                 self._unanswered.pop(key, None)
                 continue
@@ -311,7 +327,28 @@ class Controller:
             if now - first >= self.config.leader_probe_timeout_ms / 1000:
                 hung.add(key)
                 del self._unanswered[key]
-        return hung
+        return hung, dead
+
+    def _restart_dead(self, dead: set[tuple[str, int, str]]) -> list[tuple[TopicRecord, int]]:
+        """Start replicas again whose actor is gone while their node lives (caller holds the
+        mutex); those on dead nodes are the failover plan's to replace."""
+        records = {record.topic_id: record for record in self.registry.topics.values()}
+        alive_nodes = set(self._alive_nodes())
+        pushes = []
+        for topic_id, p, slot in sorted(dead):
+            handle = self._actors.pop((topic_id, p, slot), None)
+            record = records.get(topic_id)
+            if record is None or p >= len(record.states):
+                continue
+            state = record.states[p]
+            if slot not in state.replicas or state.nodes.get(slot) not in alive_nodes:
+                continue
+            logger.warning("%s-%d: replica %s is gone; starting it again", record.name, p, slot)
+            if handle is not None:
+                self._kill(handle, f"{record.name}-{p} replica {slot}")
+            self._actor(record, p, slot)
+            pushes.append((record, p))
+        return pushes
 
     async def _heal(
         self, prefer: bool, hung: Collection[tuple[str, int]] = frozenset()

@@ -181,8 +181,8 @@ class Partition:
             return
         low, high = pc.min(stamps).as_py(), pc.max(stamps).as_py()
         now = self.clock()
-        before = getattr(config, "message_timestamp_before_max_ms", 2**63 - 1)
-        after = getattr(config, "message_timestamp_after_max_ms", 2**63 - 1)
+        before = config.message_timestamp_before_max_ms
+        after = config.message_timestamp_after_max_ms
         if low < 0 or low < now - before or high > now + after:
             raise InvalidRecord(
                 f"{self.name}: timestamps {low}..{high} are negative or outside "

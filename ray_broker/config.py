@@ -66,14 +66,6 @@ class TopicConfig(LogConfig):
     # A follower that has not caught up for this long leaves the in-sync replicas.
     replica_lag_time_max_ms: int = Field(30_000, alias="replica.lag.time.max.ms", ge=10)
     unclean_leader_election_enable: bool = Field(False, alias="unclean.leader.election.enable")
-    # CreateTime records dated further than this before/after the broker's clock are refused
-    # (Kafka's KIP-937): one record from the far future would pin time retention forever.
-    message_timestamp_before_max_ms: int = Field(
-        2**63 - 1, alias="message.timestamp.before.max.ms", ge=0
-    )
-    message_timestamp_after_max_ms: int = Field(
-        3_600_000, alias="message.timestamp.after.max.ms", ge=0
-    )
     # Idempotent-producer state of a producer id not seen for this long is dropped (Kafka's
     # default: 7 days); it bounds the state one partition keeps per producer ever seen.
     producer_id_expiration_ms: int = Field(

@@ -47,6 +47,14 @@ class LogConfig(BaseModel):
     message_timestamp_type: Literal["CreateTime", "LogAppendTime"] = Field(
         "CreateTime", alias="message.timestamp.type"
     )
+    # CreateTime records dated further than this before/after the broker's clock are refused
+    # (Kafka's KIP-937): one record from the far future would pin time retention forever.
+    message_timestamp_before_max_ms: int = Field(
+        2**63 - 1, alias="message.timestamp.before.max.ms", ge=0
+    )
+    message_timestamp_after_max_ms: int = Field(
+        3_600_000, alias="message.timestamp.after.max.ms", ge=0
+    )
     segment_compression: Literal["zstd", "lz4", "snappy", "gzip", "none"] = Field(
         "zstd", alias="segment.compression"
     )

@@ -233,6 +233,23 @@ def test_killed_replica_processes_lose_nothing(cluster):
     print(f"replica process kills: {summary}")
     assert summary["acked"] == 20_000
     assert (summary["lost"], summary["duplicated"], summary["reordered"]) == (0, 0, 0)
+    # A replica whose actor is gone for good (killed without restart, as when its start failed)
+    # is started again by the Controller on its node and rejoins the in-sync replicas.
+    info = partition_info(broker, topic, 0)
+    follower = next(s for s in info.replicas if s != info.leader)
+    old_pid = replica_pid(broker, topic, 0, follower)
+    record_id = broker.admin().describe_topic(topic).topic_id
+    name = f"ray_broker.partition.{record_id}.0.{follower}"
+    ray.kill(ray.get_actor(name, namespace=broker.namespace), no_restart=True)
+
+    def restarted() -> bool:
+        try:
+            pid = replica_pid(broker, topic, 0, follower)
+        except (ValueError, ray.exceptions.RayError):
+            return False
+        return pid != old_pid and len(partition_info(broker, topic, 0).isr) == 3
+
+    wait_until(restarted, timeout_s=60)
 
 
 def test_lagging_follower_leaves_the_isr_and_rejoins_after_catching_up(cluster):
