@@ -101,8 +101,13 @@ class MetadataCache:
         return self.controller_call("list_topics")
 
     def forget(self, name: str) -> None:
+        """Mark the topic's entry stale (a leader moved): ``topic()`` refreshes before answering,
+        ``cached()`` keeps serving the stale entry while a refresh runs — a retry goes to the
+        old leader at worst, and fails over again, instead of waiting for the lookup."""
         with self._lock:
-            self._topics.pop(name, None)
+            cached = self._topics.get(name)
+            if cached is not None:
+                self._topics[name] = (-float("inf"), cached[1])
 
     def controller_call(self, method: str, *args: Any) -> Any:
         """Call the Controller, retrying while it restarts or cannot be reached.

@@ -317,13 +317,14 @@ class RecordAccumulator:
         return batch.attempts
 
     def timed_out(self, now: float) -> list[ProducerBatch]:
-        """In-flight batches without an answer for request.timeout.ms (a hung leader)."""
+        """In-flight batches without an answer for request.timeout.ms (a hung leader), or past
+        delivery.timeout.ms (which bounds the whole send, in flight or not, as in KIP-91)."""
         limit = self.settings.request_timeout_s
         return [
             batch
             for queue in self.queues.values()
             for batch in queue.in_flight
-            if batch.attempts and now - batch.sent_at > limit
+            if batch.attempts and (now - batch.sent_at > limit or now >= batch.deadline)
         ]
 
     def is_current(self, batch: ProducerBatch, attempt: int | None) -> bool:
