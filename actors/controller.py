@@ -93,6 +93,7 @@ class Controller:
         )
         self._actors: dict[tuple[str, int, str], Any] = {}  # (topic id, partition, slot)
         self._unanswered: dict[tuple[str, int], float] = {}  # leader probes: first miss time
+        self._silent: dict[tuple[str, int, str], float] = {}  # any replica: first miss time
         self._lock: asyncio.Lock | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._nodes: dict[str, bool] = live_nodes()  # refreshed off the loop every check
@@ -293,9 +294,10 @@ class Controller:
         self,
     ) -> tuple[set[tuple[str, int]], set[tuple[str, int, str]]]:
         """Ask every replica whether it is up. Returns the leaders that have not answered for
-        leader.probe.timeout.ms (hung, or restarting) and the replicas whose actor is gone for
-        good (it died, or could never be scheduled on its node) — those are started again, so
-        a replacement that failed to start does not leave its partition short of replicas."""
+        leader.probe.timeout.ms (hung, or restarting) and the replicas to start again: gone for
+        good (died, or could never be scheduled on its node) or followers silent for
+        REPLICA_SILENT_RESTART_S — so a replacement that failed to start does not leave its
+        partition short of replicas."""
         probes = {}
         for (topic_id, p, slot), handle in list(self._actors.items()):
             try:
@@ -314,9 +316,21 @@ class Controller:
         }
         now = asyncio.get_running_loop().time()
         hung, dead = set(), set()
+        for key in set(self._silent) - set(probes):
+            del self._silent[key]
         for (topic_id, p, slot), answer in zip(probes, answers, strict=True):
             if isinstance(answer, (ActorDiedError, ActorUnschedulableError)):
                 dead.add((topic_id, p, slot))
+            elif not isinstance(answer, BaseException):
+                self._silent.pop((topic_id, p, slot), None)
+            elif leaders.get((topic_id, p)) != slot:
+                # A follower silent this long never started (its creation stays pending, as
+                # seen after many node changes) or is wedged: start it again. A leader is the
+                # failover's to handle.
+                first = self._silent.setdefault((topic_id, p, slot), now)
+                if now - first >= REPLICA_SILENT_RESTART_S:
+                    dead.add((topic_id, p, slot))
+                    del self._silent[(topic_id, p, slot)]
             if leaders.get((topic_id, p)) != slot:
                 continue
             key = (topic_id, p)
@@ -694,4 +708,6 @@ class Controller:
 PREFERRED_LEADER_EVERY_ROUNDS = 20
 ROLE_CHANGE_TIMEOUT_S = 2.0
 REPLICA_START_TIMEOUT_S = 60.0
+# A follower that has not answered the Controller's probes for this long is started again.
+REPLICA_SILENT_RESTART_S = 30.0
 DESCRIBE_TIMEOUT_S = 2

@@ -345,7 +345,7 @@ class GroupCoordinator:
         Raises:
             IllegalGeneration: the member is not in the group any more (fenced zombie).
             CommitFailed: a partition is not assigned to the member.
-            OffsetOutOfRange: an offset is negative or beyond the partition's high watermark.
+            OffsetOutOfRange: an offset is negative or beyond the partition's log end.
         """
         self._start()
         group = self._group(group_id)
@@ -356,7 +356,11 @@ class GroupCoordinator:
         # meanwhile, and a zombie's commit must not land.
         group.check_commit(member_id, list(offsets))
         for (topic, partition), (offset, _) in offsets.items():
-            high = marks[(topic, partition)].high_watermark
+            # Up to the log end, not the high watermark: a leader new in its epoch relearns its
+            # high watermark from the followers, so for a moment it is below what consumers
+            # already read (and may commit) from the leader before.
+            mark = marks[(topic, partition)]
+            high = max(mark.high_watermark, mark.log_end_offset)
             if not isinstance(offset, int) or not 0 <= offset <= high:
                 raise OffsetOutOfRange(
                     f"cannot commit offset {offset!r} for {topic}-{partition}: valid offsets "

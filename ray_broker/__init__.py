@@ -34,6 +34,8 @@ _LAZY = {
     "connect": "ray_broker.broker",
     "Broker": "ray_broker.broker",
     "Producer": "ray_broker.producer",
+    "RecordFuture": "ray_broker.producer",
+    "BatchFuture": "ray_broker.producer",
     "Consumer": "ray_broker.consumer",
     "Admin": "ray_broker.admin",
     # Subclassed by applications: importable without reaching into private modules.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from ray_broker.admin import Admin
     from ray_broker.broker import Broker, connect
     from ray_broker.consumer import Consumer, ConsumerRebalanceListener
-    from ray_broker.producer import Producer
+    from ray_broker.producer import BatchFuture, Producer, RecordFuture
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Admin",
+    "BatchFuture",
     "BatchMetadata",
     "Broker",
     "Consumer",
@@ -69,6 +72,7 @@ __all__ = [
     "PartitionLag",
     "Producer",
     "Record",
+    "RecordFuture",
     "RecordMetadata",
     "TopicDescription",
     "TopicPartition",

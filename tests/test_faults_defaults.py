@@ -154,6 +154,20 @@ def test_defaults_sync_and_pipelined_producers_and_a_group_survive_leader_node_l
         local.shutdown()
 
 
+def replica_states(broker, topic: str, partition: int) -> dict[str, object]:
+    """What each replica says of itself (or why it cannot), for failure messages."""
+    record_id = broker.admin().describe_topic(topic).topic_id
+    states: dict[str, object] = {}
+    for slot in partition_info(broker, topic, partition).replicas:
+        name = f"ray_broker.partition.{record_id}.{partition}.{slot}"
+        try:
+            info = ray.get(ray.get_actor(name, namespace=broker.namespace).info.remote(), timeout=5)
+            states[slot] = {k: info[k] for k in ("node_id", "role", "epoch", "isr", "offsets")}
+        except Exception as exc:  # a diagnostic: whatever stops the answer is the answer
+            states[slot] = f"{type(exc).__name__}: {exc}"[:300]
+    return states
+
+
 def _inject(rng: random.Random, local: LocalCluster, broker, topic: str, partition: int) -> str:
     """One fault of a random kind, against the partition under load; returns its name."""
     info = partition_info(broker, topic, partition)
@@ -218,7 +232,14 @@ def test_chaos_with_defaults_twenty_faults_lose_no_acknowledged_record(tmp_path)
             time.sleep(3)
             wait_until(lambda: partition_info(broker, topic, 0).leader, timeout_s=120)
             kinds.append(_inject(rng, local, broker, topic, 0))
-        wait_until(lambda: len(partition_info(broker, topic, 0).isr) >= 2, timeout_s=120)
+        try:
+            wait_until(lambda: len(partition_info(broker, topic, 0).isr) >= 2, timeout_s=120)
+        except AssertionError:
+            alive = sorted(n["NodeID"][:8] for n in ray.nodes() if n["Alive"])
+            raise AssertionError(
+                f"ISR did not recover after {kinds}: {partition_info(broker, topic, 0)}; "
+                f"alive nodes {alive}; replicas {replica_states(broker, topic, 0)}"
+            ) from None
         count = len(acked)
         wait_until(lambda: len(acked) > count + 50, timeout_s=120)  # still producing
         stop.set()
