@@ -221,3 +221,17 @@ def test_small_batches_waiting_for_one_partition_share_one_request_at_their_own_
     assert not futures[2].done()
     ack(acc, rest)
     assert futures[2].done() and acc.idle and acc.pending_bytes == 0
+
+
+def test_linger_zero_never_waits_and_requests_queued_behind_in_flight_ones_merge() -> None:
+    acc, clock = make(linger_s=0, max_in_flight=1)
+    send(acc, partitions=1)
+    [first] = seal(acc, clock.now)
+    assert acc.ready_batches(clock.now) == [first]
+    for _ in range(3):  # while the first is in flight: each sealed at once, queued, merged
+        send(acc, partitions=1)
+        assert len(seal(acc, clock.now)) == 1
+    assert acc.ready_batches(clock.now) == []  # max.in.flight reached
+    ack(acc, first)
+    [merged] = acc.ready_batches(clock.now)
+    assert merged.record_count == 3

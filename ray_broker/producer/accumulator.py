@@ -188,8 +188,8 @@ class RecordAccumulator:
         return out
 
     def _due(self, records: PendingRecords, now: float) -> bool:
-        if self.flushing or self.closed:
-            return True
+        if self.flushing or self.closed or self.settings.linger_s == 0:
+            return True  # linger.ms=0 asks for no waiting: under load, batches still merge
         age = now - records.created
         if age < self.settings.linger_s:
             return False
