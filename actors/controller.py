@@ -345,7 +345,8 @@ class Controller:
 
     def _restart_dead(self, dead: set[tuple[str, int, str]]) -> list[tuple[TopicRecord, int]]:
         """Start replicas again whose actor is gone while their node lives (caller holds the
-        mutex); those on dead nodes are the failover plan's to replace."""
+        mutex); those on dead nodes, and leaders of replicated partitions, are the failover
+        plan's to handle."""
         records = {record.topic_id: record for record in self.registry.topics.values()}
         alive_nodes = set(self._alive_nodes())
         pushes = []
@@ -355,7 +356,13 @@ class Controller:
             if record is None or p >= len(record.states):
                 continue
             state = record.states[p]
-            if slot not in state.replicas or state.nodes.get(slot) not in alive_nodes:
+            if (
+                slot not in state.replicas
+                # A leader with others to take over is the failover's (probed, elected, fenced);
+                # a lone replica can only come back where its data is.
+                or (slot == state.leader and record.replication_factor > 1)
+                or state.nodes.get(slot) not in alive_nodes
+            ):
                 continue
             logger.warning("%s-%d: replica %s is gone; starting it again", record.name, p, slot)
             if handle is not None:

@@ -77,7 +77,12 @@ def assert_every_acked_record_once(broker, topic: str, partition: int, acked: di
     reader.close()
     by_value = {value: offset for offset, value in rows.items()}
     lost = [v for v, offset in acked.items() if by_value.get(v) != offset]
-    assert not lost, f"{len(lost)} acknowledged records lost, e.g. {lost[:5]}"
+    assert not lost, (
+        f"{len(lost)} acknowledged records lost, e.g. "
+        f"{[(v, acked[v], by_value.get(v)) for v in lost[:5]]} (value, acked at, read at); "
+        f"{len(rows)} rows read, offsets {min(rows, default=None)}..{max(rows, default=None)}; "
+        f"replicas {replica_states(broker, topic, partition)}"
+    )
     assert len(by_value) == len(rows), "a record was written twice"
 
 
