@@ -204,7 +204,7 @@ def test_chaos_with_defaults_twenty_faults_lose_no_acknowledged_record(tmp_path)
     """On demand (``pytest -m chaos``): 20 mixed faults under a synchronous producer, a
     pipelined producer and a committing group member, all with default settings."""
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "7")))
-    local = LocalCluster()
+    local = LocalCluster(token_auth=False)
     try:
         topic = "chaos"
         broker = connect_with_defaults(local, tmp_path, topic, partitions=1)
