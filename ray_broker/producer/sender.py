@@ -67,18 +67,21 @@ class Sender:
         """Expire, split, collect and ship; True once closed with nothing left."""
         acc = self._acc
         with self._cond:
-            expired = acc.timed_out(acc.clock())
+            now = acc.clock()
+            expired = acc.timed_out(now)
         for batch in expired:
-            self._failed(
-                batch,
-                BrokerTimeoutError(
+            if now >= batch.deadline and batch.last_error is not None:
+                # Past delivery.timeout.ms while an attempt is in flight: the failure to
+                # report is why the earlier attempts failed, not that this one is unanswered.
+                error = batch.last_error
+            else:
+                error = BrokerTimeoutError(
                     f"no answer from the leader of {batch.topic}-{batch.partition} within "
                     f"request.timeout.ms={acc.settings.request_timeout_s * 1000:.0f}",
                     topic=batch.topic,
                     partition=batch.partition,
-                ),
-                batch.attempts,
-            )
+                )
+            self._failed(batch, error, batch.attempts)
         settled: list[PendingRecords] = []
         with self._cond:
             now = acc.clock()
