@@ -21,18 +21,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench import pace, percentile_ms  # loadtest/ is this script's directory
+
 STAMP = struct.Struct("<q")  # time.monotonic_ns() at send
 VALUE_BYTES = 100
 RATES = (100, 1_000, 2_000, 10_000)
 LINGERS_MS = (0, 5)
-
-
-def percentile_ms(samples_ns: list[int], q: float) -> float:
-    if not samples_ns:
-        return float("nan")
-    ordered = sorted(samples_ns)
-    index = min(int(len(ordered) * q / 100), len(ordered) - 1)
-    return ordered[index] / 1e6
 
 
 def consume(address: str, namespace: str, topic: str, expected: int, timeout_s: float) -> None:
@@ -76,7 +70,7 @@ def measure(broker: Any, address: str, rate: int, linger_ms: int, seconds: float
             raise RuntimeError("the consumer process did not start")
         producer = broker.producer(linger_ms=linger_ms)
         padding = b"x" * (VALUE_BYTES - STAMP.size)
-        sent = _pace(
+        sent = pace(
             lambda: producer.send(topic, STAMP.pack(time.monotonic_ns()) + padding), rate, seconds
         )
         producer.flush()
@@ -95,22 +89,6 @@ def measure(broker: Any, address: str, rate: int, linger_ms: int, seconds: float
         "p99_ms": percentile_ms(warm, 99),
         "p999_ms": percentile_ms(warm, 99.9),
     }
-
-
-def _pace(send: Any, rate: int, seconds: float) -> int:
-    """Call ``send`` ``rate`` times a second for ``seconds``, spread evenly; returns calls."""
-    interval = 1.0 / rate
-    start = time.perf_counter()
-    sent = 0
-    while (elapsed := time.perf_counter() - start) < seconds:
-        due = int(elapsed / interval) + 1
-        while sent < due:
-            send()
-            sent += 1
-        pause = (sent * interval) - (time.perf_counter() - start)
-        if pause > 0:
-            time.sleep(min(pause, 0.001))
-    return sent
 
 
 def matrix(
