@@ -32,6 +32,7 @@ import pyarrow as pa
 from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.data_dir import make_private
 from ray_broker.actors.partition_core import Partition
+from ray_broker.actors.priority import serve_at_normal_priority
 from ray_broker.actors.replica import Replica, Role
 from ray_broker.config import TopicConfig, parse_config
 from ray_broker.errors import (
@@ -45,6 +46,7 @@ from ray_broker.errors import (
     NotLeader,
     Unauthorized,
 )
+from ray_broker.hops import STAMPS
 from ray_broker.storage.ipc import from_ipc, to_ipc
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
 
@@ -128,6 +130,7 @@ class PartitionActor:
         token: str = "",
     ) -> None:
         make_private()
+        serve_at_normal_priority()
         self.core = Partition(topic, partition, directory, parse_config(TopicConfig, config))
         # Role, epoch and replication calls must carry the Controller's token: a caller with
         # only this actor's handle cannot demote a leader or rewrite its log.
@@ -308,6 +311,7 @@ class PartitionActor:
             BrokerBusy: segments are written to disk slower than they arrive (retriable).
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
         """
+        received_ns = time.monotonic_ns() if STAMPS.enabled else 0
         _check_produce_arguments(producer_id, producer_epoch, base_sequence, acks)
         if isinstance(batch, (pa.Buffer, bytes)):
             batch = from_ipc(batch)
@@ -332,6 +336,9 @@ class PartitionActor:
             self._check_leader()
         result = self.core.produce(batch, producer_id, producer_epoch, base_sequence)
         if not result.duplicate:
+            if STAMPS.enabled:
+                STAMPS.stamp("actor_receipt", result.base_offset, received_ns)
+                STAMPS.stamp("appended", result.base_offset)
             self._on_high_watermark(self.replica.advance_high_watermark())
             self._notify_data()
             self._seal_in_background()
@@ -414,20 +421,26 @@ class PartitionActor:
         deadline = time.monotonic() + min(max_wait_ms, self._fetch_wait_cap_ms) / 1000
         self._parked += 1
         try:
-            table = await self._read_waiting(offset, max_records, max_bytes, deadline)
+            table, woke_ns = await self._read_waiting(offset, max_records, max_bytes, deadline)
         finally:
             self._parked -= 1
-        return FetchResponse(
+        response = FetchResponse(
             to_ipc(table),
             table.num_rows,
             self.core.high_watermark,
             self.core.log.log_start_offset,
         )
+        if STAMPS.enabled and table.num_rows:
+            STAMPS.stamp("fetch_woke", offset, woke_ns)
+            STAMPS.stamp("fetch_replied", offset)
+        return response
 
     async def _read_waiting(
         self, offset: int, max_records: int, max_bytes: int, deadline: float
-    ) -> pa.Table:
+    ) -> tuple[pa.Table, int]:
+        """The records, and when the read that found them began (for ``hops``)."""
         while True:
+            woke_ns = time.monotonic_ns()
             table = self.core.read(offset, max_records, max_bytes)
             remaining = deadline - time.monotonic()
             if table.num_rows or remaining <= 0 or self._data_arrived is None:
@@ -435,7 +448,13 @@ class PartitionActor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._data_arrived.wait(), remaining)
             self._check_leader()
-        return table
+        return table, woke_ns
+
+    async def hop_stamps(self, enable: bool) -> list[tuple[str, int, int]]:
+        """Switch this actor process's latency stamps (``ray_broker.hops``) on or off and hand
+        over those taken so far — a diagnostic for ``loadtest/latency.py --breakdown``."""
+        STAMPS.enabled = bool(enable)
+        return STAMPS.drain()
 
     async def offsets(self) -> PartitionOffsets:
         await self._ensure_role()

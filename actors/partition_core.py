@@ -179,7 +179,8 @@ class Partition:
         stamps = batch.column("timestamp")
         if len(stamps) == 0 or stamps.null_count == len(stamps):
             return
-        low, high = pc.min(stamps).as_py(), pc.max(stamps).as_py()
+        bounds = pc.min_max(stamps)
+        low, high = bounds["min"].as_py(), bounds["max"].as_py()
         now = self.clock()
         before = config.message_timestamp_before_max_ms
         after = config.message_timestamp_after_max_ms

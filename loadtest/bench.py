@@ -27,8 +27,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import latency  # loadtest/ is this script's directory
 import numpy as np
 import pyarrow as pa
+from measure import pace, percentile_ms, warm
 
 VALUE_BYTES = 100
 BATCH_RECORDS = 10_000
@@ -52,15 +54,17 @@ def values(count: int) -> pa.Array:
     return random_values(count, VALUE_BYTES)
 
 
-def percentile_ms(samples_ns: list[int], q: float) -> float:
-    return float(np.percentile(np.array(samples_ns), q)) / 1e6 if samples_ns else float("nan")
-
-
 # --- ray-broker ---------------------------------------------------------------------------------
 
 
 def bench_broker(
-    broker: Any, records: int, per_record: int, rate: int, seconds: float, queue_rate: int
+    broker: Any,
+    address: str,
+    records: int,
+    per_record: int,
+    rate: int,
+    seconds: float,
+    queue_rate: int,
 ) -> dict:
     admin = broker.admin()
     topic = f"bench-{uuid.uuid4().hex[:6]}"
@@ -122,60 +126,19 @@ def bench_broker(
     consumer.close()
 
     admin.delete_topic(topic)
-    # Latency on its own single-partition topic: a latency-sensitive stream, linger.ms=5.
-    admin.create_topic(topic, partitions=1)
-    p50, p99, achieved = broker_latency(broker, topic, rate, seconds, LATENCY_LINGER_MS)
-    out.update(e2e_p50_ms=p50, e2e_p99_ms=p99, e2e_rate=achieved)
-    # And at the rate the baseline can sustain, for a like-for-like comparison.
-    p50, p99, _ = broker_latency(broker, topic, queue_rate, seconds, LATENCY_LINGER_MS)
-    out.update(e2e_p50_ms_at_queue_rate=p50, e2e_p99_ms_at_queue_rate=p99)
-    admin.delete_topic(topic)
+    # Latency on a single-partition topic, the consumer in another process (latency.py).
+    reader = latency.ConsumerProcess(address, broker.namespace)
+    try:
+        cell = latency.measure(broker, reader, rate, LATENCY_LINGER_MS, seconds)
+        out.update(
+            e2e_p50_ms=cell["p50_ms"], e2e_p99_ms=cell["p99_ms"], e2e_rate=cell["sent"] / seconds
+        )
+        # And at the rate the baseline can sustain, for a like-for-like comparison.
+        cell = latency.measure(broker, reader, queue_rate, LATENCY_LINGER_MS, seconds)
+        out.update(e2e_p50_ms_at_queue_rate=cell["p50_ms"], e2e_p99_ms_at_queue_rate=cell["p99_ms"])
+    finally:
+        reader.close()
     return out
-
-
-def broker_latency(
-    broker: Any, topic: str, rate: int, seconds: float, linger_ms: int = 1
-) -> tuple[float, float, float]:
-    consumer = broker.consumer(topic, auto_offset_reset="latest", fetch_max_wait_ms=100)
-    consumer.poll(timeout_ms=100)  # take positions at the log end before sending
-    producer = broker.producer(linger_ms=linger_ms)
-    samples: list[int] = []
-    done = threading.Event()
-
-    def consume() -> None:
-        while not done.is_set():
-            table = consumer.poll_arrow(timeout_ms=100)
-            now = time.time_ns()
-            for value in table.column("value").to_pylist():
-                samples.append(now - _STAMP.unpack_from(value)[0])
-
-    reader = threading.Thread(target=consume)
-    reader.start()
-    sent = pace(
-        lambda: producer.send(topic, _STAMP.pack(time.time_ns()) + b"x" * 92), rate, seconds
-    )
-    producer.flush()
-    time.sleep(0.5)
-    done.set()
-    reader.join()
-    producer.close()
-    consumer.close()
-    warm = samples[len(samples) // 10 :]  # skip the first tenth: connection warm-up
-    return percentile_ms(warm, 50), percentile_ms(warm, 99), sent / seconds
-
-
-def pace(send: Any, rate: int, seconds: float) -> int:
-    """Call ``send`` ``rate`` times a second for ``seconds``, in 1 ms ticks; returns calls made."""
-    tick = 0.001
-    start = time.perf_counter()
-    sent = 0
-    while (elapsed := time.perf_counter() - start) < seconds:
-        due = int(elapsed * rate) + 1
-        while sent < due:
-            send()
-            sent += 1
-        time.sleep(tick)
-    return sent
 
 
 # --- consumer groups ----------------------------------------------------------------------------
@@ -321,17 +284,17 @@ def bench_ray_queue(per_item: int, batches: int, rate: int, seconds: float) -> d
                 value = queue.get(timeout=0.1)
             except Exception:  # queue.Empty after the timeout
                 continue
-            samples.append(time.time_ns() - _STAMP.unpack_from(value)[0])
+            samples.append(time.monotonic_ns() - _STAMP.unpack_from(value)[0])
 
     reader = threading.Thread(target=consume)
     reader.start()
-    sent = pace(lambda: queue.put(_STAMP.pack(time.time_ns())), rate, seconds)
+    sent = pace(lambda: queue.put(_STAMP.pack(time.monotonic_ns())), rate, seconds)
     done.set()
     reader.join()
-    warm = samples[len(samples) // 10 :]
+    steady = warm(samples)
     out.update(
-        e2e_p50_ms=percentile_ms(warm, 50),
-        e2e_p99_ms=percentile_ms(warm, 99),
+        e2e_p50_ms=percentile_ms(steady, 50),
+        e2e_p99_ms=percentile_ms(steady, 99),
         e2e_rate=sent / seconds,
     )
     queue.shutdown()
@@ -369,21 +332,50 @@ def main() -> None:
     parser.add_argument("--group-records", type=int, default=4_000_000)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument(
+        "--latency-matrix", action="store_true", help="also latency.py's rates × linger.ms matrix"
+    )
+    parser.add_argument(
+        "--latency-breakdown", action="store_true", help="also the per-hop latency breakdown"
+    )
     args = parser.parse_args()
     if args.quick:
         args.records, args.per_record, args.seconds, args.queue_items = 200_000, 50_000, 2, 500
         args.group_records = 1_000_000  # smaller runs measure start-up, not throughput
 
+    import ray
+
     import ray_broker as rb
 
+    latency_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ray-broker-bench-") as data_dir:
         broker = rb.connect(data_dir=data_dir, namespace=f"bench-{uuid.uuid4().hex[:6]}")
+        address = ray.get_runtime_context().gcs_address
         try:
             ours = bench_broker(
-                broker, args.records, args.per_record, args.rate, args.seconds, args.queue_rate
+                broker,
+                address,
+                args.records,
+                args.per_record,
+                args.rate,
+                args.seconds,
+                args.queue_rate,
             )
             baseline = bench_ray_queue(args.queue_items, 10, args.queue_rate, args.seconds)
             groups = bench_groups(broker, args.group_records)
+            if args.latency_matrix or args.latency_breakdown:
+                latency_args = argparse.Namespace(
+                    rates=list(latency.RATES),
+                    lingers=list(latency.LINGERS_MS),
+                    seconds=latency.QUICK_SECONDS if args.quick else args.seconds,
+                    breakdown=args.latency_breakdown,
+                    breakdown_only=not args.latency_matrix,
+                    breakdown_rate=latency.BREAKDOWN_RATE,
+                    max_in_flight=5,
+                    peers=True,
+                )
+                print()
+                latency_rows = latency.run(latency_args, broker, address)
         finally:
             broker.shutdown()
 
@@ -437,6 +429,7 @@ def main() -> None:
     rows.append({"figure": "consume_vs_queue_get", "ratio": get_item})
     for row in rows:
         print(json.dumps(row))
+    rows += latency_rows
     if args.json_out:
         args.json_out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 

@@ -59,6 +59,13 @@ class Admin:
         self._call("delete_topic", name)
         self._metadata.forget(name)
 
+    def hop_stamps(self, topic: str, partition: int, *, enable: bool) -> list[tuple[str, int, int]]:
+        """Switch the latency stamps (``ray_broker.hops``) of a partition's leader process on or
+        off; returns the stamps it took so far. A diagnostic: ``loadtest/latency.py
+        --breakdown`` uses it to show where a record's time goes."""
+        leader = self._metadata.topic(topic).leader(partition)
+        return call(leader.hop_stamps, enable, timeout_s=ADMIN_TIMEOUT_S)
+
     def list_topics(self, include_internal: bool = False) -> list[str]:
         return self._call("list_topics", include_internal)
 

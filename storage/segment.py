@@ -62,10 +62,6 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
-def _row_bytes(batch: pa.RecordBatch) -> float:
-    return batch.nbytes / batch.num_rows if batch.num_rows else 0.0
-
-
 @dataclass
 class ReadBudget:
     """How many records and bytes a read may still return (at least one record always fits)."""
@@ -102,6 +98,8 @@ class MemorySegment:
         self.max_timestamp = NO_TIMESTAMP
         self.batches: list[pa.RecordBatch] = []
         self._batch_bases: list[int] = []
+        # Bytes per row of each batch (a read budget's estimate), computed once per batch.
+        self._row_bytes: list[float] = []
         self.writer: WalWriter | None = None
         self.wal_bytes = 0
 
@@ -134,6 +132,9 @@ class MemorySegment:
         assert first == self.next_offset, f"offset {first} does not continue {self.next_offset}"
         self.batches.append(batch)
         self._batch_bases.append(first)
+        self._row_bytes.append(
+            batch.get_total_buffer_size() / batch.num_rows if batch.num_rows else 0.0
+        )
         self.next_offset = first + batch.num_rows
         batch_max = pc.max(batch.column("timestamp")).as_py()
         self.max_timestamp = max(self.max_timestamp, batch_max)
@@ -145,7 +146,7 @@ class MemorySegment:
         while index < len(self.batches) and not budget.exhausted:
             batch = self.batches[index]
             start = max(offset - self._batch_bases[index], 0)
-            row_bytes = _row_bytes(batch)
+            row_bytes = self._row_bytes[index]
             rows = budget.rows_allowed(row_bytes, batch.num_rows - start)
             if rows <= 0:
                 break

@@ -20,6 +20,7 @@ from ray_broker._ray import call, classify, retrying, submit
 from ray_broker.config import ConsumerConfig
 from ray_broker.consumer.subscription_state import SubscriptionState
 from ray_broker.errors import BrokerError, OffsetOutOfRange
+from ray_broker.hops import STAMPS
 from ray_broker.metadata import MetadataCache
 from ray_broker.storage.ipc import from_ipc
 from ray_broker.structs import FetchResponse, TopicPartition
@@ -144,4 +145,6 @@ class Fetcher:
         table = None
         if response.num_records:
             table = from_ipc(response.records_ipc)
+            if STAMPS.enabled:
+                STAMPS.stamp("consumer_receipt", table.column("offset")[0].as_py())
         subscriptions.fetched(tp, ref, table, response.high_watermark)

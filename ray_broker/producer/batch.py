@@ -70,6 +70,7 @@ class ProducerBatch:
         "sequence_generation",
         "attempts",
         "sent_at",
+        "submitted_ns",
         "result",
         "error",
         "last_error",
@@ -92,6 +93,7 @@ class ProducerBatch:
         self.sequence_generation = -1
         self.attempts = 0
         self.sent_at = 0.0
+        self.submitted_ns = 0  # when the last attempt was handed to Ray (for ``hops``)
         self.result: ProduceResult | None = None
         self.error: BrokerError | None = None
         self.last_error: BrokerError | None = None

@@ -15,6 +15,7 @@ from typing import Any
 
 from ray_broker._ray import classify, submit
 from ray_broker.errors import BrokerError, BrokerTimeoutError, PartitionUnavailable
+from ray_broker.hops import STAMPS
 from ray_broker.metadata import MetadataCache
 from ray_broker.producer.accumulator import RecordAccumulator
 from ray_broker.producer.batch import PendingRecords, ProducerBatch
@@ -136,6 +137,8 @@ class Sender:
         except Exception as exc:  # typed by classify(): retried or failed, never raised here
             self._failed(batch, classify(exc), None)
             return
+        if STAMPS.enabled:
+            batch.submitted_ns = time.monotonic_ns()
         if self._acks == 0:
             self._complete(batch, NO_ACK, None, attempt)
             return
@@ -172,4 +175,7 @@ class Sender:
             if not self._acc.is_current(batch, attempt) or not self._acc.finished(batch):
                 return
             self._cond.notify_all()
+        if STAMPS.enabled and result is not None and result.base_offset >= 0:
+            STAMPS.stamp("handoff", result.base_offset, batch.submitted_ns)
+            STAMPS.stamp("acked", result.base_offset)
         batch.complete(result, error)

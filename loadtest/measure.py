@@ -1,0 +1,33 @@
+"""Pacing and percentiles shared by the benchmarks (one definition, so every figure is measured
+the same way)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def pace(send: Callable[[], Any], rate: int, seconds: float) -> int:
+    """Call ``send`` ``rate`` times a second for ``seconds``, in 1 ms ticks; returns calls made."""
+    tick = 0.001
+    start = time.perf_counter()
+    sent = 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = int(elapsed * rate) + 1
+        while sent < due:
+            send()
+            sent += 1
+        time.sleep(tick)
+    return sent
+
+
+def percentile_ms(samples_ns: Sequence[int], q: float) -> float:
+    return float(np.percentile(np.array(samples_ns), q)) / 1e6 if len(samples_ns) else float("nan")
+
+
+def warm(samples: list[int]) -> list[int]:
+    """Drop the first tenth: connection set-up and first-call code paths, not steady state."""
+    return samples[len(samples) // 10 :]
