@@ -188,7 +188,9 @@ def test_send_batch_tables_keep_their_place_behind_records_sent_before() -> None
     [batch] = acc.append_table("t", [(0, table)])
     shipped = seal(acc, clock.now)
     assert len(shipped) == 2 and shipped[1] is batch
-    assert acc.ready_batches(clock.now) == shipped
+    assert acc.ready_batches(clock.now) == shipped[:1]
+    ack(acc, shipped[0])
+    assert acc.ready_batches(clock.now) == [batch]
 
 
 def test_a_buffer_that_cannot_be_split_fails_alone() -> None:
@@ -211,16 +213,39 @@ def test_small_batches_waiting_for_one_partition_share_one_request_at_their_own_
         for _ in range(3)
     ]
     seal(acc, clock.now)
-    request, rest = acc.ready_batches(clock.now)  # 2 + 2 fit in 5; the third goes on its own
-    assert (request.record_count, rest.record_count) == (4, 2)
+    [request] = acc.ready_batches(clock.now)  # 2 + 2 fit in 5; the third would not
+    assert request.record_count == 4
+    assert acc.ready_batches(clock.now) == []  # partial and alone: waits for the reply (Nagle)
     request_result = ProduceResult(10, 13, -1, 0)
     assert acc.finished(request)
     request.complete(request_result, None)
     assert [f.result(0)[0].base_offset for f in futures[:2]] == [10, 12]
     assert futures[1].result(0)[0].last_offset == 13
     assert not futures[2].done()
+    [rest] = acc.ready_batches(clock.now)
+    assert rest.record_count == 2
     ack(acc, rest)
     assert futures[2].done() and acc.idle and acc.pending_bytes == 0
+
+
+def test_a_partial_batch_waits_for_the_reply_in_flight_unless_full_or_not_alone() -> None:
+    acc, clock = make(linger_s=0, batch_records=3)
+    send(acc, partitions=1)
+    [first] = seal(acc, clock.now)
+    assert acc.ready_batches(clock.now) == [first]
+    send(acc, partitions=1)
+    [waiting] = seal(acc, clock.now)
+    assert acc.ready_batches(clock.now) == []  # one record, alone: it can still grow
+    for _ in range(2):
+        send(acc, partitions=1)
+        seal(acc, clock.now)
+    assert waiting.record_count == 3  # what arrived meanwhile rides in the waiting batch
+    assert acc.ready_batches(clock.now) == [waiting]  # full: goes while the first is in flight
+    send(acc, partitions=1)
+    [lone] = seal(acc, clock.now)
+    ack(acc, first)
+    ack(acc, waiting)
+    assert acc.ready_batches(clock.now) == [lone]  # nothing in flight: no waiting
 
 
 def test_linger_zero_never_waits_and_requests_queued_behind_in_flight_ones_merge() -> None:
