@@ -36,20 +36,7 @@ def test_drain_hands_out_partitions_in_turn_and_positions_follow() -> None:
     taken = {tp: t.num_rows for tp, t in first + second}
     assert sum(taken.values()) == 6
     assert state.positions([A, B]) == {A: taken[A], B: 100 + taken[B]}
-    assert state.to_fetch(now=0.0, max_buffered=2) == []  # both still hold 2 records
-    assert set(state.to_fetch(now=0.0, max_buffered=3)) == {A, B}  # prefetch: fewer than 3
-
-
-def test_a_prefetched_slice_joins_what_is_still_buffered() -> None:
-    state = SubscriptionState()
-    state.assign([A])
-    state.move(A, 0)
-    fetched(state, A, 0, 4)
-    assert [t.num_rows for _, t in state.drain(3)] == [3]
-    fetched(state, A, 4, 2)  # sent while one record was still buffered
-    [(_, table)] = state.drain(10)
-    assert table.column("offset").to_pylist() == [3, 4, 5]
-    assert state.positions([A]) == {A: 6}
+    assert state.to_fetch(now=0.0) == []  # both still hold buffered records
 
 
 def test_a_seek_drops_buffer_and_fetch_and_a_stale_answer_is_ignored() -> None:
@@ -61,7 +48,7 @@ def test_a_seek_drops_buffer_and_fetch_and_a_stale_answer_is_ignored() -> None:
     assert state.move(A, 7) is ref  # handed back so its answer can be collected
     assert not state.fetched(A, ref, slice_of(0, 3), high=3)
     assert state.drain(10) == [] and state.positions([A]) == {A: 7}
-    assert state.to_fetch(now=0.0, max_buffered=1) == [A]
+    assert state.to_fetch(now=0.0) == [A]
 
 
 def test_hung_fetches_are_found_and_backoff_is_respected() -> None:
@@ -72,8 +59,8 @@ def test_hung_fetches_are_found_and_backoff_is_respected() -> None:
     assert state.hung(now=5.0, patience_s=10.0) == []
     assert state.hung(now=11.0, patience_s=10.0) == [(A, ref)]
     state.fetch_failed(B, backoff_until=2.0)
-    assert state.to_fetch(now=1.0, max_buffered=1) == [A]
-    assert set(state.to_fetch(now=2.0, max_buffered=1)) == {A, B}
+    assert state.to_fetch(now=1.0) == [A]
+    assert set(state.to_fetch(now=2.0)) == {A, B}
 
 
 def test_reassignment_keeps_positions_and_returns_dropped_fetches() -> None:

@@ -303,8 +303,13 @@ class Consumer:
             self._sync_group()
             self._fetcher.send_fetches()
             slices = self._subscriptions.drain(max_records)
+            if slices:
+                # The next fetch waits at the partition while the application works: a record
+                # appended meanwhile is answered at once, not after the next poll() + a trip.
+                self._fetcher.send_fetches()
+                return slices
             remaining = deadline - time.monotonic()
-            if slices or remaining <= 0:
+            if remaining <= 0:
                 return slices
             if self._membership is not None:  # wake up for rebalances, not only for records
                 remaining = min(remaining, self.config.heartbeat_interval_ms / 1000)

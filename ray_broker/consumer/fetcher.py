@@ -1,8 +1,9 @@
 """The consumer's I/O with partition leaders: one long-poll fetch in flight per partition.
 
 Each assigned partition keeps one fetch outstanding (the partition answers as soon as data
-arrives) while fewer than one fetch's worth of records is buffered (``SubscriptionState``), so
-the next slice is on its way while the application handles this one. Ray failures are mapped
+arrives) or one fetched slice buffered (``SubscriptionState``); a partition whose slice was
+just handed out gets its next fetch before ``poll()`` returns, so that fetch is parked at the
+partition while the application handles the records. Ray failures are mapped
 to typed errors here and, when retriable, become a back-off and a metadata refresh — never a
 stuck partition.
 """
@@ -86,7 +87,7 @@ class Fetcher:
         for tp, ref in subscriptions.hung(now, patience):
             self.abandon(ref)  # a hung leader: ask the current one
             self._metadata.forget(tp.topic)
-        for tp in subscriptions.to_fetch(now, config.max_partition_fetch_records):
+        for tp in subscriptions.to_fetch(now):
             state = subscriptions.partitions[tp]
             if state.position is None:
                 self._reset(tp, None)

@@ -2,7 +2,7 @@
 
 Per partition it keeps the position (the next offset handed to the application), the fetch
 offset (the next one asked of the partition, ahead of the position by what is buffered), the one
-fetch in flight and the records fetched but not yet handed out. ``drain()`` hands slices out
+fetch in flight and the one fetched slice not yet handed out. ``drain()`` hands slices out
 round-robin so no partition starves another; a seek drops what was buffered or in flight.
 """
 
@@ -100,17 +100,12 @@ class SubscriptionState:
         state = self.partitions.get(tp)
         return state is not None and state.in_flight is ref
 
-    def to_fetch(self, now: float, max_buffered: int) -> list[TopicPartition]:
-        """Partitions that need a fetch sent: none in flight, no back-off, and fewer than
-        ``max_buffered`` records waiting — so the next fetch is parked at the partition while
-        the application handles the last one (a record arriving then is answered at once,
-        not after the application's next poll() and a round trip)."""
+    def to_fetch(self, now: float) -> list[TopicPartition]:
+        """Partitions that need a fetch sent: none in flight, nothing buffered, no back-off."""
         return [
             tp
             for tp, s in self.partitions.items()
-            if s.in_flight is None
-            and now >= s.backoff_until
-            and (s.buffer is None or s.buffer.num_rows < max_buffered)
+            if s.in_flight is None and s.buffer is None and now >= s.backoff_until
         ]
 
     def hung(self, now: float, patience_s: float) -> list[tuple[TopicPartition, Any]]:
