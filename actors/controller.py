@@ -55,6 +55,7 @@ from ray_broker.errors import (
     TopicExists,
     UnknownTopicOrPartition,
 )
+from ray_broker.metrics import ControllerMetrics
 from ray_broker.structs import PartitionInfo, TopicDescription, TopicMetadata
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Controller:
         self.namespace = namespace
         self.data_dir = Path(self.config.data_dir)
         make_private()
+        self._metrics = ControllerMetrics()
         # Refused when another broker owns the directory: ready() raises DataDirInUse (an
         # error in __init__ would reach the caller only as "actor died"), connect() reports it
         # and stops this actor; nothing of the other broker's files is touched.
@@ -379,8 +381,10 @@ class Controller:
         requests never wait behind role changes of many partitions."""
         alive_nodes = set(self._alive_nodes())
         pushes = []
+        offline = 0
         for record in list(self.registry.topics.values()):
             for p, state in enumerate(record.states):
+                leader_before = (state.leader, state.epoch)
                 plan = plan_partition(
                     state,
                     alive_nodes,
@@ -400,6 +404,10 @@ class Controller:
                     for slot in state.replicas:
                         self._actor(record, p, slot)
                     pushes.append((record, p))
+                    if state.leader is not None and (state.leader, state.epoch) != leader_before:
+                        self._metrics.elected(record.name)
+                offline += state.leader is None
+        self._metrics.offline_partitions(offline)
         return pushes
 
     async def _push_many(self, pushes: list[tuple[TopicRecord, int]]) -> None:

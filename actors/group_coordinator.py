@@ -43,6 +43,7 @@ from ray_broker.errors import (
     QuotaExceeded,
     UnknownTopicOrPartition,
 )
+from ray_broker.metrics import GroupMetrics
 from ray_broker.structs import (
     GroupDescription,
     GroupListing,
@@ -59,6 +60,8 @@ OffsetKey = tuple[str, str, int]  # (group, topic, partition)
 # A call to a partition leader (for high watermarks) gives up after this long, following the
 # leader through failovers meanwhile.
 LEADER_CALL_TIMEOUT_S = 10.0
+# How often rebalance counts and consumer lag are reported to the metrics (ray_broker.metrics).
+METRICS_INTERVAL_S = 5.0
 PATTERN_MAX_CHARS = 1_000
 LEADER_RETRY_BACKOFF_S = 0.1
 
@@ -155,6 +158,8 @@ class GroupCoordinator:
         self._topics: dict[str, TopicMetadata] = {}
         self._background: asyncio.Task[None] | None = None
         self._store_lock: asyncio.Lock | None = None
+        self._metrics = GroupMetrics()
+        self._generations: dict[str, int] = {}  # last seen, to count rebalances
 
     async def _write(self, documents: dict[str, Any]) -> None:
         """Durably write offsets on a worker thread (each write is fsynced, and every
@@ -238,7 +243,7 @@ class GroupCoordinator:
     async def _housekeeping(self) -> None:
         """Expire sessions and follow topic changes; survives any error (sessions must keep
         expiring, or a dead member holds its partitions forever)."""
-        last_refresh = 0.0
+        last_refresh = last_metrics = 0.0
         while True:
             await asyncio.sleep(self.config.group_check_interval_ms / 1000)
             try:
@@ -246,10 +251,34 @@ class GroupCoordinator:
                 if time.monotonic() - last_refresh >= self.config.group_metadata_refresh_ms / 1000:
                     last_refresh = time.monotonic()
                     await self._refresh_topics()
+                if time.monotonic() - last_metrics >= METRICS_INTERVAL_S:
+                    last_metrics = time.monotonic()
+                    await self._report_metrics()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the Controller may be restarting; next round retries
                 logger.warning("group housekeeping round failed: %s", classify(exc))
+
+    async def _report_metrics(self) -> None:
+        """Rebalances (new generations since the last report) and lag per committed partition."""
+        for group_id, group in self.groups.items():
+            seen = self._generations.get(group_id, group.generation)
+            for _ in range(max(group.generation - seen, 0)):
+                self._metrics.rebalanced(group_id)
+            self._generations[group_id] = group.generation
+        committed = [
+            (key, doc)
+            for key, doc in self.offsets.items()
+            if key[2] < self.partitions.get(key[1], 0)
+        ]
+        if not committed:
+            return
+        marks = await self._high_watermarks(sorted({(key[1], key[2]) for key, _ in committed}))
+        for (group_id, topic, partition), document in committed:
+            mark = marks.get((topic, partition))
+            if mark is not None and mark.high_watermark >= 0:
+                lag = max(mark.high_watermark - document["offset"], 0)
+                self._metrics.lagging(group_id, topic, partition, lag)
 
     def _expire_members(self, now_ms: int) -> None:
         committed = {key[0] for key in self.offsets}

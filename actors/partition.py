@@ -47,6 +47,7 @@ from ray_broker.errors import (
     Unauthorized,
 )
 from ray_broker.hops import STAMPS
+from ray_broker.metrics import PartitionMetrics
 from ray_broker.storage.ipc import from_ipc, to_ipc
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
 
@@ -67,6 +68,8 @@ FETCH_MAX_RECORDS = 1_000_000
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARKED_FETCHES_MAX = 256
 ISR_CHECK_INTERVAL_MS = 100
+# Offsets and ISR gauges (ray_broker.metrics) are set every this many ISR checks (1 s).
+METRICS_EVERY_ISR_CHECKS = 10
 ALTER_ISR_TIMEOUT_S = 5.0
 
 
@@ -151,6 +154,7 @@ class PartitionActor:
         # high watermark is relearned and would move back within that epoch): it asks the
         # Controller first, which gives a restarted leader a new epoch.
         self._restarted = _was_restarted()
+        self.metrics = PartitionMetrics(topic, partition)
 
     # --- start-up and roles ---------------------------------------------------------------------
 
@@ -312,9 +316,13 @@ class PartitionActor:
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
         """
         received_ns = time.monotonic_ns() if STAMPS.enabled else 0
+        started = time.perf_counter()
         _check_produce_arguments(producer_id, producer_epoch, base_sequence, acks)
         if isinstance(batch, (pa.Buffer, bytes)):
+            size = len(batch) if isinstance(batch, bytes) else batch.size
             batch = from_ipc(batch)
+        else:
+            size = batch.get_total_buffer_size()
         await self._ensure_role()
         self._check_leader()
         min_isr = self.core.log.config.min_insync_replicas
@@ -352,6 +360,10 @@ class PartitionActor:
                     f"in-sync replicas shrank to {len(self.replica.isr)}, fewer than "
                     f"min.insync.replicas={min_isr}; retry (idempotence deduplicates)"
                 )
+        if not result.duplicate:
+            self.metrics.produced(
+                result.last_offset - result.base_offset + 1, size, time.perf_counter() - started
+            )
         return result
 
     async def _await_committed(self, offset: int) -> None:
@@ -412,6 +424,7 @@ class PartitionActor:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidConfig(f"fetch {name} must be an int >= {low}, got {value!r}")
+        started = time.perf_counter()
         max_records = min(max_records, FETCH_MAX_RECORDS)
         max_bytes = min(max_bytes, FETCH_MAX_BYTES)
         await self._ensure_role()
@@ -433,6 +446,9 @@ class PartitionActor:
         if STAMPS.enabled and table.num_rows:
             STAMPS.stamp("fetch_woke", offset, woke_ns)
             STAMPS.stamp("fetch_replied", offset)
+        self.metrics.fetched(
+            table.num_rows, response.records_ipc.size, time.perf_counter() - started
+        )
         return response
 
     async def _read_waiting(
@@ -623,8 +639,12 @@ class PartitionActor:
     async def _isr_checks(self) -> None:
         """Shrink the ISR when a follower lags more than replica.lag.time.max.ms; expand it when
         a follower has caught up to the high watermark. The Controller records every change."""
+        rounds = 0
         while True:
             await asyncio.sleep(ISR_CHECK_INTERVAL_MS / 1000)
+            rounds += 1
+            if rounds % METRICS_EVERY_ISR_CHECKS == 0:
+                self._report_state()
             if self._controller is None:
                 continue
             try:
@@ -636,6 +656,15 @@ class PartitionActor:
                 raise
             except Exception:  # keep checking: a dead ISR loop would freeze the ISR for good
                 logger.exception("%s: ISR check failed", self.core.name)
+
+    def _report_state(self) -> None:
+        leading = self.replica.role == Role.LEADER
+        self.metrics.state(
+            self.core.log.log_end_offset,
+            self.core.high_watermark,
+            len(self.replica.isr) if leading else 0,
+            len(self.replica.followers) + 1 if leading else 0,
+        )
 
     async def _alter_isr(self, isr: set[str]) -> None:
         epoch = self.replica.leader_epoch

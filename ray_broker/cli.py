@@ -9,10 +9,11 @@ works as ``ray-broker --namespace x topic list`` does.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ from rich.table import Table
 from ray_broker.config import DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError
 
-GLOBAL_OPTIONS = ("--address", "--data-dir", "--namespace")
+GLOBAL_OPTIONS = ("--address", "--data-dir", "--namespace", "--output")
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
@@ -74,7 +75,13 @@ DataDirOption = Annotated[
         "/<namespace>).",
     ),
 ]
-NamespaceOption = Annotated[str, typer.Option("--namespace", help="Broker's Ray namespace.")]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", help=f"Broker's Ray namespace (default {DEFAULT_NAMESPACE})."),
+]
+OutputOption = Annotated[
+    str, typer.Option("--output", "-o", help="table (for people) or json (for scripts).")
+]
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,11 @@ class Target:
     address: str | None = None
     data_dir: Path | None = None
     namespace: str = DEFAULT_NAMESPACE
+    output: str = "table"
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
 
 
 @app.callback()
@@ -91,25 +103,52 @@ def _root(
     ctx: typer.Context,
     address: AddressOption = None,
     data_dir: DataDirOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    namespace: NamespaceOption = None,
+    output: OutputOption = "table",
 ) -> None:
-    """A Kafka-class message broker on Ray."""
-    ctx.obj = Target(address, data_dir, namespace)
+    """A Kafka-class message broker on Ray.
+
+    After ``ray-broker start`` the other commands find the running broker without flags."""
+    from ray_broker.service import ServiceRecord
+
+    if output not in ("table", "json"):
+        raise typer.BadParameter(f"--output is table or json, got {output!r}")
+    record = ServiceRecord.load() if address is None else None
+    if record is not None and namespace in (None, record.namespace):
+        address = record.address
+    ctx.obj = Target(address, data_dir, namespace or DEFAULT_NAMESPACE, output)
+
+
+def _target(ctx: typer.Context) -> Target:
+    return ctx.find_root().obj or Target()
+
+
+def _fail(exc: BrokerError) -> typer.Exit:
+    """One line on stderr, exit code 1: no traceback for an error the user can act on."""
+    Console(stderr=True).print(f"[bold red]{type(exc).__name__}:[/] {exc}", highlight=False)
+    return typer.Exit(1)
+
+
+def _emit(ctx: typer.Context, data: Any, render: Any = None) -> None:
+    """Print ``data`` as JSON with ``--output json``, else call ``render()`` (or print it)."""
+    if _target(ctx).json or render is None:
+        print(json.dumps(data, default=str, indent=None))
+    else:
+        render()
 
 
 @contextmanager
 def _broker(ctx: typer.Context) -> Any:
     import ray_broker as rb
 
-    target: Target = ctx.find_root().obj or Target()
+    target = _target(ctx)
     try:
         with rb.connect(
             target.address, data_dir=target.data_dir, namespace=target.namespace
         ) as broker:
             yield broker
     except BrokerError as exc:
-        console.print(f"[bold red]{type(exc).__name__}:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise _fail(exc) from None
 
 
 def _parse_config(pairs: list[str]) -> dict[str, str]:
@@ -138,7 +177,13 @@ def topic_create(
         described = broker.admin().create_topic(
             name, partitions, replication_factor, _parse_config(config)
         )
-        console.print(f"Created topic [bold]{name}[/] with {len(described.partitions)} partitions")
+    _emit(
+        ctx,
+        {"created": name, "partitions": len(described.partitions)},
+        lambda: console.print(
+            f"Created topic [bold]{name}[/] with {len(described.partitions)} partitions"
+        ),
+    )
 
 
 @topic_app.command("list")
@@ -147,8 +192,8 @@ def topic_list(
 ) -> None:
     """List topics."""
     with _broker(ctx) as broker:
-        for name in broker.admin().list_topics():
-            console.print(name)
+        names = broker.admin().list_topics()
+    _emit(ctx, names, lambda: [console.print(name) for name in names])
 
 
 @topic_app.command("describe")
@@ -159,6 +204,9 @@ def topic_describe(
     """Show a topic's partitions, offsets and settings."""
     with _broker(ctx) as broker:
         described = broker.admin().describe_topic(name)
+    if _target(ctx).json:
+        _emit(ctx, asdict(described))
+        return
     table = Table(title=f"topic {name} ({described.topic_id})")
     for column in ("partition", "leader epoch", "log start", "high watermark", "log end", "node"):
         table.add_column(column, justify="right")
@@ -186,7 +234,7 @@ def topic_delete(
     """Delete a topic and its data."""
     with _broker(ctx) as broker:
         broker.admin().delete_topic(name)
-        console.print(f"Deleted topic [bold]{name}[/]")
+    _emit(ctx, {"deleted": name}, lambda: console.print(f"Deleted topic [bold]{name}[/]"))
 
 
 # --- consumer groups ------------------------------------------------------------------------------
@@ -199,6 +247,9 @@ def group_list(
     """List consumer groups with their state and member count."""
     with _broker(ctx) as broker:
         groups = broker.admin().list_groups()
+    if _target(ctx).json:
+        _emit(ctx, [asdict(g) for g in groups])
+        return
     table = Table(title="consumer groups")
     for column in ("group", "state", "members"):
         table.add_column(column)
@@ -215,6 +266,9 @@ def group_describe(
     """Show a group's members, committed offsets and lag per partition."""
     with _broker(ctx) as broker:
         described = broker.admin().describe_group(group_id)
+    if _target(ctx).json:
+        _emit(ctx, asdict(described))
+        return
     title = (
         f"group {group_id}: {described.state}, generation {described.generation}, "
         f"strategy {described.strategy or '-'}"
@@ -273,8 +327,15 @@ def group_reset_offsets(
         target, value = "datetime", int(moment.timestamp() * 1000)
     with _broker(ctx) as broker:
         moved = broker.admin().reset_offsets(group_id, topic, target, value)
-    for tp, offset in sorted(moved.items()):
-        console.print(f"{tp.topic}-{tp.partition} -> {offset:,}")
+    rows = [
+        {"topic": tp.topic, "partition": tp.partition, "offset": offset}
+        for tp, offset in sorted(moved.items())
+    ]
+    _emit(
+        ctx,
+        rows,
+        lambda: [console.print(f"{r['topic']}-{r['partition']} -> {r['offset']:,}") for r in rows],
+    )
 
 
 @group_app.command("delete")
@@ -285,7 +346,7 @@ def group_delete(
     """Delete an inactive group and its committed offsets."""
     with _broker(ctx) as broker:
         broker.admin().delete_group(group_id)
-    console.print(f"Deleted group [bold]{group_id}[/]")
+    _emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted group [bold]{group_id}[/]"))
 
 
 # --- produce / consume --------------------------------------------------------------------------
@@ -317,7 +378,11 @@ def produce(
             sent += 1
             progress.advance(task, len(line))
         producer.flush()
-    console.print(f"Produced {sent:,} records to [bold]{topic}[/]")
+    _emit(
+        ctx,
+        {"produced": sent, "topic": topic},
+        lambda: console.print(f"Produced {sent:,} records to [bold]{topic}[/]"),
+    )
 
 
 @app.command()
@@ -357,15 +422,40 @@ def consume(
             raise typer.BadParameter("--offset needs --partition")
         else:
             consumer.subscribe([topic])
+        as_json = _target(ctx).json
         for record in consumer:
-            if print_key:
-                out.write((record.key or b"") + b"\t")
-            out.write((record.value or b"") + b"\n")
+            if as_json:
+                out.write(json.dumps(_record_json(record)).encode() + b"\n")
+            else:
+                if print_key:
+                    out.write((record.key or b"") + b"\t")
+                out.write((record.value or b"") + b"\n")
             count += 1
             if max_messages is not None and count >= max_messages:
                 break
         out.flush()
-    console.print(f"Consumed {count:,} records", style="dim", highlight=False)
+    Console(stderr=True).print(f"Consumed {count:,} records", style="dim", highlight=False)
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    """A record as JSON: bytes as UTF-8 where they decode, else as hex."""
+
+    def text(value: bytes | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return value.hex()
+
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": text(record.key),
+        "value": text(record.value),
+    }
 
 
 def _progress() -> Progress:
@@ -422,3 +512,127 @@ def demo(
 
 if __name__ == "__main__":
     app()
+
+
+# --- the service ----------------------------------------------------------------------------------
+
+
+@app.command()
+def start(ctx: typer.Context) -> None:
+    """Start the broker service: attach to Ray (--address, RAY_ADDRESS) or start a local Ray on
+    127.0.0.1, then the broker's actors. Running it again changes nothing."""
+    from ray_broker import service
+
+    target = _target(ctx)
+    try:
+        started = service.start(target.address, target.namespace, target.data_dir)
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    verb = "already running" if started["already_running"] else "started"
+    _emit(
+        ctx,
+        started,
+        lambda: console.print(
+            f"ray-broker {verb}: namespace [bold]{started['namespace']}[/] at "
+            f"{started['address']}, data in {started['data_dir']}"
+        ),
+    )
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the broker's actors (their data stays), and the local Ray `start` started."""
+    from ray_broker import service
+
+    target = _target(ctx)
+    try:
+        stopped = service.stop(target.address, target.namespace)
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    _emit(ctx, stopped, lambda: console.print(f"ray-broker stopped: namespace {target.namespace}"))
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Nodes, partitions (leader, ISR, offsets), unhealthy partitions, disk and group lag."""
+    from ray_broker import service
+    from ray_broker.errors import BrokerNotRunning
+    from ray_broker.runtime import ensure_ray
+    from ray_broker.status import collect
+
+    target = _target(ctx)
+    if target.address is None:
+        raise _fail(BrokerNotRunning("no broker service runs here (start: ray-broker start)"))
+    try:
+        ensure_ray(target.address, target.namespace)
+        if not service.broker_is_running(target.namespace):
+            raise BrokerNotRunning(
+                f"no broker runs in namespace {target.namespace!r} at {target.address} "
+                "(start: ray-broker start)"
+            )
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    with _broker(ctx) as broker:
+        report = collect(broker)
+    _emit(ctx, report, lambda: _render_status(report))
+
+
+def _render_status(report: dict[str, Any]) -> None:
+    console.print(f"namespace [bold]{report['namespace']}[/], data in {report['data_dir']}")
+    nodes = Table(title="nodes")
+    for column in ("node", "address", "CPUs", "leaders", "disk"):
+        nodes.add_column(column, justify="left" if column in ("node", "address") else "right")
+    for n in report["nodes"]:
+        disk = "?" if n["disk_bytes"] is None else f"{n['disk_bytes'] / 2**20:,.1f} MiB"
+        nodes.add_row(n["node_id"][:12], n["address"], f"{n['cpus']:g}", str(n["leaders"]), disk)
+    console.print(nodes)
+    partitions = Table(title="partitions")
+    for column in ("topic", "partition", "leader", "ISR", "high watermark", "log end", "health"):
+        partitions.add_column(column, justify="right" if "offset" in column else "left")
+    for topic in report["topics"]:
+        for p in topic["partitions"]:
+            health = (
+                "offline" if p["offline"] else "under-replicated" if p["under_replicated"] else "ok"
+            )
+            partitions.add_row(
+                topic["name"],
+                str(p["partition"]),
+                f"{p['leader']} ({p['leader_node_id'][:8]})",
+                ",".join(p["isr"]),
+                f"{p['high_watermark']:,}",
+                f"{p['log_end_offset']:,}",
+                health,
+            )
+    console.print(partitions)
+    console.print(
+        f"under-replicated partitions: {report['under_replicated_partitions']}   "
+        f"offline partitions: {report['offline_partitions']}"
+    )
+    if report["groups"]:
+        groups = Table(title="consumer groups")
+        for column in ("group", "state", "members", "lag"):
+            groups.add_column(column)
+        for g in report["groups"]:
+            groups.add_row(g["group_id"], g["state"], str(g["members"]), f"{g['lag']:,}")
+        console.print(groups)
+
+
+@app.command("validate-config")
+def validate_config(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A Ray cluster-launcher YAML, e.g. cluster.yaml.")],
+) -> None:
+    """Check a cluster YAML against the installed Ray's schema, as `ray up` will."""
+    from ray_broker.cluster_config import validate_cluster_config
+
+    try:
+        prepared = validate_cluster_config(file)
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    summary = {
+        "valid": str(file),
+        "cluster_name": prepared.get("cluster_name"),
+        "provider": prepared.get("provider", {}).get("type"),
+        "node_types": sorted(prepared.get("available_node_types", {})),
+    }
+    _emit(ctx, summary, lambda: console.print(f"{file}: valid for ray up ({summary['provider']})"))

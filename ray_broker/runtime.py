@@ -34,6 +34,9 @@ def ensure_ray(address: str | None = None, namespace: str | None = None) -> bool
 
     ``address`` (or ``RAY_ADDRESS``) attaches to a running cluster; without either, an embedded
     local Ray starts on 127.0.0.1 with no dashboard.
+
+    Raises:
+        BrokerNotRunning: no Ray cluster answers at ``address``.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     loopback = _prepare_environment(address)
@@ -50,7 +53,15 @@ def ensure_ray(address: str | None = None, namespace: str | None = None) -> bool
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
+        try:
+            ray.init(address=address, namespace=namespace, log_to_driver=False)
+        except ConnectionError as exc:
+            from ray_broker.errors import BrokerNotRunning
+
+            raise BrokerNotRunning(
+                f"no Ray cluster answers at {address} ({exc}); start one with "
+                "`ray-broker start` (or `ray start --head`)"
+            ) from None
         return False
     ray.init(
         address="local",  # a new instance: never join another Ray found on this machine

@@ -243,9 +243,14 @@ def test_a_partial_batch_waits_for_the_reply_in_flight_unless_full_or_not_alone(
     assert acc.ready_batches(clock.now) == [waiting]  # full: goes while the first is in flight
     send(acc, partitions=1)
     [lone] = seal(acc, clock.now)
-    ack(acc, first)
-    ack(acc, waiting)
-    assert acc.ready_batches(clock.now) == [lone]  # nothing in flight: no waiting
+    assert acc.ready_batches(clock.now) == []
+    clock.now += MAX_NAGLE_WAIT_S  # waited long enough: goes with two in flight
+    assert acc.ready_batches(clock.now) == [lone]
+    send(acc, partitions=1)
+    [last] = seal(acc, clock.now)
+    for batch in (first, waiting, lone):
+        ack(acc, batch)
+    assert acc.ready_batches(clock.now) == [last]  # nothing in flight: no waiting
 
 
 def test_linger_zero_never_waits_and_requests_queued_behind_in_flight_ones_merge() -> None:
