@@ -79,7 +79,7 @@ class Controller:
         self.namespace = namespace
         self.data_dir = Path(self.config.data_dir)
         make_private()
-        self._metrics = ControllerMetrics()
+        self._metrics = ControllerMetrics(namespace)
         # Refused when another broker owns the directory: ready() raises DataDirInUse (an
         # error in __init__ would reach the caller only as "actor died"), connect() reports it
         # and stops this actor; nothing of the other broker's files is touched.

@@ -96,21 +96,24 @@ class PartitionMetrics:
 class ControllerMetrics:
     """Leader elections (failovers and preferred-leader moves) of a broker namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str) -> None:
         from ray.util import metrics
 
+        self.namespace = namespace
         self.leader_elections = metrics.Counter(
             "broker_leader_elections",
             "Partitions whose leader changed (failover, restart or preferred leader).",
-            tag_keys=("topic",),
+            tag_keys=("namespace", "topic"),
         )
-        self.offline = metrics.Gauge("broker_offline_partitions", "Partitions without a leader.")
+        self.offline = metrics.Gauge(
+            "broker_offline_partitions", "Partitions without a leader.", tag_keys=("namespace",)
+        )
 
     def elected(self, topic: str) -> None:
-        _safely(self.leader_elections.inc, 1, {"topic": topic})
+        _safely(self.leader_elections.inc, 1, {"namespace": self.namespace, "topic": topic})
 
     def offline_partitions(self, count: int) -> None:
-        _safely(self.offline.set, count)
+        _safely(self.offline.set, count, {"namespace": self.namespace})
 
 
 class GroupMetrics:
