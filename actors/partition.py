@@ -466,6 +466,27 @@ class PartitionActor:
             self._check_leader()
         return table, woke_ns
 
+    async def read_plan(self, start: int, end: int) -> dict[str, Any]:
+        """Where committed records in ``[start, end)`` are, for bulk readers
+        (``ray_broker.data``): sealed Parquet files on this node, and the offset from which only
+        ``fetch`` has them. ``end`` is capped at the high watermark.
+
+        Raises:
+            NotLeader; OffsetOutOfRange for ``start`` outside the log.
+        """
+        import ray
+
+        await self._ensure_role()
+        self._check_leader()
+        self.core.log.check_offset(start)
+        end = min(end, self.core.high_watermark)
+        return {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "end": end,
+            "files": self.core.log.sealed_files(start, end),
+            "memory_from": self.core.log.memory_start_offset,
+        }
+
     async def hop_stamps(self, enable: bool) -> list[tuple[str, int, int]]:
         """Switch this actor process's latency stamps (``ray_broker.hops``) on or off and hand
         over those taken so far — a diagnostic for ``loadtest/latency.py --breakdown``."""

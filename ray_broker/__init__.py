@@ -40,12 +40,17 @@ _LAZY = {
     "Admin": "ray_broker.admin",
     # Subclassed by applications: importable without reaching into private modules.
     "ConsumerRebalanceListener": "ray_broker.consumer",
+    # Ray Data: topics as datasets.
+    "read_topic": "ray_broker.data",
+    "write_topic": "ray_broker.data",
+    "TopicDatasink": "ray_broker.data",
 }
 
 if TYPE_CHECKING:
     from ray_broker.admin import Admin
     from ray_broker.broker import Broker, connect
     from ray_broker.consumer import Consumer, ConsumerRebalanceListener
+    from ray_broker.data import TopicDatasink, read_topic, write_topic
     from ray_broker.producer import BatchFuture, Producer, RecordFuture
 
 
@@ -74,8 +79,11 @@ __all__ = [
     "Record",
     "RecordFuture",
     "RecordMetadata",
+    "TopicDatasink",
     "TopicDescription",
     "TopicPartition",
     "connect",
     "errors",
+    "read_topic",
+    "write_topic",
 ]

@@ -245,6 +245,20 @@ class Log:
     def segment_bases(self) -> list[int]:
         return [s.base_offset for s in self._all_segments()]
 
+    def sealed_files(self, start: int, end: int) -> list[tuple[str, int, int]]:
+        """(path, base offset, next offset) of the Parquet segments holding offsets in
+        ``[start, end)`` — for readers that read the files themselves (``ray_broker.data``)."""
+        return [
+            (str(s.path), s.base_offset, s.next_offset)
+            for s in self._sealed
+            if s.next_offset > start and s.base_offset < end
+        ]
+
+    @property
+    def memory_start_offset(self) -> int:
+        """The first offset held only in memory (rolled-but-unsealed or active segments)."""
+        return (self._unsealed[0] if self._unsealed else self._active).base_offset
+
     def _segments_first(self) -> Segment:
         if self._sealed:
             return self._sealed[0]
