@@ -134,7 +134,9 @@ class PartitionActor:
     ) -> None:
         make_private()
         serve_at_normal_priority()
-        self.core = Partition(topic, partition, directory, parse_config(TopicConfig, config))
+        self.core = Partition(
+            topic, partition, directory, parse_config(TopicConfig, config), replica=slot
+        )
         # Role, epoch and replication calls must carry the Controller's token: a caller with
         # only this actor's handle cannot demote a leader or rewrite its log.
         self._token = token
@@ -149,6 +151,7 @@ class PartitionActor:
         self._hw_moved: asyncio.Event | None = None
         self._background: list[asyncio.Task[None]] = []
         self._sealing: asyncio.Task[None] | None = None
+        self._tiering = False
         self._role_lock: asyncio.Lock | None = None
         # A restarted process must not resume leading the epoch it led before the crash (its
         # high watermark is relearned and would move back within that epoch): it asks the
@@ -716,12 +719,32 @@ class PartitionActor:
         self.core.log.config = parse_config(TopicConfig, config)
 
     async def maintain(self) -> dict[str, int]:
-        """Run housekeeping now (the background loop runs it every retention check interval)."""
+        """Run housekeeping now (the background loop runs it every retention check interval):
+        roll, retention, compaction, sealing, then moving old segments to remote storage."""
         report = self.core.maintain()
         sealing = self._seal_in_background()
         if sealing is not None:
             await sealing
+        report["segments_tiered"] = await self._tier()
         return report
+
+    async def _tier(self) -> int:
+        """Upload sealed segments past local.retention.ms (tiered storage); one run at a time.
+        An upload that fails leaves the local file; the next round tries again."""
+        if self._tiering:
+            return 0
+        self._tiering = True
+        moved = 0
+        try:
+            log = self.core.log
+            for segment in log.segments_to_tier(self.core.high_watermark):
+                if self.core.deleted:
+                    break
+                remote = await asyncio.to_thread(log.upload, segment)
+                moved += log.install_uploaded(segment, remote)
+        finally:
+            self._tiering = False
+        return moved
 
     def _seal_in_background(self) -> asyncio.Task[None] | None:
         """One sealing task at a time: two would write the same segment's Parquet file."""

@@ -4,6 +4,7 @@ watermark. ``PartitionActor`` (``actors/partition.py``) wraps it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -13,7 +14,7 @@ import pyarrow.compute as pc
 
 from ray_broker.actors.producer_state import SEQUENCE_MOD, ProducerStates
 from ray_broker.config import TopicConfig
-from ray_broker.errors import InvalidRecord, UnknownTopicOrPartition
+from ray_broker.errors import BrokerError, InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache
 from ray_broker.storage.log import Clock, Log, wall_clock_ms
 from ray_broker.storage.schema import BROKER_COLUMNS
@@ -34,11 +35,14 @@ class Partition:
         directory: str | os.PathLike[str],
         config: TopicConfig,
         clock: Clock = wall_clock_ms,
+        replica: str = "r0",
     ) -> None:
         self.topic = topic
         self.partition = partition
         self.clock = clock
-        self.log = Log(directory, config, clock)
+        # In remote storage each replica has its own directory (storage/tiered.py).
+        remote_path = f"{topic}/partition={partition}/{replica}"
+        self.log = Log(directory, config, clock, remote_path=remote_path)
         self.epochs = LeaderEpochCache(directory)
         self.producers = ProducerStates()
         self._rebuild_producers()
@@ -241,6 +245,10 @@ class Partition:
         if not self.deleted:
             self.log.close()
             shutil.rmtree(self.log.directory, ignore_errors=True)
+            with contextlib.suppress(BrokerError):  # remote storage unreachable: files stay
+                tier = self.log.remote_tier()
+                if tier is not None:
+                    tier.delete_all()
             self.deleted = True
 
 

@@ -3,9 +3,9 @@
 A read is a bounded snapshot: each partition's range is fixed when the dataset is planned
 (``end`` defaults to the high watermark then), so a dataset reads the same records however often
 it runs. Each read task reads one range of one partition: sealed segments straight from their
-Parquet files when the task runs on the node that holds them (``pyarrow.dataset``, with the
-column projection and the filter pushed into the scan), and the rest — the in-memory tail, or
-everything when the files are on another node — from the partition leader with ``fetch``.
+Parquet files — segments in remote storage from any node, local ones when the task runs on the
+node that holds them (``pyarrow.dataset``, with the filter pushed into the scan) — and the rest,
+the in-memory tail or files on another node's disk, from the partition leader with ``fetch``.
 Arrow all the way: no record becomes a Python object.
 
 Writes go through the idempotent producer (``acks="all"`` by default), one producer per write
@@ -195,9 +195,10 @@ class _Leader:
 
 
 def read_partition_range(
-    namespace: str, r: PartitionRange, columns: list[str] | None, where: Any
+    namespace: str, r: PartitionRange, columns: list[str] | None, where_filter: Any
 ) -> Iterator[pa.Table]:
-    """The records of one range, sealed files first (when local), then fetches."""
+    """The records of one range: sealed files first (remote ones from anywhere, local ones on
+    their node), then fetches from the leader."""
     import ray
 
     from ray_broker.storage.ipc import from_ipc
@@ -206,25 +207,28 @@ def read_partition_range(
     plan = leader.call("read_plan", r.start, r.end)
     position = r.start
     local = plan["node_id"] == ray.get_runtime_context().get_node_id()
-    if local and plan["files"]:
+    for where, _base, next_offset in plan["files"]:
+        remote = "://" in where  # a URI in remote storage, readable from any node
+        if not (remote or local) or position >= r.end:
+            break  # on another node's disk: the leader serves the rest
+        upto = min(r.end, next_offset, plan["memory_from"])
+        bounded = PartitionRange(r.topic, r.partition, position, upto)
+        scan_filter = (pc.field("offset") >= position) & (pc.field("offset") < upto)
+        if where_filter is not None:
+            scan_filter = scan_filter & where_filter
         try:
-            scan = pads.dataset([path for path, _, _ in plan["files"]], format="parquet")
-            upto = min(r.end, plan["memory_from"])
-            bounded = PartitionRange(r.topic, r.partition, position, upto)
-            filter_expr = (pc.field("offset") >= position) & (pc.field("offset") < upto)
-            if where is not None:
-                filter_expr = filter_expr & where
-            yield _shape(scan.to_table(filter=filter_expr), bounded, columns, None)
-            position = max(position, upto)
-        except OSError:  # a segment deleted by retention or compaction meanwhile: fetch it
-            pass
+            table = pads.dataset(where, format="parquet").to_table(filter=scan_filter)
+        except OSError:  # deleted by retention or moved to remote storage meanwhile: fetch it
+            break
+        yield _shape(table, bounded, columns, None)
+        position = max(position, upto)
     while position < r.end:
         response = leader.call("fetch", position, READ_CHUNK_RECORDS, READ_CHUNK_BYTES, 0)
         if not response.num_records:
             break  # nothing committed at or after ``position`` (compacted away)
         table = from_ipc(response.records_ipc)
         position = table.column("offset")[-1].as_py() + 1
-        yield _shape(table, r, columns, where)
+        yield _shape(table, r, columns, where_filter)
 
 
 def _check_columns(columns: Iterable[str] | None) -> list[str] | None:

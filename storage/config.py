@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ray_broker.errors import InvalidConfig
 
@@ -24,6 +24,7 @@ DELETE_RETENTION_MS = DAY_MS
 MAX_MESSAGE_BYTES = 1 * MIB
 PARQUET_ROW_GROUP_RECORDS = 64 * 1024
 NO_LIMIT = -1
+LOCAL_RETENTION_AS_RETENTION = -2
 
 
 class LogConfig(BaseModel):
@@ -61,6 +62,26 @@ class LogConfig(BaseModel):
     segment_row_group_records: int = Field(
         PARQUET_ROW_GROUP_RECORDS, alias="segment.row.group.records", ge=1
     )
+    # Tiered storage (storage/tiered.py): sealed segments older than local.retention.ms move to
+    # remote.storage.uri; -2 = as retention.ms (nothing moves before it is deleted), -1 = never.
+    remote_storage_enable: bool = Field(False, alias="remote.storage.enable")
+    remote_storage_uri: str | None = Field(None, alias="remote.storage.uri", min_length=1)
+    local_retention_ms: int = Field(LOCAL_RETENTION_AS_RETENTION, alias="local.retention.ms", ge=-2)
+
+    @model_validator(mode="after")
+    def _remote_storage_is_usable(self) -> LogConfig:
+        if self.remote_storage_enable and not self.remote_storage_uri:
+            raise ValueError("remote.storage.enable needs remote.storage.uri (e.g. s3://bucket/x)")
+        if self.remote_storage_enable and self.compacts:
+            raise ValueError("remote storage is not supported for compacted topics (as in Kafka)")
+        return self
+
+    @property
+    def local_retention(self) -> int:
+        """How long sealed segments stay local (ms; NO_LIMIT = until deleted)."""
+        if self.local_retention_ms == LOCAL_RETENTION_AS_RETENTION:
+            return self.retention_ms
+        return self.local_retention_ms
 
     @property
     def compacts(self) -> bool:

@@ -44,6 +44,7 @@ from ray_broker.storage.segment import (
     wal_name,
     write_sealed,
 )
+from ray_broker.storage.tiered import RemoteTier
 from ray_broker.storage.wal import scan
 
 Clock = Callable[[], int]
@@ -72,6 +73,7 @@ class RecoveryReport:
     records_recovered_from_wal: int = 0
     cut_tails: list[CutTail] = field(default_factory=list)
     finished_seals: list[str] = field(default_factory=list)
+    finished_uploads: list[str] = field(default_factory=list)  # remote copy kept, local deleted
     removed_temp_files: list[str] = field(default_factory=list)
     # Files that are not the log's (``export.parquet``, ``backup.wal``): left alone, named here.
     ignored_files: list[str] = field(default_factory=list)
@@ -102,10 +104,16 @@ class Log:
         directory: str | os.PathLike[str],
         config: LogConfig | None = None,
         clock: Clock = wall_clock_ms,
+        remote_path: str | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.config = config or LogConfig()
         self._clock = clock
+        # Where this log's segments go in remote storage, relative to remote.storage.uri
+        # (storage/tiered.py); the tier itself opens on first use, so enabling it by altering the
+        # topic's config works on a running log.
+        self._remote_path = remote_path or self.directory.name
+        self._tier: RemoteTier | None = None
         self._sealed: list[SealedSegment] = []
         self._sealed_bases: list[int] = []
         self._unsealed: list[MemorySegment] = []  # rolled, waiting for their Parquet write
@@ -126,9 +134,23 @@ class Log:
         directory: str | os.PathLike[str],
         config: LogConfig | None = None,
         clock: Clock = wall_clock_ms,
+        remote_path: str | None = None,
     ) -> Log:
         """Open (and recover) the log in ``directory``; the same as calling ``Log(...)``."""
-        return cls(directory, config, clock)
+        return cls(directory, config, clock, remote_path)
+
+    def remote_tier(self) -> RemoteTier | None:
+        """The remote storage of this log, if its topic enables it.
+
+        Raises:
+            InvalidConfig, KafkaStorageError: the URI cannot be opened.
+        """
+        cfg = self.config
+        if not cfg.remote_storage_enable or cfg.remote_storage_uri is None:
+            return None
+        if self._tier is None or self._tier.uri != cfg.remote_storage_uri.rstrip("/"):
+            self._tier = RemoteTier(cfg.remote_storage_uri, self._remote_path)
+        return self._tier
 
     # --- recovery -------------------------------------------------------------------------------
 
@@ -145,9 +167,18 @@ class Log:
                 wal.unlink()
                 wal_bases.remove(base)
                 report.finished_seals.append(wal.name)
-        for base in sorted(parquet_bases):
+        tier = self.remote_tier()
+        remote_bases = set(tier.bases()) if tier is not None else set()
+        for base in sorted(parquet_bases | remote_bases):
             path = self.directory / segment_name(base, PARQUET_SUFFIX)
-            self._add_sealed(SealedSegment.load(path))
+            if base in remote_bases:
+                assert tier is not None
+                if base in parquet_bases:  # uploaded, crashed before the local delete
+                    path.unlink()
+                    report.finished_uploads.append(path.name)
+                self._add_sealed(tier.load(base))
+            else:
+                self._add_sealed(SealedSegment.load(path))
         memory_segments = [self._recover_wal(base) for base in wal_bases]
         report.sealed_segments = len(self._sealed)
         report.wal_segments = len(memory_segments)
@@ -246,13 +277,54 @@ class Log:
         return [s.base_offset for s in self._all_segments()]
 
     def sealed_files(self, start: int, end: int) -> list[tuple[str, int, int]]:
-        """(path, base offset, next offset) of the Parquet segments holding offsets in
-        ``[start, end)`` — for readers that read the files themselves (``ray_broker.data``)."""
-        return [
-            (str(s.path), s.base_offset, s.next_offset)
-            for s in self._sealed
-            if s.next_offset > start and s.base_offset < end
-        ]
+        """(path or URI, base offset, next offset) of the Parquet segments holding offsets in
+        ``[start, end)`` — for readers that read the files themselves (``ray_broker.data``).
+        Remote segments are named by URI (readable from any node), local ones by path."""
+        out = []
+        for s in self._sealed:
+            if s.next_offset > start and s.base_offset < end:
+                if s.remote and self._tier is not None:
+                    where = self._tier.uri_of(s.base_offset)
+                else:
+                    where = str(s.path)
+                out.append((where, s.base_offset, s.next_offset))
+        return out
+
+    # --- tiered storage ----------------------------------------------------------------------
+
+    def segments_to_tier(self, committed_end: int) -> list[SealedSegment]:
+        """Local sealed segments, oldest first, past local.retention.ms and fully committed."""
+        if self.remote_tier() is None or self.config.local_retention == NO_LIMIT:
+            return []
+        horizon = self._clock() - self.config.local_retention
+        out = []
+        for segment in self._sealed:
+            if segment.remote:
+                continue
+            if segment.next_offset > committed_end or segment.max_timestamp >= horizon:
+                break
+            out.append(segment)
+        return out
+
+    def upload(self, segment: SealedSegment) -> SealedSegment:
+        """Copy a local segment to remote storage (no change to the log: safe on a worker
+        thread). Raises KafkaStorageError."""
+        tier = self.remote_tier()
+        assert tier is not None, "segments_to_tier() returned a segment without a tier"
+        return tier.upload(Path(segment.path), segment.base_offset)
+
+    def install_uploaded(self, local: SealedSegment, remote: SealedSegment) -> bool:
+        """Serve ``remote`` in place of ``local`` and delete the local file; False (and the
+        remote copy deleted) if ``local`` left the log meanwhile (retention)."""
+        if local not in self._sealed:
+            remote.delete()
+            return False
+        index = self._sealed.index(local)
+        self._sealed[index] = remote
+        if self._last_read is local:
+            self._last_read = None
+        local.delete()
+        return True
 
     @property
     def memory_start_offset(self) -> int:

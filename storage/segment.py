@@ -8,9 +8,12 @@ a Parquet file; only its row-group index (offset and timestamp ranges) stays in 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -176,18 +179,24 @@ class RowGroupIndex:
 
 
 class SealedSegment:
-    """A Parquet segment file, indexed by its row groups' offset/timestamp statistics."""
+    """A Parquet segment file, indexed by its row groups' offset/timestamp statistics.
+
+    Local (``filesystem`` None, ``path`` a ``Path``) or in remote storage (``filesystem`` a
+    ``pyarrow.fs.FileSystem``, ``path`` its string path; see ``storage/tiered.py``): both read
+    the same way, row group by row group."""
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         base_offset: int,
         next_offset: int,
         max_timestamp: int,
         size_bytes: int,
         row_groups: list[RowGroupIndex],
+        filesystem: Any = None,
     ) -> None:
         self.path = path
+        self.filesystem = filesystem
         self.base_offset = base_offset
         self.next_offset = next_offset
         self.max_timestamp = max_timestamp
@@ -203,15 +212,19 @@ class SealedSegment:
     def num_records(self) -> int:
         return sum(rg.num_rows for rg in self.row_groups)
 
+    @property
+    def remote(self) -> bool:
+        return self.filesystem is not None
+
     @classmethod
-    def load(cls, path: Path) -> SealedSegment:
+    def load(cls, path: Path | str, filesystem: Any = None) -> SealedSegment:
         """Read a segment's footer and build its index.
 
         Raises:
             CorruptSegment: the file is not readable Parquet or its metadata breaks invariants.
         """
         try:
-            metadata = pq.read_metadata(path)
+            metadata = pq.read_metadata(str(path), filesystem=filesystem)
         except (OSError, pa.ArrowException) as exc:
             raise CorruptSegment(f"sealed segment {path} is unreadable: {exc}") from None
         kv = metadata.metadata or {}
@@ -227,7 +240,7 @@ class SealedSegment:
                 f"sealed segment {path} has format version {version}; this ray-broker reads "
                 f"up to {FORMAT_VERSION} — upgrade ray-broker"
             )
-        if path.name != segment_name(base, PARQUET_SUFFIX):
+        if posixpath.basename(str(path)) != segment_name(base, PARQUET_SUFFIX):
             raise CorruptSegment(f"sealed segment {path} states base offset {base}")
         offset_col = metadata.schema.names.index("offset")
         ts_col = metadata.schema.names.index("timestamp")
@@ -248,14 +261,18 @@ class SealedSegment:
                 )
             previous_last = offsets.max
             row_groups.append(RowGroupIndex(offsets.min, offsets.max, stamps.max, rg.num_rows))
-        return cls(path, base, next_offset, max_ts, path.stat().st_size, row_groups)
+        if filesystem is None:
+            size = Path(path).stat().st_size
+        else:
+            size = filesystem.get_file_info(str(path)).size
+        return cls(path, base, next_offset, max_ts, size, row_groups, filesystem)
 
     def _read_row_group(self, index: int, columns: list[str] | None = None) -> pa.Table:
         if columns is None and self._cached_row_group and self._cached_row_group[0] == index:
             return self._cached_row_group[1]
         try:
             if self._file is None:
-                self._file = pq.ParquetFile(self.path)
+                self._file = pq.ParquetFile(str(self.path), filesystem=self.filesystem)
             table = self._file.read_row_group(index, columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise CorruptSegment(f"sealed segment {self.path} row group {index}: {exc}") from None
@@ -302,14 +319,18 @@ class SealedSegment:
 
     def to_table(self) -> pa.Table:
         try:
-            table = pq.read_table(self.path)
+            table = pq.read_table(str(self.path), filesystem=self.filesystem)
         except (OSError, pa.ArrowException) as exc:
             raise CorruptSegment(f"sealed segment {self.path} is unreadable: {exc}") from None
         return table.replace_schema_metadata(RECORD_SCHEMA.metadata)
 
     def delete(self) -> None:
         self.release()
-        self.path.unlink(missing_ok=True)
+        if self.filesystem is None:
+            Path(self.path).unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.filesystem.delete_file(str(self.path))
 
 
 def write_sealed(

@@ -115,3 +115,57 @@ def test_bad_reads_and_writes_get_typed_errors(broker) -> None:
     with pytest.raises(errors.InvalidRecord, match="no column 'value'"):
         rb.write_topic(no_value, topic, namespace=ns)
     assert rb.read_topic(topic, namespace=ns).count() == 0
+
+
+def test_tiered_segments_serve_consumers_read_topic_and_restarts(broker, tmp_path) -> None:
+    topic = f"tiered-{uuid.uuid4().hex[:6]}"
+    remote = tmp_path / "remote"
+    config = {
+        "segment.ms": 200,
+        "remote.storage.enable": True,
+        "remote.storage.uri": remote.as_uri(),
+        "local.retention.ms": 0,  # every sealed, committed segment moves at once
+    }
+    broker.admin().create_topic(topic, partitions=1, config=config)
+    producer = broker.producer()
+    for i in range(300):
+        producer.send(topic, b"v%d" % i)
+    producer.flush()
+    time.sleep(0.25)
+    leader = broker._metadata.topic(topic).leader(0)
+    report = ray.get(leader.maintain.remote())
+    assert report["segments_tiered"] >= 1
+    local = broker.data_dir / topic / "partition=0"
+    assert list(local.glob("*.parquet")) == [], "tiered segments leave the local disk"
+    assert list((remote / topic / "partition=0").rglob("*.parquet")), "and are in remote storage"
+
+    def read_all() -> list[bytes]:
+        consumer = broker.consumer(topic, auto_offset_reset="earliest")
+        values: list[bytes] = []
+        while len(values) < 300:
+            batch = consumer.poll(timeout_ms=5_000)
+            assert batch, "no records within 5 s"
+            values += [r.value for records in batch.values() for r in records]
+        consumer.close()
+        return values
+
+    expected = [b"v%d" % i for i in range(300)]
+    assert read_all() == expected
+    assert sorted(
+        _collect(rb.read_topic(topic, namespace=broker.namespace))["offset"].to_pylist()
+    ) == list(range(300))
+
+    ray.kill(leader, no_restart=False)  # the actor restarts and rebuilds its log from both tiers
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            broker._metadata.forget(topic)
+            assert read_all() == expected
+            break
+        except errors.BrokerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+    broker.admin().delete_topic(topic)
+    assert not list((remote / topic).rglob("*.parquet")), "deleting the topic deletes remote copies"
