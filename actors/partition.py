@@ -321,11 +321,10 @@ class PartitionActor:
         received_ns = time.monotonic_ns() if STAMPS.enabled else 0
         started = time.perf_counter()
         _check_produce_arguments(producer_id, producer_epoch, base_sequence, acks)
+        ipc_bytes = None
         if isinstance(batch, (pa.Buffer, bytes)):
-            size = len(batch) if isinstance(batch, bytes) else batch.size
+            ipc_bytes = len(batch) if isinstance(batch, bytes) else batch.size
             batch = from_ipc(batch)
-        else:
-            size = batch.get_total_buffer_size()
         await self._ensure_role()
         self._check_leader()
         min_isr = self.core.log.config.min_insync_replicas
@@ -364,6 +363,7 @@ class PartitionActor:
                     f"min.insync.replicas={min_isr}; retry (idempotence deduplicates)"
                 )
         if not result.duplicate:
+            size = batch.get_total_buffer_size() if ipc_bytes is None else ipc_bytes
             self.metrics.produced(
                 result.last_offset - result.base_offset + 1, size, time.perf_counter() - started
             )

@@ -60,7 +60,7 @@ def topic(broker) -> str:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--sim-seed", type=int, default=None, help="replay one simulator seed")
     parser.addoption(
-        "--sim-seeds", type=int, default=3_000, help="how many simulator seeds the sweep runs"
+        "--sim-seeds", type=int, default=1_000, help="how many simulator seeds the sweep runs"
     )
 
 
