@@ -27,7 +27,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import latency  # loadtest/ is this script's directory
+import bench_backlog  # loadtest/ is this script's directory
+import latency
 import numpy as np
 import pyarrow as pa
 from measure import pace, percentile_ms, warm
@@ -338,6 +339,13 @@ def main() -> None:
     parser.add_argument(
         "--latency-breakdown", action="store_true", help="also the per-hop latency breakdown"
     )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also accumulate N records: broker memory (PSS), disk, replay (bench_backlog.py)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.records, args.per_record, args.seconds, args.queue_items = 200_000, 50_000, 2, 500
@@ -347,7 +355,7 @@ def main() -> None:
 
     import ray_broker as rb
 
-    latency_rows: list[dict] = []
+    extra_rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="ray-broker-bench-") as data_dir:
         broker = rb.connect(data_dir=data_dir, namespace=f"bench-{uuid.uuid4().hex[:6]}")
         address = ray.get_runtime_context().gcs_address
@@ -375,7 +383,11 @@ def main() -> None:
                     peers=True,
                 )
                 print()
-                latency_rows = latency.run(latency_args, broker, address)
+                extra_rows = latency.run(latency_args, broker, address)
+            if args.backlog:
+                backlog = bench_backlog.run_backlog(broker, args.backlog)
+                bench_backlog.print_backlog(backlog)
+                extra_rows.append({"figure": "backlog", **backlog, "machine": machine()})
         finally:
             broker.shutdown()
 
@@ -429,7 +441,7 @@ def main() -> None:
     rows.append({"figure": "consume_vs_queue_get", "ratio": get_item})
     for row in rows:
         print(json.dumps(row))
-    rows += latency_rows
+    rows += extra_rows
     if args.json_out:
         args.json_out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
