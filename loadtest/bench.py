@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_backlog  # loadtest/ is this script's directory
+import bench_sweeps
 import latency
 import numpy as np
 import pyarrow as pa
@@ -346,6 +347,9 @@ def main() -> None:
         metavar="N",
         help="also accumulate N records: broker memory (PSS), disk, replay (bench_backlog.py)",
     )
+    parser.add_argument(
+        "--sweeps", action="store_true", help="also partitions and value-size sweeps"
+    )
     args = parser.parse_args()
     if args.quick:
         args.records, args.per_record, args.seconds, args.queue_items = 200_000, 50_000, 2, 500
@@ -384,6 +388,12 @@ def main() -> None:
                 )
                 print()
                 extra_rows = latency.run(latency_args, broker, address)
+            if args.sweeps:
+                sweeps = bench_sweeps.run_sweeps(
+                    broker, args.records // 2, 20 if args.quick else 200
+                )
+                bench_sweeps.print_sweeps(sweeps)
+                extra_rows += [{"figure": "sweep", **row, "machine": machine()} for row in sweeps]
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)
