@@ -416,6 +416,12 @@ def write_topic(dataset: Any, topic: str, **options: Any) -> int:
         BrokerError: a batch failed for good (typed, e.g. TopicNotFound, RecordTooLarge).
     """
     sink = TopicDatasink(topic, **options)
+    schema = dataset.schema()
+    if schema is not None:  # a missing column fails here, not in every retried write task
+        names = list(schema.names)
+        for name in (sink.value_column, sink.key_column):
+            if name is not None and name not in names:
+                raise InvalidRecord(f"the dataset has no column {name!r} (columns: {names})")
     try:
         dataset.write_datasink(sink)
     except BrokerError:

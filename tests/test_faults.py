@@ -128,6 +128,7 @@ def test_broker_shutdown_and_reconnect_recovers_everything(ray_session, tmp_path
         second.shutdown()
 
 
+@pytest.mark.slow  # test_broker_shutdown_and_reconnect_recovers_everything covers the restart
 def test_embedded_broker_restart_in_new_processes_keeps_all_data(tmp_path):
     """Two separate processes, each with its own embedded Ray, on one data directory."""
     write = textwrap.dedent(

@@ -190,6 +190,7 @@ def collect(producer, futures) -> dict[bytes, tuple[int, int]]:
     return acked
 
 
+@pytest.mark.slow  # tuned twin of test_faults_defaults' leader-node-loss test, which stays
 def test_acked_records_survive_leader_node_loss(cluster):
     local, broker = cluster
     topic = "orders"
