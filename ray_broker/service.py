@@ -150,11 +150,22 @@ def start(
     from ray_broker.runtime import ensure_ray
 
     started_ray = False
+    record = ServiceRecord.load()
     address = address or os.environ.get("RAY_ADDRESS") or running_address()
     if address is None:
         address = start_local_ray()
         started_ray = True
-    ensure_ray(address, namespace)
+    try:
+        ensure_ray(address, namespace)
+    except BrokerNotRunning:
+        if record is None or record.address != address:
+            raise
+        # The record names a cluster that is gone (the machine rebooted, `ray stop` ran):
+        # forget it and start afresh, as a first `start` would.
+        SERVICE_RECORD.unlink(missing_ok=True)
+        address = start_local_ray()
+        started_ray = True
+        ensure_ray(address, namespace)
     already = broker_is_running(namespace)
     with rb.connect(address, data_dir=None if already else data_dir, namespace=namespace) as broker:
         data_dir_used = str(broker.data_dir)
@@ -185,7 +196,12 @@ def stop(address: str | None, namespace: str = DEFAULT_NAMESPACE) -> dict[str, A
     address = address or os.environ.get("RAY_ADDRESS") or running_address()
     if address is None:
         raise BrokerNotRunning("no broker service runs on this machine (start: ray-broker start)")
-    ensure_ray(address, namespace)
+    try:
+        ensure_ray(address, namespace)
+    except BrokerNotRunning:
+        if record is not None and record.address == address:
+            SERVICE_RECORD.unlink(missing_ok=True)  # its cluster is gone: nothing to stop
+        raise
     if not broker_is_running(namespace):
         raise BrokerNotRunning(
             f"no broker runs in namespace {namespace!r} at {address} (start: ray-broker start)"
