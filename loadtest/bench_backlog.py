@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from measure import read_all  # loadtest/ is this script's directory
 
 BATCH_RECORDS = 100_000
 VALUE_BYTES = 100
@@ -76,16 +77,7 @@ def run_backlog(broker: Any, records: int, progress: Any = None) -> dict[str, An
 
     consumer = broker.consumer(topic, auto_offset_reset="earliest")
     task = progress.add_task("backlog: replaying", total=total) if progress else None
-    read = 0
-    started = time.perf_counter()
-    while read < total:
-        got = consumer.poll_arrow(timeout_ms=5_000, max_records=400_000).num_rows
-        if not got:
-            break
-        read += got
-        if progress:
-            progress.advance(task, got)
-    replay_s = time.perf_counter() - started
+    read, replay_s = read_all(consumer, total, progress, task)
     consumer.close()
     disk = directory_bytes(broker.data_dir / topic)
     admin.delete_topic(topic)

@@ -18,6 +18,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+from measure import read_all  # loadtest/ is this script's directory
 
 BATCH_RECORDS = 10_000
 BATCH_BYTES = 4_000_000  # large values: fewer records per table, about the same bytes
@@ -47,14 +48,7 @@ def measure_cell(broker: Any, partitions: int, value_bytes: int, records: int, k
     producer.close()
     total = (batches + 1) * per_batch
     consumer = broker.consumer(topic, auto_offset_reset="earliest")
-    read = 0
-    started = time.perf_counter()
-    while read < total:
-        got = consumer.poll_arrow(timeout_ms=5_000, max_records=400_000).num_rows
-        if not got:
-            break
-        read += got
-    consume_s = time.perf_counter() - started
+    read, consume_s = read_all(consumer, total)
     consumer.close()
     admin.delete_topic(topic)
     produced = batches * per_batch

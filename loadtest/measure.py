@@ -31,3 +31,20 @@ def percentile_ms(samples_ns: Sequence[int], q: float) -> float:
 def warm(samples: list[int]) -> list[int]:
     """Drop the first tenth: connection set-up and first-call code paths, not steady state."""
     return samples[len(samples) // 10 :]
+
+
+def read_all(
+    consumer: Any, total: int, progress: Any = None, task: Any = None
+) -> tuple[int, float]:
+    """Read up to ``total`` records with ``poll_arrow`` (stopping at 5 s without one); returns
+    the records read and the seconds it took. ``progress``/``task``: a rich bar to advance."""
+    read = 0
+    started = time.perf_counter()
+    while read < total:
+        got = consumer.poll_arrow(timeout_ms=5_000, max_records=400_000).num_rows
+        if not got:
+            break
+        read += got
+        if progress is not None:
+            progress.advance(task, got)
+    return read, time.perf_counter() - started

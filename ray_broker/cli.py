@@ -565,11 +565,7 @@ def status(ctx: typer.Context) -> None:
         raise _fail(BrokerNotRunning("no broker service runs here (start: ray-broker start)"))
     try:
         ensure_ray(target.address, target.namespace)
-        if not service.broker_is_running(target.namespace):
-            raise BrokerNotRunning(
-                f"no broker runs in namespace {target.namespace!r} at {target.address} "
-                "(start: ray-broker start)"
-            )
+        service.require_broker(target.address, target.namespace)
     except BrokerError as exc:
         raise _fail(exc) from None
     with _broker(ctx) as broker:

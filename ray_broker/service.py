@@ -138,6 +138,15 @@ def broker_is_running(namespace: str) -> bool:
     return True
 
 
+def require_broker(address: str, namespace: str) -> None:
+    """Raises BrokerNotRunning (with the command that starts one) unless this connected Ray
+    cluster has the namespace's broker."""
+    if not broker_is_running(namespace):
+        raise BrokerNotRunning(
+            f"no broker runs in namespace {namespace!r} at {address} (start: ray-broker start)"
+        )
+
+
 def start(
     address: str | None, namespace: str = DEFAULT_NAMESPACE, data_dir: Path | None = None
 ) -> dict[str, Any]:
@@ -202,10 +211,7 @@ def stop(address: str | None, namespace: str = DEFAULT_NAMESPACE) -> dict[str, A
         if record is not None and record.address == address:
             SERVICE_RECORD.unlink(missing_ok=True)  # its cluster is gone: nothing to stop
         raise
-    if not broker_is_running(namespace):
-        raise BrokerNotRunning(
-            f"no broker runs in namespace {namespace!r} at {address} (start: ray-broker start)"
-        )
+    require_broker(address, namespace)
     rb.connect(address, namespace=namespace).shutdown()
     stopped_ray = False
     if record is not None and record.namespace == namespace:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -47,6 +51,17 @@ def broker(ray_session, tmp_path) -> Iterator[object]:
     connection = rb.connect(data_dir=tmp_path / "data", namespace=f"test-{uuid.uuid4().hex[:8]}")
     yield connection
     connection.shutdown()
+
+
+@pytest.fixture
+def import_loadtest() -> Iterator[Callable[[str], ModuleType]]:
+    """Import a ``loadtest/`` script as a module (its imports of sibling scripts resolve)."""
+    directory = str(Path(__file__).resolve().parents[1] / "loadtest")
+    sys.path.insert(0, directory)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(directory)
 
 
 @pytest.fixture

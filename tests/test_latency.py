@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -17,21 +14,14 @@ import ray
 
 from ray_broker.hops import BREAKDOWN, HopStamps, by_offset
 
-LOADTEST = Path(__file__).resolve().parents[1] / "loadtest"
 # A correctness bound, generous on purpose: a parked fetch answers when the append lands, not
 # on a timer (it would otherwise return after its whole max_wait_ms, here 10 s).
 PARKED_FETCH_BOUND_S = 0.05
 
 
 @pytest.fixture
-def latency() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(LOADTEST))
-    try:
-        import latency
-
-        yield latency
-    finally:
-        sys.path.remove(str(LOADTEST))
+def latency(import_loadtest) -> ModuleType:
+    return import_loadtest("latency")
 
 
 def test_hop_stamps_are_kept_only_while_enabled_and_keep_the_first_per_hop() -> None:

@@ -6,26 +6,15 @@ Asserts the outcome — no order lost, backlog drained, the report written — n
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import ray
 
-LOADTEST = Path(__file__).resolve().parents[1] / "loadtest"
-
 
 @pytest.fixture
-def peak_shaving() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(LOADTEST))
-    try:
-        import peak_shaving
-
-        yield peak_shaving
-    finally:
-        sys.path.remove(str(LOADTEST))
+def peak_shaving(import_loadtest) -> ModuleType:
+    return import_loadtest("peak_shaving")
 
 
 def test_a_short_flash_sale_loses_no_order_and_drains(broker, peak_shaving, tmp_path) -> None:
