@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 # order an async actor's calls). Past this an unknown producer starts fresh and a known one gets
 # OutOfOrderSequence and resends in order.
 SEQUENCE_WAIT_MS = 5_000
+# How long a write waits for Parquet sealing to catch up before BrokerBusy (see _make_room).
+UNSEALED_WAIT_S = 10.0
 # Records per replication request, and how long an idle sender waits before a heartbeat push
 # (which carries the high watermark and keeps the follower's lag clock fresh).
 REPLICA_FETCH_RECORDS = 100_000
@@ -287,6 +289,7 @@ class PartitionActor:
             "epoch": self.replica.leader_epoch,
             "isr": sorted(self.replica.isr),
             "offsets": self.core.offsets(),
+            "unsealed_bytes": self.core.log.unsealed_bytes,
         }
 
     # --- produce --------------------------------------------------------------------------------
@@ -315,7 +318,8 @@ class PartitionActor:
             NotEnoughReplicasAfterAppend: acks=all, written, but the in-sync replicas shrank
                 below min.insync.replicas before the write was committed (retry: idempotence
                 deduplicates).
-            BrokerBusy: segments are written to disk slower than they arrive (retriable).
+            BrokerBusy: segments are written to Parquet slower than they arrive and did not
+                catch up within ``UNSEALED_WAIT_S`` (retriable; nothing was written).
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
         """
         received_ns = time.monotonic_ns() if STAMPS.enabled else 0
@@ -333,14 +337,8 @@ class PartitionActor:
                 f"{self.core.name} has {len(self.replica.isr)} in-sync replica(s), fewer than "
                 f"min.insync.replicas={min_isr}; nothing was written"
             )
-        unsealed = self.core.log.unsealed_bytes
-        if unsealed > self.core.log.config.log_unsealed_bytes_max:
-            self._seal_in_background()
-            raise BrokerBusy(
-                f"{self.core.name} holds {unsealed} bytes of rolled segments not yet written "
-                f"to Parquet (log.unsealed.bytes.max="
-                f"{self.core.log.config.log_unsealed_bytes_max}); retry after a back-off"
-            )
+        await self._make_room()
+        self._check_leader()
         if producer_id is not None and predecessors_in_flight:
             await self._await_predecessors(producer_id, producer_epoch, base_sequence)
             self._check_leader()
@@ -368,6 +366,32 @@ class PartitionActor:
                 result.last_offset - result.base_offset + 1, size, time.perf_counter() - started
             )
         return result
+
+    async def _make_room(self, *, refuse: bool = True) -> None:
+        """Hold a write while rolled segments wait for Parquet beyond the memory bound.
+
+        Sealing (a zstd Parquet write) is slower than appending on a small machine; without
+        this wait a sustained burst piles rolled segments up in memory and the broker's memory
+        grows with the backlog instead of staying at about two segments per partition. Waiting
+        here slows producers to the disk's pace (back-pressure, as a Kafka quota's throttle
+        does); only a wait past ``UNSEALED_WAIT_S`` refuses the write.
+        """
+        log = self.core.log
+        limit = max(log.config.log_unsealed_bytes_max, log.config.segment_bytes)
+        deadline = time.monotonic() + UNSEALED_WAIT_S
+        while log.unsealed_bytes > limit:
+            sealing = self._seal_in_background()
+            remaining = deadline - time.monotonic()
+            if sealing is None or remaining <= 0:
+                if not refuse:
+                    return
+                raise BrokerBusy(
+                    f"{self.core.name} holds {log.unsealed_bytes} bytes of rolled segments not "
+                    f"yet written to Parquet (log.unsealed.bytes.max={limit}) after waiting "
+                    f"{UNSEALED_WAIT_S} s; retry after a back-off"
+                )
+            # asyncio.wait never cancels the sealing task, unlike wait_for.
+            await asyncio.wait({sealing}, timeout=remaining)
 
     async def _await_committed(self, offset: int) -> None:
         deadline = time.monotonic() + ACKS_ALL_TIMEOUT_MS / 1000
@@ -585,6 +609,9 @@ class PartitionActor:
         self._check_epoch(epoch)
         table = from_ipc(records_ipc) if records_ipc is not None else None
         if table is not None and table.num_rows:
+            # A follower never refuses its leader; waiting slows the leader's push instead.
+            await self._make_room(refuse=False)
+            self._check_epoch(epoch)
             self.core.append_replica(table, epochs)
             self._seal_in_background()
         if self.replica.follower_high_watermark(leader_high_watermark):

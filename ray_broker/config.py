@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ray_broker.errors import InvalidConfig, InvalidGroupId, InvalidTopicName
-from ray_broker.storage.config import LogConfig, merge_config, parse_config
+from ray_broker.storage.config import SEGMENT_BYTES, LogConfig, merge_config, parse_config
 
 # Ray's built-in resource of the head node: actors that must live there ask for a sliver of it.
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -71,11 +71,11 @@ class TopicConfig(LogConfig):
     producer_id_expiration_ms: int = Field(
         7 * 24 * 3_600_000, alias="producer.id.expiration.ms", ge=1_000
     )
-    # Rolled segments wait in memory for their Parquet write; past this many bytes producers
-    # get a retriable BrokerBusy instead of growing memory without bound (the disk is slower
-    # than the producers).
+    # Rolled segments wait in memory for their Parquet write; past this many bytes (never less
+    # than one segment.bytes) writes wait for sealing to catch up, then get a retriable
+    # BrokerBusy: memory stays about two segments per partition however large the backlog.
     log_unsealed_bytes_max: int = Field(
-        1024 * 1024 * 1024, alias="log.unsealed.bytes.max", ge=1024 * 1024
+        SEGMENT_BYTES, alias="log.unsealed.bytes.max", ge=1024 * 1024
     )
 
 

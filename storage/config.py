@@ -17,7 +17,9 @@ from ray_broker.errors import InvalidConfig
 MIB = 1024 * 1024
 DAY_MS = 24 * 60 * 60 * 1000
 
-SEGMENT_BYTES = 128 * MIB
+# The active segment and one rolled segment waiting for Parquet live in memory: about two
+# segments per partition is the broker's memory however large the backlog (bench.py --backlog).
+SEGMENT_BYTES = 64 * MIB
 SEGMENT_MS = 7 * DAY_MS
 RETENTION_MS = 3 * DAY_MS  # the mission's "keep them 3 days by default"
 DELETE_RETENTION_MS = DAY_MS

@@ -31,6 +31,18 @@ TMP_SUFFIX = ".tmp"
 HIDDEN_PREFIX = "_"
 NO_TIMESTAMP = -1
 
+# Columns whose values repeat (keys, header names, producer ids, batch timestamps). Offsets,
+# sequences and values are mostly unique: a dictionary there costs ~15% of the write for nothing.
+DICTIONARY_COLUMNS = [
+    "timestamp",
+    "key",
+    "headers.list.element.key",
+    "headers.list.element.value",
+    "producer_id",
+    "producer_epoch",
+    "attributes",
+]
+
 _META_VERSION = b"ray_broker.format_version"
 _META_BASE = b"ray_broker.base_offset"
 _META_NEXT = b"ray_broker.next_offset"
@@ -366,6 +378,7 @@ def write_sealed(
         compression=None if compression == "none" else compression,
         row_group_size=row_group_records,
         write_statistics=["offset", "timestamp"],
+        use_dictionary=DICTIONARY_COLUMNS,
     )
     publish(tmp, final)
     return SealedSegment.load(final)

@@ -56,9 +56,10 @@ def test_a_producer_the_partition_forgot_resumes_without_waiting(broker, topic):
     assert again.duplicate and again.base_offset == 0
 
 
-def test_producers_get_a_retriable_busy_error_when_unsealed_segments_pile_up(broker):
-    """Rolled segments wait in memory for their Parquet write; past log.unsealed.bytes.max the
-    partition pushes back instead of growing without bound."""
+def test_writes_wait_for_sealing_so_unsealed_segments_stay_bounded(broker):
+    """Rolled segments wait in memory for their Parquet write; past log.unsealed.bytes.max a
+    write waits for sealing instead of growing memory with the backlog (a 40M-record burst
+    once held 2 GiB of unsealed segments)."""
     admin = broker.admin()
     admin.create_topic(
         "burst",
@@ -67,16 +68,21 @@ def test_producers_get_a_retriable_busy_error_when_unsealed_segments_pile_up(bro
     )
     leader = _leader(broker, "burst")
     big = pa.table({"value": pa.array([b"x" * 1000] * 1500, pa.binary())})  # ~1.5 MB: rolls
+    pending = [leader.produce.remote(big, None, 0, 0, 1) for _ in range(20)]
     busy = 0
-    for _ in range(20):
+    for ref in pending:
         try:
-            ray.get(leader.produce.remote(big, None, 0, 0, 1), timeout=60)
+            ray.get(ref, timeout=60)
         except errors.BrokerBusy as exc:
             assert exc.retriable
             busy += 1
+        unsealed = ray.get(leader.info.remote(), timeout=30)["unsealed_bytes"]
+        # One rolled segment may wait, plus the one the write that passed the check rolled.
+        assert unsealed <= 1024 * 1024 + 1_600_000
     offsets = ray.get(leader.offsets.remote(), timeout=30)
-    # Every acknowledged batch is there; the refused ones wrote nothing.
+    # Every acknowledged batch is there; a refused one wrote nothing.
     assert offsets.log_end_offset == (20 - busy) * 1500
+    assert busy == 0  # sealing 1 MiB takes far less than UNSEALED_WAIT_S
     producer = broker.producer()  # the client retries BrokerBusy within delivery.timeout.ms
     producer.send_batch("burst", big).result(timeout=120)
     producer.close()
