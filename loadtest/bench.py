@@ -20,6 +20,8 @@ import json
 import os
 import platform
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -118,10 +120,10 @@ def bench_broker(
 
     # Record objects, as most applications read: one poll() loop over POLL_RECORDS records.
     consumer = broker.consumer(topic, auto_offset_reset="earliest")
-    consumer.poll(timeout_ms=2_000, max_records=1)  # fetches under way, as in a running app
-    consumed = 0
+    first = consumer.poll(timeout_ms=2_000, max_records=1)  # fetches under way, as in an app
+    consumed = sum(len(records) for records in first.values())
     started = time.perf_counter()
-    while consumed < POLL_RECORDS:
+    while consumed < min(POLL_RECORDS, total):
         batch = consumer.poll(timeout_ms=2_000, max_records=POLL_MAX_RECORDS)
         consumed += sum(len(records) for records in batch.values())
     out["consume_poll_records"] = consumed / (time.perf_counter() - started)
@@ -146,7 +148,7 @@ def bench_broker(
 # --- consumer groups ----------------------------------------------------------------------------
 
 
-def bench_groups(broker: Any, records: int) -> dict:
+def bench_groups(broker: Any, records: int, runs: int = GROUP_RUNS) -> dict:
     """A 4-member group (4 processes) against one consumer process reading the same 4
     partitions, and the time a group takes to rebalance after a member leaves or dies."""
     import ray
@@ -207,17 +209,17 @@ def bench_groups(broker: Any, records: int) -> dict:
         span = max(last for _, _, last in results) - min(f for _, f, _ in results if f)
         return total / span
 
-    # Each run re-reads the whole topic; the median of GROUP_RUNS runs evens out the noise of
+    # Each run re-reads the whole topic; the median of several runs evens out the noise of
     # sub-second windows on a shared 2-core machine.
     single_rates, group_rates = [], []
-    for _ in range(GROUP_RUNS):
+    for _ in range(runs):
         single = [Reader.remote(broker.namespace, topic, None)]
         single_rates.append(run(single))
         ray.get([r.close.remote() for r in single])
         group = f"bench-{uuid.uuid4().hex[:6]}"
         members = [Reader.remote(broker.namespace, topic, group) for _ in range(PARTITIONS)]
         group_rates.append(run(members))
-        if len(group_rates) < GROUP_RUNS:
+        if len(group_rates) < runs:
             ray.get([m.close.remote() for m in members])
     single_rate = float(np.median(single_rates))
     group_rate = float(np.median(group_rates))
@@ -350,10 +352,16 @@ def main() -> None:
     parser.add_argument(
         "--sweeps", action="store_true", help="also partitions and value-size sweeps"
     )
+    parser.add_argument(
+        "--replication",
+        action="store_true",
+        help="also RF=1 vs RF=3 and failover on a local multi-node cluster (bench_replication.py)",
+    )
     args = parser.parse_args()
     if args.quick:
-        args.records, args.per_record, args.seconds, args.queue_items = 200_000, 50_000, 2, 500
-        args.group_records = 1_000_000  # smaller runs measure start-up, not throughput
+        # A smoke run (tests/test_bench.py): every figure, none of them meaningful.
+        args.records, args.per_record, args.seconds, args.queue_items = 100_000, 20_000, 1, 200
+        args.group_records = 100_000
 
     import ray
 
@@ -374,7 +382,7 @@ def main() -> None:
                 args.queue_rate,
             )
             baseline = bench_ray_queue(args.queue_items, 10, args.queue_rate, args.seconds)
-            groups = bench_groups(broker, args.group_records)
+            groups = bench_groups(broker, args.group_records, 1 if args.quick else GROUP_RUNS)
             if args.latency_matrix or args.latency_breakdown:
                 latency_args = argparse.Namespace(
                     rates=list(latency.RATES),
@@ -452,8 +460,20 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     rows += extra_rows
+    if args.replication:
+        rows += run_replication_bench(args.quick)
     if args.json_out:
         args.json_out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def run_replication_bench(quick: bool) -> list[dict]:
+    """bench_replication.py in its own process: it starts its own multi-node cluster, which
+    one Ray driver cannot do beside the broker this process is attached to."""
+    script = Path(__file__).with_name("bench_replication.py")
+    command = [sys.executable, str(script), *(["--records", "100000"] if quick else [])]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    print(done.stdout)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 if __name__ == "__main__":

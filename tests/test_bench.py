@@ -1,0 +1,40 @@
+"""``loadtest/bench.py --quick`` runs in the suite so the benchmark never rots: every figure the
+README quotes is produced, and none is zero. Speed itself is never asserted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "loadtest" / "bench.py"
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_quick_bench_reports_every_figure(tmp_path: Path, import_loadtest) -> None:
+    import ray
+
+    bench = import_loadtest("bench")
+    # Attach to the session's Ray instead of starting a second one on two cores.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out = tmp_path / "bench.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--json-out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {row["figure"]: row for row in map(json.loads, out.read_text().splitlines())}
+    for figure, _ in bench.FIGURES:
+        assert rows[figure]["ray_broker"] > 0, rows[figure]
+        assert rows[figure]["ray_queue"] > 0, rows[figure]
+    groups = rows["consumer_groups"]
+    assert groups["group_consume"] > 0 and groups["single_consume"] > 0
+    assert groups["rebalance_after_leave_s"] > 0 and groups["rebalance_after_kill_s"] > 0
+    assert "ray-broker vs ray.util.queue.Queue" in done.stdout
