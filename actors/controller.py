@@ -202,6 +202,7 @@ class Controller:
                     slot,
                     ray.get_actor(CONTROLLER_NAME, namespace=self.namespace),
                     self._token,
+                    self.namespace,
                 )
             )
         self._actors[key] = handle

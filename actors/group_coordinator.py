@@ -71,6 +71,18 @@ def _offset_key(group: str, topic: str, partition: int) -> str:
     return json.dumps([group, topic, partition], ensure_ascii=False)
 
 
+def _pending_key(group: str, producer_id: int) -> str:
+    """Offsets a transaction sent (``send_offsets_to_transaction``), kept until its marker."""
+    return json.dumps({"txn": [group, producer_id]}, ensure_ascii=False)
+
+
+def _decode_pending_key(key: str) -> tuple[str, int] | None:
+    if not key.startswith('{"txn"'):
+        return None
+    group, producer_id = json.loads(key)["txn"]
+    return group, producer_id
+
+
 def _decode_offset_key(key: str) -> OffsetKey | None:
     try:
         group, topic, partition = json.loads(key)
@@ -147,7 +159,13 @@ class GroupCoordinator:
         make_private()
         self.store = MetadataStore(internal_dir(Path(self.config.data_dir), "consumer_offsets"))
         self.offsets: dict[OffsetKey, dict[str, Any]] = {}
+        # (group, producer id) -> offsets of an open transaction, applied by its commit marker.
+        self.pending: dict[tuple[str, int], dict[str, Any]] = {}
         for key, document in self.store.load().items():
+            pending = _decode_pending_key(key)
+            if pending is not None:
+                self.pending[pending] = document
+                continue
             decoded = _decode_offset_key(key)
             if decoded is None:  # written by an older version or damaged: skip, keep serving
                 logger.warning("ignoring undecodable committed-offset key %r", key)
@@ -409,6 +427,59 @@ class GroupCoordinator:
         for (topic, partition), _ in offsets.items():
             key = (group_id, topic, partition)
             self.offsets[key] = documents[_offset_key(*key)]
+
+    async def txn_commit(
+        self,
+        group_id: str,
+        member_id: str | None,
+        producer_id: int,
+        offsets: dict[tuple[str, int], tuple[int, str]],
+    ) -> None:
+        """Stage offsets sent in a transaction: durable now, visible when the transaction
+        coordinator's commit marker arrives (``end_txn``), dropped on abort.
+
+        Raises:
+            IllegalGeneration, CommitFailed, OffsetOutOfRange: as ``commit``.
+        """
+        self._start()
+        group = self._group(group_id)
+        _check_offsets(offsets)
+        group.check_commit(member_id, list(offsets))
+        key = (group_id, int(producer_id))
+        staged = dict(self.pending.get(key, {}))
+        stamp = time.time_ns() // 1_000_000
+        for (topic, partition), (offset, metadata) in offsets.items():
+            if not isinstance(offset, int) or offset < 0:
+                raise OffsetOutOfRange(
+                    f"cannot commit offset {offset!r} for {topic}-{partition}",
+                    topic=topic,
+                    partition=partition,
+                )
+            staged[_offset_key(group_id, topic, partition)] = {
+                "offset": offset,
+                "metadata": metadata,
+                "timestamp": stamp,
+            }
+        await self._write({_pending_key(*key): staged})
+        self.pending[key] = staged
+
+    async def end_txn(self, group_id: str, producer_id: int, commit: bool) -> None:
+        """The transaction marker for the group's offsets: apply the staged offsets (commit)
+        or drop them (abort). Idempotent: the coordinator repeats it after a restart."""
+        key = (group_id, int(producer_id))
+        staged = self.pending.get(key)
+        if staged is None:
+            return
+        documents: dict[str, Any] = {_pending_key(*key): None}
+        if commit:
+            documents.update(staged)
+        await self._write(documents)  # the offsets and the end of staging: one atomic write
+        del self.pending[key]
+        if commit:
+            for encoded, document in staged.items():
+                decoded = _decode_offset_key(encoded)
+                if decoded is not None:
+                    self.offsets[decoded] = document
 
     async def committed(
         self, group_id: str, partitions: list[tuple[str, int]] | None = None

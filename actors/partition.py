@@ -41,6 +41,7 @@ from ray_broker.errors import (
     FencedLeaderEpoch,
     InvalidConfig,
     InvalidRecord,
+    InvalidTxnState,
     NotEnoughReplicas,
     NotEnoughReplicasAfterAppend,
     NotLeader,
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 # order an async actor's calls). Past this an unknown producer starts fresh and a known one gets
 # OutOfOrderSequence and resends in order.
 SEQUENCE_WAIT_MS = 5_000
+LEADER_CALL_TIMEOUT_S = 30.0  # a call to the transaction coordinator
 # How long a write waits for Parquet sealing to catch up before BrokerBusy (see _make_room).
 UNSEALED_WAIT_S = 10.0
 # Records per replication request, and how long an idle sender waits before a heartbeat push
@@ -133,6 +135,7 @@ class PartitionActor:
         slot: str = "r0",
         controller: Any = None,
         token: str = "",
+        namespace: str = "",
     ) -> None:
         make_private()
         serve_at_normal_priority()
@@ -142,6 +145,7 @@ class PartitionActor:
         # Role, epoch and replication calls must carry the Controller's token: a caller with
         # only this actor's handle cannot demote a leader or rewrite its log.
         self._token = token
+        self._namespace = namespace  # the broker's, where its transaction coordinator is named
         self._parked = 0  # long polls waiting for data right now
         self.slot = slot
         self.replica = Replica(slot, self.core, time.monotonic)
@@ -302,6 +306,7 @@ class PartitionActor:
         base_sequence: int = 0,
         acks: int = -1,
         predecessors_in_flight: bool = True,
+        transactional: bool = False,
     ) -> ProduceResult:
         """Append a producer batch (a Table, or the IPC stream of one as clients send it) as
         the leader.
@@ -321,6 +326,9 @@ class PartitionActor:
             BrokerBusy: segments are written to Parquet slower than they arrive and did not
                 catch up within ``UNSEALED_WAIT_S`` (retriable; nothing was written).
             InvalidRecord, RecordTooLarge, OutOfOrderSequence, ProducerFenced.
+            InvalidTxnState: a transactional batch from a producer epoch whose transaction the
+                coordinator has not added this partition to (KIP-890: a late write of an
+                ended transaction never lands in the next one).
         """
         received_ns = time.monotonic_ns() if STAMPS.enabled else 0
         started = time.perf_counter()
@@ -339,10 +347,14 @@ class PartitionActor:
             )
         await self._make_room()
         self._check_leader()
+        if transactional:
+            await self._verify_transaction(producer_id, producer_epoch)
         if producer_id is not None and predecessors_in_flight:
             await self._await_predecessors(producer_id, producer_epoch, base_sequence)
             self._check_leader()
-        result = self.core.produce(batch, producer_id, producer_epoch, base_sequence)
+        result = self.core.produce(
+            batch, producer_id, producer_epoch, base_sequence, bool(transactional)
+        )
         if not result.duplicate:
             if STAMPS.enabled:
                 STAMPS.stamp("actor_receipt", result.base_offset, received_ns)
@@ -366,6 +378,50 @@ class PartitionActor:
                 result.last_offset - result.base_offset + 1, size, time.perf_counter() - started
             )
         return result
+
+    async def _verify_transaction(self, producer_id: int | None, epoch: int) -> None:
+        """The first transactional write of a producer epoch here asks the transaction
+        coordinator whether this partition is in that epoch's open transaction."""
+        import ray
+
+        from ray_broker.config import TRANSACTION_COORDINATOR_NAME
+
+        if producer_id is None:
+            raise InvalidTxnState("a transactional write needs a producer id and epoch")
+        if self.core.log.config.compacts:
+            raise InvalidTxnState(
+                f"{self.core.name}: transactions on compacted topics are not supported yet "
+                "(compaction would drop transaction markers)"
+            )
+        if self.core.txns.is_open(producer_id, epoch):
+            return
+        try:
+            coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self._namespace)
+        except ValueError:
+            raise InvalidTxnState("no transaction coordinator runs in this namespace") from None
+        ref = submit(coordinator.verify, producer_id, epoch, self.core.topic, self.core.partition)
+        if not await await_ref(ref, LEADER_CALL_TIMEOUT_S):
+            raise InvalidTxnState(
+                f"{self.core.name}: producer {producer_id} epoch {epoch} has no open "
+                "transaction that includes this partition (ended, timed out, or "
+                "add_partitions was skipped)"
+            )
+        self._check_leader()
+
+    async def write_marker(self, producer_id: int, marker_epoch: int, commit: bool) -> int:
+        """Write a transaction marker (the coordinator's call) and wait until the in-sync
+        replicas have it; returns its offset.
+
+        Raises:
+            NotLeader, NotEnoughReplicas (retriable: the coordinator writes it again).
+        """
+        await self._ensure_role()
+        self._check_leader()
+        offset = self.core.write_marker(producer_id, marker_epoch, bool(commit))
+        self._on_high_watermark(self.replica.advance_high_watermark())
+        self._notify_data()
+        await self._await_committed(offset + 1)
+        return offset
 
     async def _make_room(self, *, refuse: bool = True) -> None:
         """Hold a write while rolled segments wait for Parquet beyond the memory bound.
@@ -431,7 +487,12 @@ class PartitionActor:
     # --- fetch ----------------------------------------------------------------------------------
 
     async def fetch(
-        self, offset: int, max_records: int, max_bytes: int, max_wait_ms: int = 0
+        self,
+        offset: int,
+        max_records: int,
+        max_bytes: int,
+        max_wait_ms: int = 0,
+        read_committed: bool = False,
     ) -> FetchResponse:
         """Committed records from ``offset``; waits up to ``max_wait_ms`` for the first one.
 
@@ -439,6 +500,10 @@ class PartitionActor:
         ``FETCH_MAX_BYTES`` bytes per answer, and at most ``PARKED_FETCHES_MAX`` long polls
         waiting at once (more are answered at once, possibly empty), so parked polls never
         take the call slots producers need.
+
+        ``read_committed`` reads below the last stable offset and hides aborted transactions;
+        control records are hidden from every reader. ``next_offset`` in the answer moves the
+        consumer past hidden records even when none is returned.
 
         Raises:
             NotLeader, OffsetOutOfRange; InvalidConfig for arguments of the wrong type.
@@ -461,7 +526,9 @@ class PartitionActor:
         deadline = time.monotonic() + min(max_wait_ms, self._fetch_wait_cap_ms) / 1000
         self._parked += 1
         try:
-            table, woke_ns = await self._read_waiting(offset, max_records, max_bytes, deadline)
+            table, next_offset, woke_ns = await self._read_waiting(
+                offset, max_records, max_bytes, deadline, bool(read_committed)
+            )
         finally:
             self._parked -= 1
         response = FetchResponse(
@@ -469,6 +536,8 @@ class PartitionActor:
             table.num_rows,
             self.core.high_watermark,
             self.core.log.log_start_offset,
+            next_offset,
+            self.core.last_stable_offset,
         )
         if STAMPS.enabled and table.num_rows:
             STAMPS.stamp("fetch_woke", offset, woke_ns)
@@ -479,19 +548,28 @@ class PartitionActor:
         return response
 
     async def _read_waiting(
-        self, offset: int, max_records: int, max_bytes: int, deadline: float
-    ) -> tuple[pa.Table, int]:
-        """The records, and when the read that found them began (for ``hops``)."""
+        self,
+        offset: int,
+        max_records: int,
+        max_bytes: int,
+        deadline: float,
+        read_committed: bool,
+    ) -> tuple[pa.Table, int, int]:
+        """The records, the next offset to read, and when the read that found them began
+        (for ``hops``). Hidden records alone end the wait too: the consumer moves past them."""
         while True:
             woke_ns = time.monotonic_ns()
-            table = self.core.read(offset, max_records, max_bytes)
+            table, next_offset = self.core.read_with_next(
+                offset, max_records, max_bytes, read_committed
+            )
             remaining = deadline - time.monotonic()
-            if table.num_rows or remaining <= 0 or self._data_arrived is None:
+            moved = table.num_rows or next_offset > offset
+            if moved or remaining <= 0 or self._data_arrived is None:
                 break
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._data_arrived.wait(), remaining)
             self._check_leader()
-        return table, woke_ns
+        return table, next_offset, woke_ns
 
     async def read_plan(self, start: int, end: int) -> dict[str, Any]:
         """Where committed records in ``[start, end)`` are, for bulk readers

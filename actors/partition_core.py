@@ -12,12 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_broker.actors.partition_transactions import (
+    MARKER_ABORT,
+    MARKER_COMMIT,
+    PartitionTransactions,
+)
 from ray_broker.actors.producer_state import SEQUENCE_MOD, ProducerStates
 from ray_broker.config import TopicConfig
 from ray_broker.errors import BrokerError, InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache
 from ray_broker.storage.log import Clock, Log, wall_clock_ms
-from ray_broker.storage.schema import BROKER_COLUMNS
+from ray_broker.storage.schema import ATTR_CONTROL, ATTR_TRANSACTIONAL, BROKER_COLUMNS
 from ray_broker.structs import PartitionOffsets, ProduceResult
 
 # Producer state is rebuilt from this many of the newest records after a restart: far more than
@@ -46,6 +51,8 @@ class Partition:
         self.epochs = LeaderEpochCache(directory)
         self.producers = ProducerStates()
         self._rebuild_producers()
+        self.txns = PartitionTransactions(directory)
+        self._recover_transactions()
         # Nothing is known committed after a start: the high watermark rises as the in-sync
         # replicas report their log ends (at once when this replica is alone).
         self.high_watermark = self.log.log_start_offset
@@ -59,6 +66,16 @@ class Partition:
         while start < self.log.log_end_offset:
             chunk = self.log.read(start, max_records=100_000)
             self.producers.rebuild(chunk)
+            start = chunk.column("offset")[-1].as_py() + 1
+
+    def _recover_transactions(self) -> None:
+        """Load the transaction events, then observe the write-ahead tail again (a crash may
+        have logged records whose events were not written yet)."""
+        self.txns.load(self.log.log_end_offset)
+        start = max(self.log.memory_start_offset, self.log.log_start_offset)
+        while start < self.log.log_end_offset:
+            chunk = self.log.read(start, max_records=100_000)
+            self.txns.observe(chunk)
             start = chunk.column("offset")[-1].as_py() + 1
 
     @property
@@ -103,6 +120,7 @@ class Partition:
                     self.epochs.assign(epoch, max(start, base))
             self.log.append_replica(batch)
             self.producers.rebuild(batch)
+            self.txns.observe(batch)
         return self.log.log_end_offset
 
     def truncate_to(self, offset: int) -> None:
@@ -118,6 +136,7 @@ class Partition:
         self.epochs.truncate_from(offset)
         self.high_watermark = min(self.high_watermark, offset)
         self._rebuild_producers()  # a retried batch that was cut must be written again
+        self.txns.truncate_to(offset)
 
     def start_from(self, offset: int) -> None:
         """Continue empty from ``offset`` (the leader no longer has what this replica needs)."""
@@ -126,6 +145,7 @@ class Partition:
         self.epochs.truncate_from(0)
         self.high_watermark = offset
         self._rebuild_producers()
+        self.txns.truncate_to(0)
 
     def _check_alive(self) -> None:
         if self.deleted:
@@ -137,8 +157,10 @@ class Partition:
         producer_id: int | None = None,
         producer_epoch: int = 0,
         base_sequence: int = 0,
+        transactional: bool = False,
     ) -> ProduceResult:
-        """Append a producer batch; with a producer id, deduplicate and order by sequence.
+        """Append a producer batch; with a producer id, deduplicate and order by sequence;
+        ``transactional`` batches open (or continue) the producer's transaction here.
 
         Raises:
             InvalidRecord, RecordTooLarge: the batch is malformed.
@@ -162,9 +184,15 @@ class Partition:
                     existing, existing + count - 1, -1, self.log.log_start_offset, duplicate=True
                 )
             batch = _with_producer_columns(batch, producer_id, producer_epoch, base_sequence)
+            if transactional:
+                batch = batch.append_column(
+                    "attributes", pa.array(np.full(count, ATTR_TRANSACTIONAL, dtype=np.int8))
+                )
         base, last = self.log.append(batch)
         if producer_id is not None:
             self.producers.record(producer_id, producer_epoch, base_sequence, count, base)
+            if transactional:
+                self.txns.opened(producer_id, producer_epoch, base)
         append_time = -1
         if self.log.config.message_timestamp_type == "LogAppendTime":
             append_time = self.log.read(base, 1).column("timestamp")[0].as_py()
@@ -195,23 +223,63 @@ class Partition:
                 f"= [{now - before}, {now + after}]"
             )
 
-    def read(self, offset: int, max_records: int, max_bytes: int) -> pa.Table:
-        """Committed records from ``offset`` (below the high watermark).
+    def write_marker(self, producer_id: int, marker_epoch: int, commit: bool) -> int:
+        """End the producer's transaction here with a control record (Kafka's marker);
+        returns its offset. The marker carries the producer's next epoch, fencing any late
+        write of the transaction it ends."""
+        self._check_alive()
+        marker = pa.table(
+            {
+                "key": pa.array([MARKER_COMMIT if commit else MARKER_ABORT], pa.binary()),
+                "value": pa.array([None], pa.binary()),
+                "producer_id": pa.array([producer_id], pa.int64()),
+                "producer_epoch": pa.array([marker_epoch], pa.int16()),
+                "attributes": pa.array([ATTR_CONTROL | ATTR_TRANSACTIONAL], pa.int8()),
+            }
+        )
+        offset, _ = self.log.append(marker)
+        self.producers.bump(producer_id, marker_epoch)
+        self.txns.closed(producer_id, offset, commit)
+        return offset
+
+    @property
+    def last_stable_offset(self) -> int:
+        return self.txns.last_stable_offset(self.high_watermark)
+
+    def read(
+        self, offset: int, max_records: int, max_bytes: int, read_committed: bool = False
+    ) -> pa.Table:
+        """Committed records from ``offset`` (below the high watermark; below the last stable
+        offset for ``read_committed``), without control records and, for ``read_committed``,
+        without aborted transactions' records. The returned table's schema metadata is not
+        touched; ``read_next_offset`` tells where the next read starts.
 
         Raises:
             OffsetOutOfRange: ``offset`` is outside [log start, log end].
         """
+        return self.read_with_next(offset, max_records, max_bytes, read_committed)[0]
+
+    def read_with_next(
+        self, offset: int, max_records: int, max_bytes: int, read_committed: bool = False
+    ) -> tuple[pa.Table, int]:
+        """``read`` and the offset after the last record it examined (hidden ones count)."""
         self._check_alive()
         self.log.check_offset(offset)
-        max_records = min(max_records, self.high_watermark - offset)
+        limit = self.last_stable_offset if read_committed else self.high_watermark
+        max_records = min(max_records, limit - offset)
         if max_records <= 0:
-            return self.log.read(self.log.log_end_offset, 1)
-        return self.log.read(offset, max_records, max_bytes)
+            return self.log.read(self.log.log_end_offset, 1), offset
+        table = self.log.read(offset, max_records, max_bytes)
+        next_offset = table.column("offset")[-1].as_py() + 1 if table.num_rows else offset
+        return self.txns.visible(table, read_committed), next_offset
 
     def offsets(self) -> PartitionOffsets:
         self._check_alive()
         return PartitionOffsets(
-            self.log.log_start_offset, self.high_watermark, self.log.log_end_offset
+            self.log.log_start_offset,
+            self.high_watermark,
+            self.log.log_end_offset,
+            self.last_stable_offset,
         )
 
     def offset_for_time(self, timestamp: int) -> tuple[int, int] | None:
@@ -230,6 +298,7 @@ class Partition:
         expired = self.producers.expire(self.log.config.producer_id_expiration_ms)
         rolled = self.log.maybe_roll()
         deleted = self.log.apply_retention()
+        self.txns.forget_before(self.log.log_start_offset)
         compacted = self.log.compact() if self.log.config.compacts else 0
         if self.log.config.flush_ms is not None:
             self.log.flush()

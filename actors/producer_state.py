@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_broker.errors import OutOfOrderSequence, ProducerFenced
 
@@ -150,6 +151,13 @@ class ProducerStates:
                 return
         entry.runs.append(SequenceRun(first_sequence, last, base_offset))
 
+    def bump(self, producer_id: int, epoch: int) -> None:
+        """A transaction marker moved the producer to ``epoch``: writes of older epochs are
+        fenced from now on, and the new epoch's sequences start at 0."""
+        entry = self._producers.get(producer_id)
+        if entry is None or epoch > entry.epoch:
+            self._producers[producer_id] = ProducerEntry(epoch, last_seen_ms=self._clock())
+
     def rebuild(self, table: pa.Table) -> None:
         """Replay the producer columns of records read back from the log, in offset order."""
         if table.num_rows == 0:
@@ -159,7 +167,24 @@ class ProducerStates:
             return
         # Only the four small columns: filtering the whole table would copy every value.
         columns = table.select(["offset", "producer_id", "producer_epoch", "sequence"])
-        rows = columns.filter(pids.is_valid())
+        sequences = table.column("sequence")
+        if sequences.null_count:  # transaction markers: no sequence, they move the epoch on
+            markers = columns.filter(pc.and_(pids.is_valid(), sequences.is_null()))
+            rows = columns.filter(pc.and_(pids.is_valid(), sequences.is_valid()))
+        else:
+            markers, rows = None, columns.filter(pids.is_valid())
+        self._rebuild_runs(rows)
+        if markers is not None:
+            for pid, epoch in zip(
+                markers.column("producer_id").to_pylist(),
+                markers.column("producer_epoch").to_pylist(),
+                strict=True,
+            ):
+                self.bump(pid, epoch)
+
+    def _rebuild_runs(self, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
         pid = rows.column("producer_id").to_numpy()
         epoch = rows.column("producer_epoch").to_numpy()
         seq = rows.column("sequence").to_numpy().astype(np.int64)

@@ -11,6 +11,7 @@ from ray_broker.config import (
     DEFAULT_NAMESPACE,
     GROUP_COORDINATOR_NAME,
     HEAD_NODE_RESOURCE,
+    TRANSACTION_COORDINATOR_NAME,
     BrokerConfig,
     default_data_dir,
     parse_config,
@@ -33,10 +34,12 @@ class Broker:
         namespace: str,
         info: dict[str, Any],
         owns_ray: bool,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         from ray_broker.metadata import MetadataCache
 
         self.namespace = namespace
+        self._settings = dict(settings or {"log.dirs": info["data_dir"]})
         self.data_dir = Path(info["data_dir"])
         self._controller = controller
         self._coordinator = coordinator
@@ -61,7 +64,12 @@ class Broker:
         """
         from ray_broker.producer import Producer
 
-        producer = Producer(self._metadata, **options)
+        producer = Producer(
+            self._metadata,
+            transactions=self._transaction_coordinator,
+            group_coordinator=self._coordinator,
+            **options,
+        )
         self._clients.append(producer)
         return producer
 
@@ -78,6 +86,15 @@ class Broker:
         self._clients.append(consumer)
         return consumer
 
+    def _transaction_coordinator(self) -> Any:
+        """The namespace's transaction coordinator, started by the first transactional
+        producer (brokers that never use transactions run no such actor)."""
+        from ray_broker.actors.transaction_coordinator import TransactionCoordinator
+
+        return singleton(
+            TransactionCoordinator, TRANSACTION_COORDINATOR_NAME, self._settings, self.namespace
+        )
+
     def shutdown(self) -> None:
         """Stop this namespace's broker actors (Controller and partitions), keeping their data.
 
@@ -88,6 +105,13 @@ class Broker:
         from ray_broker._ray import call
 
         self.close_clients()
+        try:
+            transactions = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self.namespace)
+        except ValueError:
+            transactions = None  # never started
+        if transactions is not None:
+            call(transactions.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
+            ray.kill(transactions, no_restart=True)
         call(self._coordinator.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
         ray.kill(self._coordinator, no_restart=True)
         call(self._controller.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
@@ -150,25 +174,7 @@ def connect(
     from ray_broker.actors.controller import Controller
     from ray_broker.actors.group_coordinator import GroupCoordinator
 
-    def singleton(cls: type, name: str) -> Any:
-        return (
-            ray.remote(cls)
-            .options(
-                name=name,
-                namespace=namespace,
-                lifetime="detached",
-                get_if_exists=True,
-                max_restarts=-1,
-                max_task_retries=-1,
-                num_cpus=0,
-                # On the head node, beside their metadata logs; losing the head loses the
-                # cluster anyway unless GCS fault tolerance is set up (see README).
-                resources={HEAD_NODE_RESOURCE: 0.001},
-            )
-            .remote(settings, namespace)
-        )
-
-    controller = singleton(Controller, CONTROLLER_NAME)
+    controller = singleton(Controller, CONTROLLER_NAME, settings, namespace)
     try:
         info = call(controller.ready, timeout_s=120, unavailable=BrokerNotRunning)
         if data_dir is not None and Path(info["data_dir"]) != Path(settings["log.dirs"]):
@@ -178,7 +184,7 @@ def connect(
             )
         # Only once the Controller holds the data directory's lock: the coordinator writes
         # committed offsets there.
-        coordinator = singleton(GroupCoordinator, GROUP_COORDINATOR_NAME)
+        coordinator = singleton(GroupCoordinator, GROUP_COORDINATOR_NAME, settings, namespace)
     except BaseException as exc:
         if isinstance(exc, DataDirInUse):
             # This namespace's Controller refuses to serve: stop it, so the name is free.
@@ -186,4 +192,29 @@ def connect(
         if owns_ray:
             ray.shutdown()
         raise
-    return Broker(controller, coordinator, namespace, info, owns_ray)
+    # The running broker's directory, whatever this caller passed (the transaction
+    # coordinator this connection may start keeps its state there).
+    settings["log.dirs"] = info["data_dir"]
+    return Broker(controller, coordinator, namespace, info, owns_ray, settings)
+
+
+def singleton(cls: type, name: str, settings: dict[str, Any], namespace: str) -> Any:
+    """The namespace's one ``cls`` actor, created if none runs (a restarting one is reused)."""
+    import ray
+
+    return (
+        ray.remote(cls)
+        .options(
+            name=name,
+            namespace=namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            num_cpus=0,
+            # On the head node, beside their metadata logs; losing the head loses the cluster
+            # anyway unless GCS fault tolerance is set up (see README).
+            resources={HEAD_NODE_RESOURCE: 0.001},
+        )
+        .remote(settings, namespace)
+    )

@@ -41,6 +41,10 @@ DEFAULT_NAMESPACE = "ray_broker"
 DEFAULT_DATA_ROOT = Path(os.environ.get("RAY_BROKER_DATA_DIR", Path.home() / ".ray_broker"))
 CONTROLLER_NAME = "ray_broker.controller"
 GROUP_COORDINATOR_NAME = "ray_broker.group_coordinator"
+TRANSACTION_COORDINATOR_NAME = "ray_broker.transaction_coordinator"
+# Transactional producers get ids below this bound from the transaction coordinator; idempotent
+# producers without a transactional id draw random ids above it, so the two never collide.
+TRANSACTIONAL_ID_SPACE = 2**40
 # Internal state lives under ``<data_dir>/__internal/``, outside the topic namespace: topic names
 # starting with "__" are reserved, so no topic can ever share a directory with it.
 INTERNAL_DIR = "__internal"
@@ -133,6 +137,12 @@ class ProducerConfig(BaseModel):
     request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1, le=DAY_MS)
     retry_backoff_ms: int = Field(100, alias="retry.backoff.ms", ge=0)
     enable_idempotence: bool = Field(True, alias="enable.idempotence")
+    # Set it to send in transactions (init_transactions() first); one id per producing
+    # application instance, stable across its restarts, so a restart fences the old one.
+    transactional_id: str | None = Field(None, alias="transactional.id", min_length=1)
+    transaction_timeout_ms: int = Field(
+        60_000, alias="transaction.timeout.ms", ge=1, le=15 * 60 * 1000
+    )
     key_serializer: Callable[[Any], bytes] | None = Field(None, alias="key.serializer")
     value_serializer: Callable[[Any], bytes] | None = Field(None, alias="value.serializer")
     metadata_max_age_ms: int = Field(300_000, alias="metadata.max.age.ms", ge=0)
@@ -153,6 +163,11 @@ class ConsumerConfig(BaseModel):
 
     client_id: str = Field("ray-broker-consumer", alias="client.id")
     group_id: str | None = Field(None, alias="group.id")
+    # read_committed: only records of committed transactions (and non-transactional ones),
+    # up to the last stable offset. Kafka's default is read_uncommitted.
+    isolation_level: Literal["read_uncommitted", "read_committed"] = Field(
+        "read_uncommitted", alias="isolation.level"
+    )
     auto_offset_reset: Literal["earliest", "latest", "none"] = Field(
         "latest", alias="auto.offset.reset"
     )

@@ -217,6 +217,30 @@ class ProducerFenced(BrokerError):
     """A newer producer with the same transactional id took over."""
 
 
+class InvalidTxnState(BrokerError):
+    """A transactional call in the wrong state (commit without begin, a transactional send
+    outside a transaction, offsets without a group); the message names the state and the fix."""
+
+
+class TransactionTimedOut(BrokerError):
+    """The transaction ran past transaction.timeout.ms and the coordinator aborted it; call
+    ``abort_transaction()`` and begin a new one."""
+
+
+class TransactionalIdNotFound(BrokerError, LookupError):
+    """The coordinator does not know this transactional id; call ``init_transactions()``."""
+
+
+class ConcurrentTransactions(BrokerError):
+    """The previous transaction of this id is still writing its markers; retry shortly."""
+
+    retriable = True
+
+
+class TransactionAborted(BrokerError):
+    """A transactional send failed, so the transaction can only be aborted."""
+
+
 class GroupNotFound(BrokerError, LookupError):
     """The consumer group does not exist (no members and no committed offsets)."""
 

@@ -57,6 +57,9 @@ class PartitionOffsets:
     log_start_offset: int
     high_watermark: int
     log_end_offset: int
+    # The first offset a read_committed consumer may not read yet (an open transaction's first
+    # record, or the high watermark).
+    last_stable_offset: int = -1
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class FetchResponse:
     num_records: int
     high_watermark: int
     log_start_offset: int
+    # Where the next fetch starts: past the last record examined, including hidden control
+    # records and aborted transactions' records (so positions and lag move past them).
+    next_offset: int = -1
+    last_stable_offset: int = -1
 
 
 @dataclass(frozen=True)

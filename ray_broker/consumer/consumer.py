@@ -159,6 +159,13 @@ class Consumer:
         """
         return self._fetcher.leader_call(tp, "offsets")
 
+    def _end(self, offsets: PartitionOffsets) -> int:
+        """Where reading ends for this consumer: the last stable offset for read_committed
+        (an open transaction's first record), else the high watermark."""
+        if self.config.isolation_level == "read_committed" and offsets.last_stable_offset >= 0:
+            return offsets.last_stable_offset
+        return offsets.high_watermark
+
     def _move(self, tp: TopicPartition, offset: int) -> None:
         self._fetcher.abandon(self._subscriptions.move(tp, offset))
 
@@ -190,7 +197,7 @@ class Consumer:
 
     def seek_to_end(self, *partitions: TopicPartition) -> None:
         for tp in partitions or tuple(self._subscriptions.assigned()):
-            self._move(tp, self._offsets(tp).high_watermark)
+            self._move(tp, self._end(self._offsets(tp)))
 
     def position(self, tp: TopicPartition) -> int:
         """The offset of the next record ``poll`` returns for ``tp``."""
@@ -217,13 +224,19 @@ class Consumer:
                 partition=tp.partition,
             )
         offsets = self._offsets(tp)
-        self._move(tp, offsets.log_start_offset if policy == "earliest" else offsets.high_watermark)
+        self._move(tp, offsets.log_start_offset if policy == "earliest" else self._end(offsets))
 
     def beginning_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         return {TopicPartition(*tp): self._offsets(tp).log_start_offset for tp in partitions}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {TopicPartition(*tp): self._offsets(tp).high_watermark for tp in partitions}
+        """The high watermark per partition, or the last stable offset for read_committed."""
+        return {TopicPartition(*tp): self._end(self._offsets(tp)) for tp in partitions}
+
+    def group_metadata(self) -> dict[str, str | None]:
+        """This member's group identity, for ``producer.send_offsets_to_transaction``."""
+        member = self._membership.member_id if self._membership is not None else None
+        return {"group_id": self.config.group_id, "member_id": member}
 
     def offsets_for_times(
         self, timestamps: dict[TopicPartition, int]

@@ -98,6 +98,7 @@ class Fetcher:
                     config.max_partition_fetch_records,
                     config.max_partition_fetch_bytes,
                     config.fetch_max_wait_ms,
+                    config.isolation_level == "read_committed",
                 )
             except BrokerError as exc:
                 if not exc.retriable:
@@ -149,4 +150,4 @@ class Fetcher:
             table = from_ipc(response.records_ipc)
             if STAMPS.enabled:
                 STAMPS.stamp("consumer_receipt", table.column("offset")[0].as_py())
-        subscriptions.fetched(tp, ref, table, response.high_watermark)
+        subscriptions.fetched(tp, ref, table, response.high_watermark, response.next_offset)

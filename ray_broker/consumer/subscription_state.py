@@ -29,6 +29,9 @@ class PartitionState:
     buffer: pa.Table | None = None  # fetched, not yet handed out
     backoff_until: float = 0.0
     high_watermark: int = -1
+    # Where the buffered records' fetch ended (hidden control or aborted records after the
+    # last one buffered count): the position once the buffer is handed out.
+    buffer_end: int | None = None
 
 
 class SubscriptionState:
@@ -69,7 +72,7 @@ class SubscriptionState:
         """Read ``tp`` from ``offset`` next; returns the fetch in flight it drops."""
         state = self.state(tp)
         state.position = state.fetch_offset = offset
-        state.buffer = None
+        state.buffer = state.buffer_end = None
         dropped, state.in_flight = state.in_flight, None
         return dropped
 
@@ -81,9 +84,18 @@ class SubscriptionState:
         state = self.partitions[tp]
         state.in_flight, state.backoff_until = None, backoff_until
 
-    def fetched(self, tp: TopicPartition, ref: Any, table: pa.Table | None, high: int) -> bool:
+    def fetched(
+        self,
+        tp: TopicPartition,
+        ref: Any,
+        table: pa.Table | None,
+        high: int,
+        next_offset: int = -1,
+    ) -> bool:
         """A fetch's answer: buffered if it is still the partition's current fetch (a seek or
-        an unassignment since makes it stale); returns whether it was taken."""
+        an unassignment since makes it stale); returns whether it was taken. ``next_offset``
+        (the partition's, past records it hid) moves the fetch, and the position once the
+        buffer is drained, past hidden records."""
         state = self.partitions.get(tp)
         if state is None or state.in_flight is not ref:
             return False
@@ -94,6 +106,13 @@ class SubscriptionState:
                 table if state.buffer is None else pa.concat_tables([state.buffer, table])
             )
             state.fetch_offset = table.column("offset")[-1].as_py() + 1
+        if state.fetch_offset is not None and next_offset > state.fetch_offset:
+            state.fetch_offset = next_offset
+        if state.buffer is None:
+            if state.position is not None and next_offset > state.position:
+                state.position = next_offset  # only hidden records: move past them
+        else:
+            state.buffer_end = state.fetch_offset
         return True
 
     def is_current(self, tp: TopicPartition, ref: Any) -> bool:
@@ -138,6 +157,9 @@ class SubscriptionState:
             rest = state.buffer.num_rows - taken.num_rows
             state.buffer = state.buffer.slice(taken.num_rows) if rest else None
             state.position = taken.column("offset")[-1].as_py() + 1
+            if not rest and state.buffer_end is not None:
+                state.position = max(state.position, state.buffer_end)
+                state.buffer_end = None
             max_records -= taken.num_rows
             out.append((tp, taken))
         return out

@@ -331,6 +331,13 @@ class RecordAccumulator:
         assert batch.base_sequence is not None
         return batch.base_sequence, predecessors
 
+    def restart_sequences(self) -> None:
+        """A new producer epoch (after a transaction): every partition's sequence starts at 0
+        again. Only while nothing is in flight."""
+        for queue in self.queues.values():
+            queue.next_sequence = 0
+            queue.sequence_generation += 1
+
     def sent(self, batch: ProducerBatch, now: float) -> int:
         """Record an attempt; returns its number (a reply to an older attempt is ignored)."""
         batch.attempts += 1

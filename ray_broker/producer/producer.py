@@ -17,14 +17,20 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from ray_broker.config import ProducerConfig, client_config
-from ray_broker.errors import BrokerTimeoutError, ProducerClosed, RecordTooLarge
+from ray_broker.config import TRANSACTIONAL_ID_SPACE, ProducerConfig, client_config
+from ray_broker.errors import (
+    BrokerTimeoutError,
+    InvalidConfig,
+    InvalidTxnState,
+    ProducerClosed,
+    RecordTooLarge,
+)
 from ray_broker.metadata import MetadataCache
 from ray_broker.producer.accumulator import AccumulatorSettings, RecordAccumulator
 from ray_broker.producer.batch import BatchFuture, RecordFuture
@@ -38,6 +44,7 @@ from ray_broker.producer.records import (
     serialize,
 )
 from ray_broker.producer.sender import Sender
+from ray_broker.producer.transactions import TransactionManager
 from ray_broker.structs import TopicMetadata
 
 # How long send() trusts its own copy of a topic's metadata before asking the shared cache
@@ -48,8 +55,30 @@ TOPIC_SNAPSHOT_S = 1.0
 class Producer:
     """Sends records to topics; thread-safe; use as a context manager or call ``close()``."""
 
-    def __init__(self, metadata: MetadataCache, **options: Any) -> None:
+    def __init__(
+        self,
+        metadata: MetadataCache,
+        transactions: Callable[[], Any] | None = None,
+        group_coordinator: Any = None,
+        **options: Any,
+    ) -> None:
         self.config: ProducerConfig = client_config(ProducerConfig, options)
+        self._txn: TransactionManager | None = None
+        if self.config.transactional_id is not None:
+            if not self.config.enable_idempotence or self.config.acks != -1:
+                raise InvalidConfig(
+                    "a transactional producer needs enable.idempotence=True and acks='all'"
+                )
+            if transactions is None:
+                raise InvalidConfig("transactions need a broker: use broker.producer(...)")
+            self._txn = TransactionManager(
+                self.config.transactional_id,
+                self.config.transaction_timeout_ms,
+                transactions,
+                group_coordinator,
+                self.config.max_block_ms / 1000,
+                self.config.retry_backoff_ms / 1000,
+            )
         self._metadata = metadata
         self._accumulator = RecordAccumulator(AccumulatorSettings.of(self.config))
         self._cond = threading.Condition(threading.Lock())
@@ -60,9 +89,15 @@ class Producer:
         self._value_serializer = self.config.value_serializer
         self._buffer_memory = self.config.buffer_memory
         self._closed = False
-        producer_id = secrets.randbits(62) if self.config.enable_idempotence else None
+        # Random ids of idempotent producers lie above the transactional id space, which the
+        # transaction coordinator allocates from (actors/transaction_state.py).
+        producer_id = (
+            TRANSACTIONAL_ID_SPACE + secrets.randbelow(2**62 - TRANSACTIONAL_ID_SPACE)
+            if self.config.enable_idempotence
+            else None
+        )
         self._sender = Sender(
-            self._accumulator, self._cond, metadata, producer_id, self.config.acks
+            self._accumulator, self._cond, metadata, producer_id, self.config.acks, self._txn
         )
         self._sender.start()
 
@@ -90,6 +125,8 @@ class Producer:
         """
         if self._closed:
             raise ProducerClosed("send() on a closed producer")
+        if self._txn is not None:
+            self._txn.check_send()
         snapshot = self._topics.get(topic)
         if snapshot is None or time.monotonic() > snapshot[0]:
             snapshot = self._snapshot(topic)
@@ -147,6 +184,8 @@ class Producer:
         """
         if self._closed:
             raise ProducerClosed("send_batch() on a closed producer")
+        if self._txn is not None:
+            self._txn.check_send()
         metadata = self._snapshot(topic)[1]
         table = check_table(table, metadata)  # the whole table, before anything is queued
         explicit = None
@@ -172,6 +211,78 @@ class Producer:
             batches = accumulator.append_table(topic, pieces)
             self._cond.notify_all()
         return BatchFuture(batches)
+
+    # --- transactions (KIP-98; kafka-python's names) ---------------------------------------------
+
+    def _transactions(self, doing: str) -> TransactionManager:
+        if self._txn is None:
+            raise InvalidTxnState(f"{doing}: this producer has no transactional_id")
+        return self._txn
+
+    def init_transactions(self) -> None:
+        """Register the transactional id: fences older producers with the same id and aborts
+        a transaction they left open. Call once, before the first transaction.
+
+        Raises:
+            InvalidTxnState, ProducerFenced, BrokerTimeoutError.
+        """
+        self._transactions("init_transactions").init()
+
+    def begin_transaction(self) -> None:
+        """Start a transaction: sends until commit or abort belong to it.
+
+        Raises:
+            InvalidTxnState: not initialised, or a transaction is already open.
+        """
+        self._transactions("begin_transaction").begin()
+
+    def send_offsets_to_transaction(self, offsets: dict[Any, Any], group_metadata: Any) -> None:
+        """Commit a consumer group's offsets with the transaction (consume-transform-produce):
+        ``offsets`` maps ``TopicPartition`` to the next offset to read (an int or
+        ``OffsetAndMetadata``); ``group_metadata`` is ``consumer.group_metadata()``.
+
+        Raises:
+            InvalidTxnState: no open transaction, or no group.
+            IllegalGeneration, CommitFailed: the consumer is no longer the partitions' owner.
+        """
+        manager = self._transactions("send_offsets_to_transaction")
+        normalised: dict[tuple[str, int], tuple[int, str]] = {}
+        for tp, value in dict(offsets).items():
+            offset = getattr(value, "offset", value)
+            metadata = getattr(value, "metadata", "") or ""
+            normalised[(tp[0], int(tp[1]))] = (offset, metadata)
+        manager.send_offsets(normalised, group_metadata)
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        """Send what is queued, then commit: every record of the transaction becomes visible
+        to read_committed consumers at once, with the offsets sent to it.
+
+        Raises:
+            TransactionAborted: a send failed; call abort_transaction().
+            TransactionTimedOut: it ran past transaction.timeout.ms and was aborted.
+            InvalidTxnState, ProducerFenced, BrokerTimeoutError.
+        """
+        manager = self._transactions("commit_transaction")
+        manager.check_end(commit=True)
+        self.flush(timeout)
+        self._end_transaction(manager, commit=True)
+
+    def abort_transaction(self, timeout: float | None = None) -> None:
+        """Abort: read_committed consumers never see the transaction's records, and the
+        offsets sent to it are dropped.
+
+        Raises:
+            InvalidTxnState, ProducerFenced, BrokerTimeoutError.
+        """
+        manager = self._transactions("abort_transaction")
+        manager.check_end(commit=False)
+        self.flush(timeout)  # nothing of the transaction may still be on its way
+        self._end_transaction(manager, commit=False)
+
+    def _end_transaction(self, manager: TransactionManager, commit: bool) -> None:
+        manager.end(commit)
+        with self._cond:
+            self._accumulator.restart_sequences()  # the next epoch numbers from 0
 
     def flush(self, timeout: float | None = None) -> None:
         """Send everything queued now and wait for its acknowledgements.

@@ -19,6 +19,7 @@ from ray_broker.hops import STAMPS
 from ray_broker.metadata import MetadataCache
 from ray_broker.producer.accumulator import RecordAccumulator
 from ray_broker.producer.batch import PendingRecords, ProducerBatch
+from ray_broker.producer.transactions import TransactionManager
 from ray_broker.structs import ProduceResult
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,10 @@ class Sender:
         metadata: MetadataCache,
         producer_id: int | None,
         acks: Any,
+        transactions: TransactionManager | None = None,
     ) -> None:
         self._acc = accumulator
+        self._txn = transactions
         self._cond = cond
         self._metadata = metadata
         self._producer_id = producer_id
@@ -103,6 +106,14 @@ class Sender:
                 self._cond.notify_all()  # flush() and buffer.memory waiters
         for records in settled:
             records.completion.fire()  # outside the lock: callbacks are the application's
+        if self._txn is not None and to_ship:
+            try:
+                self._txn.ensure_added({(b.topic, b.partition) for b, _, _ in to_ship})
+            except Exception as exc:  # typed by classify(): retried or failed with the batches
+                error = classify(exc)
+                for batch, _, _ in to_ship:
+                    self._failed(batch, error, None)
+                return False
         for batch, sequence, predecessors in to_ship:
             self._ship(batch, sequence, predecessors)
         return False
@@ -125,14 +136,18 @@ class Sender:
             leader = metadata.leader(batch.partition)
             with self._cond:
                 attempt = self._acc.sent(batch, self._acc.clock())
+            producer_id, epoch = (
+                self._txn.ids if self._txn is not None else (self._producer_id, self._epoch)
+            )
             ref = submit(
                 leader.produce,
                 batch.payload(),
-                self._producer_id,
-                self._epoch,
+                producer_id,
+                epoch,
                 sequence,
                 self._acks,
                 predecessors,
+                self._txn is not None,
             )
         except Exception as exc:  # typed by classify(): retried or failed, never raised here
             self._failed(batch, classify(exc), None)
@@ -175,6 +190,8 @@ class Sender:
             if not self._acc.is_current(batch, attempt) or not self._acc.finished(batch):
                 return
             self._cond.notify_all()
+        if error is not None and self._txn is not None:
+            self._txn.failed(error)
         if STAMPS.enabled and result is not None and result.base_offset >= 0:
             STAMPS.stamp("handoff", result.base_offset, batch.submitted_ns)
             STAMPS.stamp("acked", result.base_offset)
