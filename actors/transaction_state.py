@@ -65,6 +65,7 @@ class TransactionMetadata:
     groups: set[str] = field(default_factory=set)
     started_ms: int = 0
     timed_out_epoch: int = -1  # the epoch whose transaction the coordinator aborted on timeout
+    ended_epoch: int = -1  # the epoch of the last finished transaction (a retried end's answer)
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class TransactionMetadata:
             "groups": sorted(self.groups),
             "started_ms": self.started_ms,
             "timed_out_epoch": self.timed_out_epoch,
+            "ended_epoch": self.ended_epoch,
         }
 
     @classmethod
@@ -90,6 +92,7 @@ class TransactionMetadata:
             set(doc["groups"]),
             doc["started_ms"],
             doc.get("timed_out_epoch", -1),
+            doc.get("ended_epoch", -1),
         )
 
 
@@ -247,13 +250,24 @@ class TransactionStates:
             ConcurrentTransactions: an end of this transaction is still being completed.
         """
         meta = self.txns.get(transactional_id)
-        if (
+        retried = (
             meta is not None
-            and not commit
             and producer_id == meta.producer_id
-            and epoch == meta.timed_out_epoch
-        ):
-            return meta, None  # already aborted by the timeout; the producer moves on
+            and epoch == meta.ended_epoch
+            and meta.epoch == epoch + 1  # no newer incarnation since
+        )
+        if retried:
+            # The transaction of this epoch is already over: a retried end (the answer was
+            # lost with a crashed coordinator), or an abort after the timeout aborted it.
+            ended_as = meta.state == TxnState.COMPLETE_COMMIT
+            if ended_as == bool(commit):
+                return meta, None
+            if epoch == meta.timed_out_epoch:
+                self._current(transactional_id, producer_id, epoch)  # raises TransactionTimedOut
+            raise InvalidTxnState(
+                f"the transaction of {transactional_id!r} epoch {epoch} already ended with "
+                f"{'commit' if ended_as else 'abort'}"
+            )
         meta = self._current(transactional_id, producer_id, epoch)
         if meta.state.preparing:
             raise ConcurrentTransactions(
@@ -262,6 +276,7 @@ class TransactionStates:
         if meta.state != TxnState.ONGOING:
             # Nothing was sent in it: finishing is a local matter, but the epoch still moves
             # on so that the producer's next transaction starts fresh everywhere.
+            meta.ended_epoch = meta.epoch
             self._bump(meta)
             meta.state = TxnState.COMPLETE_COMMIT if commit else TxnState.COMPLETE_ABORT
             return meta, None
@@ -291,6 +306,7 @@ class TransactionStates:
         self._bump(meta)
         meta.state = TxnState.COMPLETE_COMMIT if plan.commit else TxnState.COMPLETE_ABORT
         meta.partitions, meta.groups = set(), set()
+        meta.ended_epoch = old_epoch
         if timed_out:
             meta.timed_out_epoch = old_epoch
         return meta

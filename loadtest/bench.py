@@ -11,6 +11,11 @@ Figures (100-byte values):
 * end-to-end latency p50/p99 of per-record sends at a fixed rate (1 partition, linger.ms=5),
   one consumer polling in another thread
 * the same for ``ray.util.queue.Queue`` (per-item and 10k batches): the baseline
+
+Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--sweeps``
+(partitions and value sizes), ``--transactions`` (transactional produce, read_committed),
+``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
+RF=3 and failover on a local multi-node cluster, in its own process).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 
 import bench_backlog  # loadtest/ is this script's directory
 import bench_sweeps
+import bench_transactions
 import latency
 import numpy as np
 import pyarrow as pa
@@ -353,6 +359,11 @@ def main() -> None:
         "--sweeps", action="store_true", help="also partitions and value-size sweeps"
     )
     parser.add_argument(
+        "--transactions",
+        action="store_true",
+        help="also transactional produce and read_committed consume (bench_transactions.py)",
+    )
+    parser.add_argument(
         "--replication",
         action="store_true",
         help="also RF=1 vs RF=3 and failover on a local multi-node cluster (bench_replication.py)",
@@ -402,6 +413,10 @@ def main() -> None:
                 )
                 bench_sweeps.print_sweeps(sweeps)
                 extra_rows += [{"figure": "sweep", **row, "machine": machine()} for row in sweeps]
+            if args.transactions:
+                txns = bench_transactions.run_transactions(broker, args.records // 2)
+                bench_transactions.print_transactions(txns)
+                extra_rows.append({"figure": "transactions", **txns, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)

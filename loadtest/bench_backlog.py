@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from measure import read_all  # loadtest/ is this script's directory
+from measure import on_fresh_broker, read_all  # loadtest/ is this script's directory
 
 BATCH_RECORDS = 100_000
 VALUE_BYTES = 100
@@ -116,15 +115,11 @@ def main() -> None:
 
     from rich.progress import Progress
 
-    import ray_broker as rb
+    def run(broker: Any) -> dict[str, Any]:
+        with Progress(transient=True) as progress:
+            return run_backlog(broker, args.records, progress)
 
-    with tempfile.TemporaryDirectory(prefix="ray-broker-backlog-") as data_dir:
-        broker = rb.connect(data_dir=data_dir, namespace=f"backlog-{uuid.uuid4().hex[:6]}")
-        try:
-            with Progress(transient=True) as progress:
-                result = run_backlog(broker, args.records, progress)
-        finally:
-            broker.shutdown()
+    result = on_fresh_broker("backlog", run)
     print_backlog(result)
     print(json.dumps({"figure": "backlog", **result}))
 

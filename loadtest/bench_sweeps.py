@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import uuid
 from typing import Any
 
 import pyarrow as pa
-from measure import read_all  # loadtest/ is this script's directory
+from measure import on_fresh_broker, read_all  # loadtest/ is this script's directory
 
 BATCH_RECORDS = 10_000
 BATCH_BYTES = 4_000_000  # large values: fewer records per table, about the same bytes
@@ -94,14 +93,7 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=200, help="per value-size cell")
     args = parser.parse_args()
 
-    import ray_broker as rb
-
-    with tempfile.TemporaryDirectory(prefix="ray-broker-sweeps-") as data_dir:
-        broker = rb.connect(data_dir=data_dir, namespace=f"sweeps-{uuid.uuid4().hex[:6]}")
-        try:
-            rows = run_sweeps(broker, args.records, args.megabytes)
-        finally:
-            broker.shutdown()
+    rows = on_fresh_broker("sweeps", lambda b: run_sweeps(b, args.records, args.megabytes))
     print_sweeps(rows)
     for row in rows:
         print(json.dumps({"figure": "sweep", **row}))

@@ -1,13 +1,17 @@
-"""Pacing and percentiles shared by the benchmarks (one definition, so every figure is measured
-the same way)."""
+"""Pacing, percentiles, reading and broker set-up shared by the benchmarks (one definition, so
+every figure is measured the same way)."""
 
 from __future__ import annotations
 
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 def pace(send: Callable[[], Any], rate: int, seconds: float) -> int:
@@ -48,3 +52,16 @@ def read_all(
         if progress is not None:
             progress.advance(task, got)
     return read, time.perf_counter() - started
+
+
+def on_fresh_broker(label: str, run: Callable[[Any], T]) -> T:
+    """``run(broker)`` on a broker of its own (a temporary data directory, its own namespace),
+    shut down afterwards: how each stand-alone benchmark script starts."""
+    import ray_broker as rb
+
+    with tempfile.TemporaryDirectory(prefix=f"ray-broker-{label}-") as data_dir:
+        broker = rb.connect(data_dir=data_dir, namespace=f"{label}-{uuid.uuid4().hex[:6]}")
+        try:
+            return run(broker)
+        finally:
+            broker.shutdown()

@@ -18,7 +18,10 @@ ADMIN_TIMEOUT_S = 120.0
 class Admin:
     """Manage topics and consumer groups. Every method raises typed ``BrokerError``s."""
 
-    def __init__(self, controller: Any, coordinator: Any, metadata: MetadataCache) -> None:
+    def __init__(
+        self, controller: Any, coordinator: Any, metadata: MetadataCache, namespace: str = ""
+    ) -> None:
+        self._namespace = namespace
         self._controller = controller
         self._coordinator = coordinator
         self._metadata = metadata
@@ -142,3 +145,16 @@ class Admin:
             value = int(value.timestamp() * 1000)
         moved = self._group_call("reset_offsets", group_id, topic, to, value)
         return {TopicPartition(t, p): offset for (t, p), offset in moved.items()}
+
+    def list_transactions(self) -> list[dict[str, Any]]:
+        """Every transactional id with its producer id, epoch, state and partitions (Kafka's
+        ``kafka-transactions.sh list``); empty if no transactional producer ever ran."""
+        import ray
+
+        from ray_broker.config import TRANSACTION_COORDINATOR_NAME
+
+        try:
+            coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self._namespace)
+        except ValueError:
+            return []
+        return call(coordinator.describe, timeout_s=ADMIN_TIMEOUT_S, unavailable=BrokerNotRunning)

@@ -54,7 +54,7 @@ class Broker:
     def admin(self) -> Any:
         from ray_broker.admin import Admin
 
-        return Admin(self._controller, self._coordinator, self._metadata)
+        return Admin(self._controller, self._coordinator, self._metadata, self.namespace)
 
     def producer(self, **options: Any) -> Any:
         """A ``Producer``; options are kafka-python names or Kafka's dotted names.

@@ -171,3 +171,18 @@ def test_random_call_sequences_keep_the_invariants(seed: int, clock: Clock) -> N
                 if (pid, epoch) != (meta.producer_id, meta.epoch):
                     with pytest.raises((errors.ProducerFenced, errors.TransactionTimedOut)):
                         states.add("app", pid, epoch, [("t", 0)])
+
+
+def test_a_retried_end_gets_the_next_epoch_not_a_fence(states: TransactionStates) -> None:
+    """The answer to end() was lost with a crashed coordinator; the producer asks again."""
+    states.init_producer_id("app", 60_000)
+    states.add("app", 100, 0, [("t", 0)])
+    _, plan = states.end("app", 100, 0, commit=True)
+    states.complete(plan)
+    meta, again = states.end("app", 100, 0, commit=True)
+    assert again is None and meta.epoch == 1
+    with pytest.raises(errors.InvalidTxnState, match="already ended with commit"):
+        states.end("app", 100, 0, commit=False)
+    states.init_producer_id("app", 60_000)  # a newer incarnation: now the old epoch is fenced
+    with pytest.raises(errors.ProducerFenced):
+        states.end("app", 100, 0, commit=True)

@@ -101,6 +101,8 @@ def test_a_newer_incarnation_fences_the_zombie_and_aborts_its_transaction(broker
     successor.begin_transaction()
     successor.send(topic, b"successor", partition=0)
     successor.commit_transaction()
+    (listed,) = [t for t in broker.admin().list_transactions() if t["transactional_id"] == tid]
+    assert listed["state"] == "CompleteCommit" and listed["epoch"] == 3  # init, abort, commit
     reader = _reader(broker, topic, "read_committed")
     assert [r.value for r in _read_all(reader, 1)] == [b"successor"]
     for client in (reader, zombie, successor):
@@ -224,3 +226,88 @@ def test_a_restarted_coordinator_resumes_the_open_transaction(broker) -> None:
     assert sorted(r.value for r in _read_all(reader, 2)) == [b"after", b"before"]
     reader.close()
     producer.close()
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class EtlWorker:
+    """A consume-transform-produce loop in its own process, killed and replaced by the test."""
+
+    def __init__(self, namespace: str, source: str, sink: str, group: str, tid: str) -> None:
+        import ray_broker as rb
+
+        self.broker = rb.connect(namespace=namespace)
+        self.consumer = self.broker.consumer(
+            source,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            # Static membership: the next incarnation takes the dead one's place at once
+            # instead of waiting out its session.
+            group_instance_id="etl-0",
+        )
+        self.producer = self.broker.producer(transactional_id=tid)
+        self.producer.init_transactions()
+        self.sink = sink
+
+    def run(self, seconds: float) -> int:
+        done = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            batch = self.consumer.poll(timeout_ms=200, max_records=500)
+            if not batch:
+                continue
+            self.producer.begin_transaction()
+            for records in batch.values():
+                for record in records:
+                    self.producer.send(self.sink, record.value + b"!", key=record.key)
+            positions = {tp: self.consumer.position(tp) for tp in batch}
+            self.producer.send_offsets_to_transaction(positions, self.consumer.group_metadata())
+            self.producer.commit_transaction()
+            done += sum(len(r) for r in batch.values())
+        return done
+
+
+def test_exactly_once_while_the_loop_process_and_the_coordinator_are_killed(broker) -> None:
+    """Kafka TransactionsTest's assertion: the sink, read with read_committed, holds every input
+    exactly once, in order per key, though loop processes die mid-transaction and a new
+    incarnation (same transactional id) takes over, and the coordinator crashes once."""
+    source, sink = _topic(broker, partitions=3), _topic(broker, partitions=3)
+    total = 20_000
+    feed = broker.producer()
+    for i in range(total):
+        feed.send(source, b"%06d" % i, key=b"k%d" % (i % 50))
+    feed.flush()
+    group, tid = f"eos-{uuid.uuid4().hex[:6]}", f"eos-{uuid.uuid4().hex[:6]}"
+    rng = random.Random(11)
+    reader = _reader(broker, sink, "read_committed")
+    seen: list = []
+    for round_number in range(6):
+        worker = EtlWorker.remote(broker.namespace, source, sink, group, tid)
+        running = worker.run.remote(30.0)
+        time.sleep(rng.uniform(2.0, 5.0))
+        if round_number == 2:
+            coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=broker.namespace)
+            ray.kill(coordinator, no_restart=False)
+            time.sleep(rng.uniform(0.5, 2.0))
+        ray.kill(worker)  # mid-transaction, most likely
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(running, timeout=60)
+    finisher = EtlWorker.remote(broker.namespace, source, sink, group, tid)
+    deadline = time.monotonic() + 120
+    while len(seen) < total and time.monotonic() < deadline:
+        ray.get(finisher.run.remote(2.0), timeout=120)
+        for records in reader.poll(timeout_ms=500).values():
+            seen.extend(records)
+    seen.extend(_read_all(reader, 0, timeout_s=1))
+    values = [r.value for r in seen]
+    assert len(values) == total, f"{len(values)} outputs for {total} inputs"
+    assert sorted(values) == [b"%06d!" % i for i in range(total)]  # each exactly once
+    by_key: dict[bytes, list[bytes]] = {}
+    for record in seen:
+        by_key.setdefault(record.key, []).append(record.value)
+    for key, outputs in by_key.items():
+        assert outputs == sorted(outputs), f"key {key!r} out of order"
+    ray.kill(finisher)
+    reader.close()
+    feed.close()
