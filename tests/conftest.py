@@ -53,6 +53,19 @@ def broker(ray_session, tmp_path) -> Iterator[object]:
     connection.shutdown()
 
 
+@pytest.fixture(scope="module")
+def shared_broker(_session_ray, tmp_path_factory) -> Iterator[object]:
+    """One broker for a whole module whose tests use their own topics and need no fresh
+    namespace: starting a broker's actors costs ~2 s a test on two cores."""
+    import ray_broker as rb
+
+    start_local_ray()
+    data_dir = tmp_path_factory.mktemp("shared-broker")
+    connection = rb.connect(data_dir=data_dir, namespace=f"shared-{uuid.uuid4().hex[:8]}")
+    yield connection
+    connection.shutdown()
+
+
 @pytest.fixture
 def import_loadtest() -> Iterator[Callable[[str], ModuleType]]:
     """Import a ``loadtest/`` script as a module (its imports of sibling scripts resolve)."""

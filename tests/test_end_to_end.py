@@ -12,6 +12,12 @@ import ray_broker as rb
 from ray_broker import TopicPartition, errors
 
 
+@pytest.fixture
+def broker(shared_broker):
+    """The module's broker: its tests use topics of their own."""
+    return shared_broker
+
+
 def consume_all(consumer, expected: int, timeout_s: float = 30) -> list:
     records = []
     deadline = time.monotonic() + timeout_s

@@ -1,7 +1,9 @@
 """Replication and failover on real multi-node Ray clusters (all nodes on 127.0.0.1).
 
-Each test starts its own cluster: a head node (Controller, no replicas) and three worker nodes,
-with Ray's node health checks tightened so a killed node is declared dead in ~1.5 s.
+The tests share one cluster (a head node with the Controller and no replicas, and three
+worker nodes, with Ray's node health checks tightened so a killed node is declared dead in
+~1.5 s); each gets its own broker (namespace and data directory) on it, and the cluster is
+topped up to three live workers after each test that killed some.
 """
 
 from __future__ import annotations
@@ -79,15 +81,28 @@ class LocalCluster:
         self.cluster.shutdown()
 
 
+WORKERS = 3
+
+
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """One multi-node cluster for the module: building one costs 13-17 s."""
+    local = LocalCluster(WORKERS)
+    yield local
+    local.shutdown()
+
+
 @pytest.fixture
-def cluster(tmp_path):
-    local = LocalCluster()
+def cluster(shared_cluster, tmp_path):
+    local = shared_cluster
     broker = rb.connect(data_dir=tmp_path, namespace=f"repl-{uuid.uuid4().hex[:6]}", config=BROKER)
     yield local, broker
     try:
         broker.shutdown()
     finally:
-        local.shutdown()
+        while len(local.workers) < WORKERS:  # a test killed nodes: the next one gets three
+            local.add_worker()
+        local.cluster.wait_for_nodes()
 
 
 def wait_until(condition, timeout_s: float = 60, step_s: float = 0.2):
@@ -387,3 +402,37 @@ def test_reassignment_moves_a_replica_to_a_new_node_without_losing_writes(cluste
     summary = jepsen_summary(acked, {0: read_partition(broker, topic, 0)})
     assert summary["acked"] == 20_000
     assert (summary["lost"], summary["duplicated"], summary["reordered"]) == (0, 0, 0)
+
+
+def test_a_new_leader_keeps_open_transactions_hidden_and_their_markers(cluster):
+    """LSO and markers under failover: the leader holding an open transaction's records dies;
+    the new leader (a follower that copied them) neither shows them to read_committed nor
+    loses the transaction, and the commit's markers land on it."""
+    local, broker = cluster
+    topic = "ledger"
+    broker.admin().create_topic(topic, partitions=1, replication_factor=3, config=TOPIC)
+    plain = broker.producer(acks="all")
+    plain.send(topic, b"before").result(timeout=60)
+    producer = broker.producer(transactional_id="ledger-writer")
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"in-txn-1").result(timeout=60)
+    plain.send(topic, b"behind-txn").result(timeout=60)
+    before = partition_info(broker, topic, 0)
+    local.kill_node(before.leader_node_id)
+    local.add_worker()
+    wait_until(lambda: partition_info(broker, topic, 0).leader_epoch > before.leader_epoch)
+    reader = broker.consumer(isolation_level="read_committed", auto_offset_reset="earliest")
+    tp = TopicPartition(topic, 0)
+    reader.assign([tp])
+    assert wait_until(lambda: reader.end_offsets([tp])[tp] == 1)  # the LSO: the open txn
+    seen = [r.value for records in reader.poll(timeout_ms=2_000).values() for r in records]
+    assert seen == [b"before"]
+    producer.send(topic, b"in-txn-2")
+    producer.commit_transaction()  # the markers go to the new leader
+    deadline = time.monotonic() + 60
+    while len(seen) < 4 and time.monotonic() < deadline:
+        seen += [r.value for records in reader.poll(timeout_ms=500).values() for r in records]
+    assert seen == [b"before", b"in-txn-1", b"behind-txn", b"in-txn-2"]
+    for client in (reader, producer, plain):
+        client.close()

@@ -16,6 +16,12 @@ from ray_broker.config import TRANSACTION_COORDINATOR_NAME
 from ray_broker.structs import TopicPartition
 
 
+@pytest.fixture
+def broker(shared_broker):
+    """The module's broker: its tests use topics of their own."""
+    return shared_broker
+
+
 def _topic(broker, partitions: int = 2) -> str:
     name = f"tx-{uuid.uuid4().hex[:8]}"
     broker.admin().create_topic(name, partitions=partitions)
@@ -272,8 +278,17 @@ def test_exactly_once_while_the_loop_process_and_the_coordinator_are_killed(brok
     """Kafka TransactionsTest's assertion: the sink, read with read_committed, holds every input
     exactly once, in order per key, though loop processes die mid-transaction and a new
     incarnation (same transactional id) takes over, and the coordinator crashes once."""
+    _exactly_once_with_kills(broker, total=5_000, rounds=3)
+
+
+@pytest.mark.chaos
+def test_exactly_once_through_many_kills(broker) -> None:
+    """On demand (``pytest -m chaos``): the same with 50k records and ten loop kills."""
+    _exactly_once_with_kills(broker, total=50_000, rounds=10)
+
+
+def _exactly_once_with_kills(broker, total: int, rounds: int) -> None:
     source, sink = _topic(broker, partitions=3), _topic(broker, partitions=3)
-    total = 20_000
     feed = broker.producer()
     for i in range(total):
         feed.send(source, b"%06d" % i, key=b"k%d" % (i % 50))
@@ -282,11 +297,11 @@ def test_exactly_once_while_the_loop_process_and_the_coordinator_are_killed(brok
     rng = random.Random(11)
     reader = _reader(broker, sink, "read_committed")
     seen: list = []
-    for round_number in range(6):
+    for round_number in range(rounds):
         worker = EtlWorker.remote(broker.namespace, source, sink, group, tid)
         running = worker.run.remote(30.0)
         time.sleep(rng.uniform(2.0, 5.0))
-        if round_number == 2:
+        if round_number == 1:
             coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=broker.namespace)
             ray.kill(coordinator, no_restart=False)
             time.sleep(rng.uniform(0.5, 2.0))
