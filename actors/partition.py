@@ -146,6 +146,7 @@ class PartitionActor:
         # only this actor's handle cannot demote a leader or rewrite its log.
         self._token = token
         self._namespace = namespace  # the broker's, where its transaction coordinator is named
+        self._transactions: Any = None  # the transaction coordinator's handle, once needed
         self._parked = 0  # long polls waiting for data right now
         self.slot = slot
         self.replica = Replica(slot, self.core, time.monotonic)
@@ -395,12 +396,28 @@ class PartitionActor:
             )
         if self.core.txns.is_open(producer_id, epoch):
             return
+        if self._transactions is None:
+            # Looked up once (a GCS round trip that would block this actor's event loop on
+            # every transaction), and again after a failed call.
+            try:
+                self._transactions = ray.get_actor(
+                    TRANSACTION_COORDINATOR_NAME, namespace=self._namespace
+                )
+            except ValueError:
+                raise InvalidTxnState("no transaction coordinator runs in this namespace") from None
         try:
-            coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self._namespace)
-        except ValueError:
-            raise InvalidTxnState("no transaction coordinator runs in this namespace") from None
-        ref = submit(coordinator.verify, producer_id, epoch, self.core.topic, self.core.partition)
-        if not await await_ref(ref, LEADER_CALL_TIMEOUT_S):
+            ref = submit(
+                self._transactions.verify,
+                producer_id,
+                epoch,
+                self.core.topic,
+                self.core.partition,
+            )
+            verified = await await_ref(ref, LEADER_CALL_TIMEOUT_S)
+        except BrokerError:
+            self._transactions = None
+            raise
+        if not verified:
             raise InvalidTxnState(
                 f"{self.core.name}: producer {producer_id} epoch {epoch} has no open "
                 "transaction that includes this partition (ended, timed out, or "

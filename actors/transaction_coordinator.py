@@ -79,6 +79,7 @@ class TransactionCoordinator:
         self._locks: dict[str, asyncio.Lock] = {}
         self._background: asyncio.Task[None] | None = None
         self._topics: dict[str, Any] = {}
+        self._group_coordinator: Any = None
 
     # --- producer ids ---------------------------------------------------------------------------
 
@@ -299,11 +300,15 @@ class TransactionCoordinator:
     async def _end_group(self, plan: MarkerPlan, group: str, deadline: float | None) -> None:
         while True:
             try:
-                coordinator = ray.get_actor(GROUP_COORDINATOR_NAME, namespace=self.namespace)
-                ref = submit(coordinator.end_txn, group, plan.producer_id, plan.commit)
+                if self._group_coordinator is None:
+                    self._group_coordinator = ray.get_actor(
+                        GROUP_COORDINATOR_NAME, namespace=self.namespace
+                    )
+                ref = submit(self._group_coordinator.end_txn, group, plan.producer_id, plan.commit)
                 await await_ref(ref, MARKER_CALL_TIMEOUT_S)
                 return
             except (BrokerError, ValueError) as exc:
+                self._group_coordinator = None  # restarting, or looked up too early
                 if deadline is not None and time.monotonic() > deadline:
                     raise ConcurrentTransactions(
                         f"offsets of group {group!r} in {plan.transactional_id!r} not "

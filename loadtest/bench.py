@@ -14,6 +14,7 @@ Figures (100-byte values):
 
 Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--sweeps``
 (partitions and value sizes), ``--transactions`` (transactional produce, read_committed),
+``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
 """
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import bench_backlog  # loadtest/ is this script's directory
+import bench_peers
+import bench_plots
 import bench_sweeps
 import bench_transactions
 import latency
@@ -343,6 +346,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument(
+        "--out", type=Path, help="a folder for the JSON lines, a text table and PNG charts"
+    )
+    parser.add_argument(
         "--latency-matrix", action="store_true", help="also latency.py's rates × linger.ms matrix"
     )
     parser.add_argument(
@@ -362,6 +368,11 @@ def main() -> None:
         "--transactions",
         action="store_true",
         help="also transactional produce and read_committed consume (bench_transactions.py)",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also Redis Streams and RabbitMQ throughput when they answer on 127.0.0.1",
     )
     parser.add_argument(
         "--replication",
@@ -475,10 +486,20 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     rows += extra_rows
+    if args.peers:
+        peers = bench_peers.run_peers(args.records // 10)
+        bench_peers.print_peers(peers)
+        rows += [{**row, "machine": machine()} for row in peers]
     if args.replication:
         rows += run_replication_bench(args.quick)
+    lines = "\n".join(json.dumps(r) for r in rows) + "\n"
     if args.json_out:
-        args.json_out.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        args.json_out.write_text(lines)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench.jsonl").write_text(lines)
+        for chart in bench_plots.draw(rows, args.out):
+            print(f"wrote {chart}")
 
 
 def run_replication_bench(quick: bool) -> list[dict]:

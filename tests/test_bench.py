@@ -21,16 +21,18 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, import_loadtest) -> No
     bench = import_loadtest("bench")
     # Attach to the session's Ray instead of starting a second one on two cores.
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    out = tmp_path / "bench.jsonl"
+    out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json-out", str(out)],
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = {row["figure"]: row for row in map(json.loads, out.read_text().splitlines())}
+    lines = (out / "bench.jsonl").read_text().splitlines()
+    rows = {row["figure"]: row for row in map(json.loads, lines)}
+    assert (out / "throughput.png").stat().st_size > 1_000  # the chart was drawn
     for figure, _ in bench.FIGURES:
         assert rows[figure]["ray_broker"] > 0, rows[figure]
         assert rows[figure]["ray_queue"] > 0, rows[figure]

@@ -13,6 +13,12 @@ import ray
 from ray_broker import TopicPartition, errors
 
 
+@pytest.fixture
+def broker(shared_broker):
+    """The module's broker: its tests use topics of their own."""
+    return shared_broker
+
+
 def _leader(broker, topic: str, partition: int = 0):
     record_id = broker.admin().describe_topic(topic).topic_id
     return ray.get_actor(

@@ -24,6 +24,12 @@ def latency(import_loadtest) -> ModuleType:
     return import_loadtest("latency")
 
 
+@pytest.fixture
+def broker(shared_broker):
+    """The module's broker: its tests use topics of their own."""
+    return shared_broker
+
+
 def test_hop_stamps_are_kept_only_while_enabled_and_keep_the_first_per_hop() -> None:
     stamps = HopStamps(max_stamps=3)
     stamps.stamp("appended", 1, 10)

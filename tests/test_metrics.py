@@ -7,11 +7,18 @@ import urllib.request
 import uuid
 from collections import defaultdict
 
+import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 # Ray exports what actors record every few seconds; the group coordinator reports lag every 5 s.
 SCRAPE_DEADLINE_S = 90
+
+
+@pytest.fixture
+def broker(shared_broker):
+    """The module's broker: its tests use topics of their own."""
+    return shared_broker
 
 
 def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:

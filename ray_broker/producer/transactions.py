@@ -57,7 +57,8 @@ class TransactionManager:
     ) -> None:
         self.transactional_id = transactional_id
         self.timeout_ms = timeout_ms
-        self._coordinator = coordinator
+        self._coordinator_factory = coordinator
+        self._handle: Any = None
         self._group_coordinator = group_coordinator
         self._max_block_s = max_block_s
         self._backoff_s = max(retry_backoff_s, 0.01)
@@ -70,6 +71,16 @@ class TransactionManager:
 
     # --- calls ----------------------------------------------------------------------------------
 
+    def _coordinator(self) -> Any:
+        """The coordinator's handle: looked up (or started) once, again after a failure."""
+        if self._handle is None:
+            self._handle = self._coordinator_factory()
+        return self._handle
+
+    def _forget_coordinator(self, error: BrokerError) -> None:
+        if error.retriable:
+            self._handle = None
+
     def _call(self, method: str, *args: Any) -> Any:
         """A coordinator call, retried on retriable errors within max.block.ms."""
 
@@ -80,7 +91,12 @@ class TransactionManager:
             )
 
         try:
-            return retrying(attempt, time.monotonic() + self._max_block_s, self._backoff_s)
+            return retrying(
+                attempt,
+                time.monotonic() + self._max_block_s,
+                self._backoff_s,
+                self._forget_coordinator,
+            )
         except ProducerFenced:
             self.state = TxnClientState.FENCED
             raise
@@ -196,16 +212,19 @@ class TransactionManager:
         new = sorted(set(partitions) - self._added)
         if not new:
             return
-        handle = self._coordinator().add_partitions
-        call(
-            handle,
-            self.transactional_id,
-            self.producer_id,
-            self.epoch,
-            new,
-            timeout_s=COORDINATOR_CALL_TIMEOUT_S,
-            unavailable=BrokerNotRunning,
-        )
+        try:
+            call(
+                self._coordinator().add_partitions,
+                self.transactional_id,
+                self.producer_id,
+                self.epoch,
+                new,
+                timeout_s=COORDINATOR_CALL_TIMEOUT_S,
+                unavailable=BrokerNotRunning,
+            )
+        except BrokerError as exc:
+            self._forget_coordinator(exc)
+            raise
         with self._lock:
             self._added.update(new)
 
