@@ -236,7 +236,13 @@ class TransactionCoordinator:
                 await self._persist(transactional_id)
             if plan is not None:
                 deadline = time.monotonic() + END_TXN_PATIENCE_S
-                await self._finish(plan, timed_out=False, deadline=deadline)
+                try:
+                    await self._finish(plan, timed_out=False, deadline=deadline)
+                except ConcurrentTransactions:
+                    # Decided but not all markers written (a partition without a leader): go on
+                    # in the background, so the transaction ends even if the producer is gone.
+                    self._spawn_finish(plan, timed_out=False)
+                    raise
             meta = self.states.txns[transactional_id]
             return meta.producer_id, meta.epoch
 

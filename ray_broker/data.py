@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 
 from ray_broker.config import CONTROLLER_NAME, DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError, InvalidConfig, InvalidRecord
-from ray_broker.storage.schema import RECORD_SCHEMA
+from ray_broker.storage.schema import ATTR_CONTROL, RECORD_SCHEMA
 
 # One fetch of a read task asks for this many records (the leader caps what one answer holds).
 READ_CHUNK_RECORDS = 200_000
@@ -141,6 +141,13 @@ def _split(ranges: list[PartitionRange], parallelism: int) -> list[PartitionRang
 # --- reading --------------------------------------------------------------------------------------
 
 
+# Transaction markers are the broker's, never a record of the topic (the partition hides them
+# from fetches; the Parquet scan of sealed files must too).
+NOT_CONTROL = pc.field("attributes").is_null() | (
+    pc.bit_wise_and(pc.field("attributes"), pa.scalar(ATTR_CONTROL, pa.int8())) == 0
+)
+
+
 def _output_schema(columns: list[str] | None) -> pa.Schema:
     fields = [f for f in RECORD_SCHEMA if columns is None or f.name in columns]
     if columns is None or PARTITION_COLUMN in columns:
@@ -213,7 +220,7 @@ def read_partition_range(
             break  # on another node's disk: the leader serves the rest
         upto = min(r.end, next_offset, plan["memory_from"])
         bounded = PartitionRange(r.topic, r.partition, position, upto)
-        scan_filter = (pc.field("offset") >= position) & (pc.field("offset") < upto)
+        scan_filter = (pc.field("offset") >= position) & (pc.field("offset") < upto) & NOT_CONTROL
         if where_filter is not None:
             scan_filter = scan_filter & where_filter
         try:
@@ -224,11 +231,13 @@ def read_partition_range(
         position = max(position, upto)
     while position < r.end:
         response = leader.call("fetch", position, READ_CHUNK_RECORDS, READ_CHUNK_BYTES, 0)
-        if not response.num_records:
+        if response.next_offset <= position:
             break  # nothing committed at or after ``position`` (compacted away)
-        table = from_ipc(response.records_ipc)
-        position = table.column("offset")[-1].as_py() + 1
-        yield _shape(table, r, columns, where_filter)
+        position = response.next_offset  # past hidden transaction markers too
+        if response.num_records:
+            yield _shape(
+                table=from_ipc(response.records_ipc), r=r, columns=columns, where=where_filter
+            )
 
 
 def _check_columns(columns: Iterable[str] | None) -> list[str] | None:

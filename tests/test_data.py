@@ -169,3 +169,29 @@ def test_tiered_segments_serve_consumers_read_topic_and_restarts(broker, tmp_pat
 
     broker.admin().delete_topic(topic)
     assert not list((remote / topic).rglob("*.parquet")), "deleting the topic deletes remote copies"
+
+
+def test_transaction_markers_never_show_up_in_a_dataset(broker) -> None:
+    """Markers are hidden in the Parquet scan of sealed files and skipped in the tail fetch
+    (where a fetch of markers alone returns no record yet moves the position on)."""
+    topic = f"data-{uuid.uuid4().hex[:6]}"
+    broker.admin().create_topic(topic, partitions=1, config={"segment.ms": 200})
+    producer = broker.producer(transactional_id=f"data-{uuid.uuid4().hex[:6]}")
+    producer.init_transactions()
+
+    def transaction(values: list[bytes], commit: bool) -> None:
+        producer.begin_transaction()
+        for value in values:
+            producer.send(topic, value)
+        producer.commit_transaction() if commit else producer.abort_transaction()
+
+    transaction([b"a", b"b"], commit=True)
+    transaction([b"x"], commit=False)
+    time.sleep(0.3)
+    _seal_everything(broker, topic, 1)  # these two transactions and markers are in Parquet now
+    transaction([b"c"], commit=True)  # in memory: the tail, ending in a marker
+    transaction([b"d"], commit=True)
+    read = _collect(rb.read_topic(topic, namespace=broker.namespace))
+    # read_uncommitted semantics: the aborted record is there, no marker is.
+    assert sorted(read.column("value").to_pylist()) == [b"a", b"b", b"c", b"d", b"x"]
+    producer.close()
