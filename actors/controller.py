@@ -43,6 +43,7 @@ from ray_broker.config import (
     CONTROLLER_NAME,
     GROUP_COORDINATOR_NAME,
     HEAD_NODE_RESOURCE,
+    TRANSACTION_COORDINATOR_NAME,
     BrokerConfig,
     parse_config,
     validate_topic_name,
@@ -290,6 +291,8 @@ class Controller:
                     )
                     pushes += [p for p in self._restart_dead(dead) if p not in pushes]
                 await self._push_many(pushes)
+                if rounds % TRANSACTIONS_NUDGE_EVERY_ROUNDS == 0:
+                    self._nudge_transaction_coordinator()
             except Exception:  # keep watching; the next round retries
                 logger.exception("cluster check failed")
 
@@ -497,6 +500,15 @@ class Controller:
         except ValueError:
             return
         coordinator.topics_changed.remote()
+
+    def _nudge_transaction_coordinator(self) -> None:
+        """Wake a restarted transaction coordinator that no producer calls any more: it must
+        still finish decided transactions and abort expired ones (best effort)."""
+        try:
+            coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self.namespace)
+        except ValueError:
+            return  # no transactional producer ever ran
+        coordinator.tick.remote()
 
     async def create_topic(
         self,
@@ -722,6 +734,7 @@ class Controller:
 
 
 PREFERRED_LEADER_EVERY_ROUNDS = 20
+TRANSACTIONS_NUDGE_EVERY_ROUNDS = 20  # every 5 s at the default interval
 ROLE_CHANGE_TIMEOUT_S = 2.0
 REPLICA_START_TIMEOUT_S = 60.0
 # A follower that has not answered the Controller's probes for this long is started again.

@@ -246,8 +246,15 @@ class TransactionCoordinator:
             meta = self.states.txns[transactional_id]
             return meta.producer_id, meta.epoch
 
+    async def tick(self) -> None:
+        """The Controller's periodic nudge: a coordinator restarted after a crash starts its
+        housekeeping (finish Prepare* transactions, abort expired ones) even if no producer
+        calls it again."""
+        self._start()
+
     async def verify(self, producer_id: int, epoch: int, topic: str, partition: int) -> bool:
         """A partition's KIP-890 check before a producer epoch's first transactional write."""
+        self._start()
         return self.states.verify(producer_id, epoch, topic, partition)
 
     async def describe(self) -> list[dict[str, Any]]:

@@ -327,3 +327,26 @@ def _exactly_once_with_kills(broker, total: int, rounds: int) -> None:
     ray.kill(finisher)
     reader.close()
     feed.close()
+
+
+def test_a_restarted_coordinator_aborts_an_abandoned_transaction_on_its_own(broker) -> None:
+    """The producer is gone and never calls again; the coordinator crashed and restarted. The
+    Controller's nudge starts its housekeeping, which times the transaction out, so the last
+    stable offset moves on."""
+    topic = _topic(broker, partitions=1)
+    producer = broker.producer(
+        transactional_id=f"gone-{uuid.uuid4().hex[:6]}", transaction_timeout_ms=1_000
+    )
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, b"abandoned").result(timeout=30)
+    coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=broker.namespace)
+    ray.kill(coordinator, no_restart=False)
+    reader = _reader(broker, topic, "read_committed")
+    tp = TopicPartition(topic, 0)
+    deadline = time.monotonic() + 60
+    while reader.end_offsets([tp])[tp] == 0:  # the abort marker frees the LSO
+        assert time.monotonic() < deadline, "nobody aborted the abandoned transaction"
+        time.sleep(0.5)
+    assert _read_all(reader, 0, timeout_s=1) == []
+    reader.close()
