@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
-from ray_broker._ray import call, retrying
+from ray_broker._ray import call, classify, retrying
 from ray_broker.errors import (
     BrokerError,
     BrokerNotRunning,
@@ -74,7 +74,10 @@ class TransactionManager:
     def _coordinator(self) -> Any:
         """The coordinator's handle: looked up (or started) once, again after a failure."""
         if self._handle is None:
-            self._handle = self._coordinator_factory()
+            try:
+                self._handle = self._coordinator_factory()
+            except Exception as exc:  # Ray's own failure to find or start it: typed here
+                raise classify(exc, BrokerNotRunning) from None
         return self._handle
 
     def _forget_coordinator(self, error: BrokerError) -> None:
