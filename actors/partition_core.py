@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,7 @@ from ray_broker.structs import PartitionOffsets, ProduceResult
 # Producer state is rebuilt from this many of the newest records after a restart: far more than
 # a producer can have in flight within delivery.timeout.ms at the rates this broker sustains.
 PRODUCER_STATE_REBUILD_RECORDS = 500_000
+REPLAY_CHUNK_RECORDS = 100_000
 
 
 class Partition:
@@ -63,20 +65,24 @@ class Partition:
         start = max(
             self.log.log_start_offset, self.log.log_end_offset - PRODUCER_STATE_REBUILD_RECORDS
         )
-        while start < self.log.log_end_offset:
-            chunk = self.log.read(start, max_records=100_000)
+        for chunk in self._chunks_from(start):
             self.producers.rebuild(chunk)
+
+    def _chunks_from(self, start: int) -> Iterator[pa.Table]:
+        """The log from ``start`` to its end, in chunks (what recovery replays)."""
+        while start < self.log.log_end_offset:
+            chunk = self.log.read(start, max_records=REPLAY_CHUNK_RECORDS)
+            yield chunk
             start = chunk.column("offset")[-1].as_py() + 1
 
     def _recover_transactions(self) -> None:
         """Load the transaction events, then observe the write-ahead tail again (a crash may
         have logged records whose events were not written yet)."""
         self.txns.load(self.log.log_end_offset)
-        start = max(self.log.memory_start_offset, self.log.log_start_offset)
-        while start < self.log.log_end_offset:
-            chunk = self.log.read(start, max_records=100_000)
+        for chunk in self._chunks_from(
+            max(self.log.memory_start_offset, self.log.log_start_offset)
+        ):
             self.txns.observe(chunk)
-            start = chunk.column("offset")[-1].as_py() + 1
 
     @property
     def name(self) -> str:
@@ -251,8 +257,8 @@ class Partition:
     ) -> pa.Table:
         """Committed records from ``offset`` (below the high watermark; below the last stable
         offset for ``read_committed``), without control records and, for ``read_committed``,
-        without aborted transactions' records. The returned table's schema metadata is not
-        touched; ``read_next_offset`` tells where the next read starts.
+        without aborted transactions' records; ``read_with_next`` also tells where the next
+        read starts.
 
         Raises:
             OffsetOutOfRange: ``offset`` is outside [log start, log end].

@@ -80,7 +80,10 @@ class PartitionTransactions:
 
     def truncate_to(self, log_end_offset: int) -> None:
         """Forget what the log no longer holds (a follower cut its divergent tail)."""
-        self.load(log_end_offset) if self._path is not None else self._cut(log_end_offset)
+        if self._path is not None:
+            self.load(log_end_offset)  # the event file is the truth; replaying it cuts too
+        else:
+            self._cut(log_end_offset)
 
     def _cut(self, log_end_offset: int) -> None:
         self.ongoing = {p: v for p, v in self.ongoing.items() if v[1] < log_end_offset}

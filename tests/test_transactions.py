@@ -47,6 +47,27 @@ def _reader(broker, topic: str, isolation: str):
     return consumer
 
 
+def _open_short_transaction(broker, value: bytes):
+    """A one-partition topic with an open transaction (1 s timeout) holding ``value``."""
+    topic = _topic(broker, partitions=1)
+    producer = broker.producer(
+        transactional_id=f"short-{uuid.uuid4().hex[:6]}", transaction_timeout_ms=1_000
+    )
+    producer.init_transactions()
+    producer.begin_transaction()
+    producer.send(topic, value).result(timeout=30)
+    return topic, producer
+
+
+def _wait_for_the_abort(reader, topic: str, timeout_s: float) -> None:
+    """Until the abort marker frees the last stable offset of partition 0."""
+    tp = TopicPartition(topic, 0)
+    deadline = time.monotonic() + timeout_s
+    while reader.end_offsets([tp])[tp] == 0:
+        assert time.monotonic() < deadline, "nobody aborted the transaction"
+        time.sleep(0.2)
+
+
 def test_commit_is_atomic_across_partitions_and_abort_is_never_read(broker) -> None:
     topic = _topic(broker)
     producer = broker.producer(transactional_id=f"app-{uuid.uuid4().hex[:6]}")
@@ -116,19 +137,9 @@ def test_a_newer_incarnation_fences_the_zombie_and_aborts_its_transaction(broker
 
 
 def test_a_timed_out_transaction_is_aborted_by_the_coordinator(broker) -> None:
-    topic = _topic(broker, partitions=1)
-    producer = broker.producer(
-        transactional_id=f"app-{uuid.uuid4().hex[:6]}", transaction_timeout_ms=1_000
-    )
-    producer.init_transactions()
-    producer.begin_transaction()
-    producer.send(topic, b"too-slow").result(timeout=30)
+    topic, producer = _open_short_transaction(broker, b"too-slow")
     reader = _reader(broker, topic, "read_committed")
-    deadline = time.monotonic() + 20
-    tp = TopicPartition(topic, 0)
-    while reader.end_offsets([tp])[tp] == 0:  # the abort marker frees the LSO
-        assert time.monotonic() < deadline, "the coordinator never aborted the transaction"
-        time.sleep(0.2)
+    _wait_for_the_abort(reader, topic, timeout_s=20)
     with pytest.raises(errors.TransactionTimedOut):
         producer.commit_transaction()
     producer.abort_transaction()
@@ -333,20 +344,10 @@ def test_a_restarted_coordinator_aborts_an_abandoned_transaction_on_its_own(brok
     """The producer is gone and never calls again; the coordinator crashed and restarted. The
     Controller's nudge starts its housekeeping, which times the transaction out, so the last
     stable offset moves on."""
-    topic = _topic(broker, partitions=1)
-    producer = broker.producer(
-        transactional_id=f"gone-{uuid.uuid4().hex[:6]}", transaction_timeout_ms=1_000
-    )
-    producer.init_transactions()
-    producer.begin_transaction()
-    producer.send(topic, b"abandoned").result(timeout=30)
+    topic, _ = _open_short_transaction(broker, b"abandoned")
     coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=broker.namespace)
     ray.kill(coordinator, no_restart=False)
     reader = _reader(broker, topic, "read_committed")
-    tp = TopicPartition(topic, 0)
-    deadline = time.monotonic() + 60
-    while reader.end_offsets([tp])[tp] == 0:  # the abort marker frees the LSO
-        assert time.monotonic() < deadline, "nobody aborted the abandoned transaction"
-        time.sleep(0.5)
+    _wait_for_the_abort(reader, topic, timeout_s=60)
     assert _read_all(reader, 0, timeout_s=1) == []
     reader.close()
