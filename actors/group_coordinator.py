@@ -25,6 +25,7 @@ from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.data_dir import internal_dir, make_private
 from ray_broker.actors.group import Group, Heartbeat, compile_pattern
 from ray_broker.actors.metadata_store import MetadataStore
+from ray_broker.actors.share_state_store import ShareStateStore, decode_share_key
 from ray_broker.config import (
     CONTROLLER_NAME,
     MAX_SESSION_TIMEOUT_MS,
@@ -161,7 +162,12 @@ class GroupCoordinator:
         self.offsets: dict[OffsetKey, dict[str, Any]] = {}
         # (group, producer id) -> offsets of an open transaction, applied by its commit marker.
         self.pending: dict[tuple[str, int], dict[str, Any]] = {}
+        self.shares = ShareStateStore(self._write)
         for key, document in self.store.load().items():
+            shared = decode_share_key(key)
+            if shared is not None:
+                self.shares.restore(shared, document)
+                continue
             pending = _decode_pending_key(key)
             if pending is not None:
                 self.pending[pending] = document
@@ -601,6 +607,39 @@ class GroupCoordinator:
             new[tp] = (offset, "")
         await self.commit(group_id, None, new)
         return {tp: offset for tp, (offset, _) in new.items()}
+
+    # --- share groups (their state is decided by partition leaders, kept here) -----------------
+
+    async def share_load(
+        self, group_id: str, topic: str, partition: int, epoch: int
+    ) -> dict[str, Any] | None:
+        """A share partition's snapshot for its leader of ``epoch`` (None: a new one).
+
+        Raises:
+            FencedLeaderEpoch: a newer leader of the partition holds it.
+        """
+        return self.shares.load((group_id, topic, partition), epoch)
+
+    async def share_save(
+        self, group_id: str, topic: str, partition: int, epoch: int, state: dict[str, Any]
+    ) -> None:
+        """Durably store a share partition's snapshot (fsynced before this returns).
+
+        Raises:
+            FencedLeaderEpoch: a newer leader of the partition holds it.
+        """
+        await self.shares.save((group_id, topic, partition), epoch, state)
+
+    async def list_share_groups(self) -> list[str]:
+        return self.shares.groups()
+
+    async def share_group_partitions(self, group_id: str) -> list[tuple[str, int]]:
+        """Raises GroupNotFound for an unknown share group."""
+        return self.shares.partitions(group_id)
+
+    async def delete_share_group(self, group_id: str) -> None:
+        """Forget a share group's state (its members must be gone). Raises GroupNotFound."""
+        await self.shares.delete(group_id)
 
     async def shutdown(self) -> None:
         if self._background is not None:

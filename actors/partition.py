@@ -34,6 +34,7 @@ from ray_broker.actors.data_dir import make_private
 from ray_broker.actors.partition_core import Partition
 from ray_broker.actors.priority import serve_at_normal_priority
 from ray_broker.actors.replica import Replica, Role
+from ray_broker.actors.share_groups import ShareGroups
 from ray_broker.config import TopicConfig, parse_config
 from ray_broker.errors import (
     BrokerBusy,
@@ -165,6 +166,7 @@ class PartitionActor:
         # Controller first, which gives a restarted leader a new epoch.
         self._restarted = _was_restarted()
         self.metrics = PartitionMetrics(topic, partition)
+        self.shares = ShareGroups(self)
 
     # --- start-up and roles ---------------------------------------------------------------------
 
@@ -246,6 +248,7 @@ class PartitionActor:
     def _become_follower(self, epoch: int) -> None:
         self._start_background()
         self.replica.become_follower(epoch)
+        self.shares.clear()
         self._stop_links()
         self._notify_hw()  # acks=all waiters learn they lost the leadership
 
@@ -259,6 +262,7 @@ class PartitionActor:
         """A newer leader exists (a follower said so): stop acting as leader."""
         if self.replica.step_down(epoch):
             logger.warning("%s: fenced by leader epoch %d, stepping down", self.core.name, epoch)
+        self.shares.clear()
         self._stop_links()
         self._notify_hw()
 
@@ -588,6 +592,63 @@ class PartitionActor:
             self._check_leader()
         return table, next_offset, woke_ns
 
+    # --- share groups (queue semantics; see actors/share_groups.py) ----------------------------
+
+    async def share_fetch(
+        self,
+        group_id: str,
+        member_id: str,
+        max_records: int = 500,
+        max_wait_ms: int = 0,
+        reset: str = "latest",
+    ) -> FetchResponse:
+        """Deliver up to ``max_records`` records to a share-group member under a lock; waits up
+        to ``max_wait_ms`` for the first. ``reset`` places a group new to this partition
+        (Kafka's share.auto.offset.reset). The records carry a ``delivery_count`` column.
+
+        Raises:
+            NotLeader, InvalidGroupId, InvalidConfig.
+        """
+        await self._ensure_role()
+        self._check_leader()
+        if self._parked >= PARKED_FETCHES_MAX:
+            max_wait_ms = 0
+        self._parked += 1
+        try:
+            response = await self.shares.fetch(
+                group_id, member_id, max_records, max(int(max_wait_ms), 0), reset
+            )
+        finally:
+            self._parked -= 1
+        self.metrics.fetched(response.num_records, response.records_ipc.size, 0.0)
+        return response
+
+    async def share_acknowledge(
+        self, group_id: str, member_id: str, acknowledgements: list[Any]
+    ) -> list[int]:
+        """Apply a member's answers (``[(offsets, "accept"|"release"|"reject", error text)]``);
+        durable when this returns. Returns the offsets not held by the member (see
+        ``InvalidRecordState``); the rest are applied.
+
+        Raises:
+            NotLeader, InvalidGroupId, InvalidConfig.
+        """
+        await self._ensure_role()
+        self._check_leader()
+        return await self.shares.acknowledge(group_id, member_id, acknowledgements)
+
+    async def share_describe(self, group_id: str) -> dict[str, Any]:
+        """The share group's state on this partition (members, in flight, lag)."""
+        await self._ensure_role()
+        self._check_leader()
+        return await self.shares.describe(group_id)
+
+    async def share_reset(self, group_id: str, to: str, value: int | None = None) -> int:
+        """Start the share group over here; raises GroupNotEmpty while records are locked."""
+        await self._ensure_role()
+        self._check_leader()
+        return await self.shares.reset(group_id, to, value)
+
     async def read_plan(self, start: int, end: int) -> dict[str, Any]:
         """Where committed records in ``[start, end)`` are, for bulk readers
         (``ray_broker.data``): sealed Parquet files on this node, and the offset from which only
@@ -839,6 +900,7 @@ class PartitionActor:
     async def update_config(self, config: dict[str, Any], *, token: str = "") -> None:
         self._authorize(token)
         self.core.log.config = parse_config(TopicConfig, config)
+        self.shares.update_settings()
 
     async def maintain(self) -> dict[str, int]:
         """Run housekeeping now (the background loop runs it every retention check interval):

@@ -177,6 +177,9 @@ class Partition:
         if not isinstance(batch, (pa.Table, pa.RecordBatch)):
             raise InvalidRecord(f"expected a pyarrow Table, got {type(batch).__name__}")
         count = batch.num_rows
+        priorities = None
+        if "priority" in batch.schema.names:
+            batch, priorities = self._take_priorities(batch)
         reserved = [n for n in BROKER_COLUMNS if n in batch.schema.names]
         if reserved:
             raise InvalidRecord(
@@ -190,10 +193,11 @@ class Partition:
                     existing, existing + count - 1, -1, self.log.log_start_offset, duplicate=True
                 )
             batch = _with_producer_columns(batch, producer_id, producer_epoch, base_sequence)
-            if transactional:
-                batch = batch.append_column(
-                    "attributes", pa.array(np.full(count, ATTR_TRANSACTIONAL, dtype=np.int8))
-                )
+        if (transactional and producer_id is not None) or priorities is not None:
+            flags = np.full(count, ATTR_TRANSACTIONAL if transactional else 0, dtype=np.int8)
+            if priorities is not None:
+                flags |= priorities
+            batch = batch.append_column("attributes", pa.array(flags))
         base, last = self.log.append(batch)
         if producer_id is not None:
             self.producers.record(producer_id, producer_epoch, base_sequence, count, base)
@@ -203,6 +207,30 @@ class Partition:
         if self.log.config.message_timestamp_type == "LogAppendTime":
             append_time = self.log.read(base, 1).column("timestamp")[0].as_py()
         return ProduceResult(base, last, append_time, self.log.log_start_offset)
+
+    def _take_priorities(
+        self, batch: pa.Table | pa.RecordBatch
+    ) -> tuple[pa.Table | pa.RecordBatch, np.ndarray]:
+        """The ``priority`` column (0 if null) as the low bits of ``attributes``.
+
+        Raises:
+            InvalidRecord: a priority outside 0..priority.levels-1.
+        """
+        levels = self.log.config.priority_levels
+        column = batch.column("priority")
+        if not pa.types.is_integer(column.type):
+            raise InvalidRecord(f"{self.name}: priority is an integer column, got {column.type}")
+        values = pc.fill_null(column, 0)
+        if len(values):
+            bounds = pc.min_max(values)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            if low < 0 or high >= levels:
+                raise InvalidRecord(
+                    f"{self.name}: priorities {low}..{high} are outside 0..{levels - 1} "
+                    f"(the topic's priority.levels={levels})"
+                )
+        index = batch.schema.get_field_index("priority")
+        return batch.remove_column(index), values.to_numpy().astype(np.int8)
 
     def _check_timestamps(self, batch: pa.Table | pa.RecordBatch) -> None:
         """CreateTime stamps must be >= 0 and within message.timestamp.before/after.max.ms of

@@ -101,6 +101,7 @@ class TopicRegistry:
             )
         parsed = parse_config(TopicConfig, config)
         _check_replicated_compaction(parsed, replication_factor)
+        _check_dead_letter_topic(name, parsed)
         overrides = parsed.model_dump(by_alias=True, exclude_unset=True)
         record = TopicRecord(
             name, topic_id or uuid.uuid4().hex, partitions, replication_factor, overrides
@@ -135,6 +136,7 @@ class TopicRegistry:
         )
         merged = {**record.config_overrides, **normalized}
         _check_replicated_compaction(parse_config(TopicConfig, merged), record.replication_factor)
+        _check_dead_letter_topic(name, parse_config(TopicConfig, merged))
         record.config_overrides = merged
         self._save(record)
         return record
@@ -158,6 +160,16 @@ def _check_replicated_compaction(config: TopicConfig, replication_factor: int) -
         raise InvalidConfig(
             "cleanup.policy=compact is not supported with replication_factor > 1 yet; use "
             "replication_factor=1 or cleanup.policy=delete"
+        )
+
+
+def _check_dead_letter_topic(name: str, config: TopicConfig) -> None:
+    """A dead-letter topic that is the topic itself would deliver rejected records again."""
+    template = config.share_dlq_topic
+    if template and template.replace("{group}", "") in (name, "{topic}"):
+        raise InvalidConfig(
+            f"share.dlq.topic={template!r} names the topic {name!r} itself; dead letters must go "
+            "to another topic (the default is '{topic}.{group}.dlq')"
         )
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray_broker import errors
 from ray_broker.structs import (
+    AcknowledgeType,
     BatchMetadata,
     GroupDescription,
     GroupListing,
@@ -19,6 +20,7 @@ from ray_broker.structs import (
     PartitionLag,
     Record,
     RecordMetadata,
+    ShareRecord,
     TopicDescription,
     TopicPartition,
 )
@@ -37,6 +39,7 @@ _LAZY = {
     "RecordFuture": "ray_broker.producer",
     "BatchFuture": "ray_broker.producer",
     "Consumer": "ray_broker.consumer",
+    "ShareConsumer": "ray_broker.consumer.share_consumer",
     "Admin": "ray_broker.admin",
     # Subclassed by applications: importable without reaching into private modules.
     "ConsumerRebalanceListener": "ray_broker.consumer",
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from ray_broker.admin import Admin
     from ray_broker.broker import Broker, connect
     from ray_broker.consumer import Consumer, ConsumerRebalanceListener
+    from ray_broker.consumer.share_consumer import ShareConsumer
     from ray_broker.data import TopicDatasink, read_topic, write_topic
     from ray_broker.producer import BatchFuture, Producer, RecordFuture
 
@@ -63,6 +67,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AcknowledgeType",
     "Admin",
     "BatchFuture",
     "BatchMetadata",
@@ -79,6 +84,8 @@ __all__ = [
     "Record",
     "RecordFuture",
     "RecordMetadata",
+    "ShareConsumer",
+    "ShareRecord",
     "TopicDatasink",
     "TopicDescription",
     "TopicPartition",

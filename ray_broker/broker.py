@@ -86,6 +86,19 @@ class Broker:
         self._clients.append(consumer)
         return consumer
 
+    def share_consumer(self, *topics: str, **options: Any) -> Any:
+        """A ``ShareConsumer``: a member of share group ``group_id`` (required) on ``topics`` —
+        queue semantics, each record to one member at a time, acknowledged per record.
+
+        Raises:
+            InvalidConfig, TopicNotFound.
+        """
+        from ray_broker.consumer.share_consumer import ShareConsumer
+
+        consumer = ShareConsumer(self._metadata, topics, **options)
+        self._clients.append(consumer)
+        return consumer
+
     def _transaction_coordinator(self) -> Any:
         """The namespace's transaction coordinator, started by the first transactional
         producer (brokers that never use transactions run no such actor)."""

@@ -57,6 +57,7 @@ DAY_MS = 86_400_000
 MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 1_800_000
 MAX_PARTITIONS = 10_000
+MAX_PRIORITY_LEVELS = 10
 
 _MODEL = ConfigDict(
     populate_by_name=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
@@ -81,6 +82,40 @@ class TopicConfig(LogConfig):
     log_unsealed_bytes_max: int = Field(
         SEGMENT_BYTES, alias="log.unsealed.bytes.max", ge=1024 * 1024
     )
+    # --- share groups (queue semantics, KIP-932) and priorities ---
+    # How long a share-group member holds a delivered record before it is delivered again.
+    share_record_lock_duration_ms: int = Field(
+        30_000, alias="share.record.lock.duration.ms", ge=100, le=3_600_000
+    )
+    # Deliveries of one record before it goes to the dead-letter topic (Kafka: 5, 2..10).
+    share_delivery_count_limit: int = Field(5, alias="share.delivery.count.limit", ge=1, le=100)
+    # Offsets one share partition tracks past its start (Kafka's
+    # group.share.partition.max.record.locks): bounds the state a leader keeps and saves.
+    share_partition_max_record_locks: int = Field(
+        5_000, alias="share.partition.max.record.locks", ge=1, le=100_000
+    )
+    # A released record is delivered again after this long (0: at once).
+    share_release_backoff_ms: int = Field(0, alias="share.release.backoff.ms", ge=0, le=DAY_MS)
+    # Where a share group's rejected and over-delivered records go; "{topic}" and "{group}" are
+    # filled in (characters a topic name may not have become "_"); "" keeps no copy.
+    share_dlq_topic: str = Field("{topic}.{group}.dlq", alias="share.dlq.topic", max_length=200)
+    # Priority levels 0..levels-1 that producers may give records (send(priority=n)); share
+    # groups deliver higher levels first. At most 10, as RabbitMQ advises: each level is a
+    # separate ready queue per delivery, and the level lives in the low bits of a record's
+    # attributes byte.
+    priority_levels: int = Field(1, alias="priority.levels", ge=1, le=MAX_PRIORITY_LEVELS)
+    # Starvation rule: every n-th delivery of a share partition takes its oldest available
+    # record, whatever the priorities.
+    priority_fifo_every: int = Field(10, alias="priority.fifo.every", ge=2, le=1_000)
+
+    @field_validator("share_dlq_topic")
+    @classmethod
+    def _dlq_template(cls, template: str) -> str:
+        if template:
+            name = dead_letter_topic(template, "t", "g")
+            if name.startswith(RESERVED_PREFIX) or name in (".", ".."):
+                raise ValueError(f"share.dlq.topic {template!r} gives a reserved topic name")
+        return template
 
 
 class BrokerConfig(BaseModel):
@@ -202,6 +237,31 @@ class ConsumerConfig(BaseModel):
     consumer_timeout_ms: int = Field(-1, alias="consumer.timeout.ms", ge=-1)
 
 
+class ShareConsumerConfig(BaseModel):
+    """A share-group member's settings (Kafka's KafkaShareConsumer names)."""
+
+    model_config = _MODEL
+
+    client_id: str = Field("ray-broker-share-consumer", alias="client.id")
+    group_id: str = Field(alias="group.id")
+    # implicit: every record a poll returned is accepted at the next poll (or commit/close)
+    # unless acknowledged otherwise; explicit: only acknowledge() answers (Kafka's default is
+    # implicit).
+    share_acknowledgement_mode: Literal["implicit", "explicit"] = Field(
+        "implicit", alias="share.acknowledgement.mode"
+    )
+    # Where a share group new to a partition starts (Kafka's share.auto.offset.reset: latest).
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "latest", alias="share.auto.offset.reset"
+    )
+    max_poll_records: int = Field(500, alias="max.poll.records", ge=1, le=10_000)
+    fetch_max_wait_ms: int = Field(500, alias="fetch.max.wait.ms", ge=0)
+    request_timeout_ms: int = Field(30_000, alias="request.timeout.ms", ge=1, le=DAY_MS)
+    retry_backoff_ms: int = Field(100, alias="retry.backoff.ms", ge=0)
+    key_deserializer: Callable[[bytes], Any] | None = Field(None, alias="key.deserializer")
+    value_deserializer: Callable[[bytes], Any] | None = Field(None, alias="value.deserializer")
+
+
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 
@@ -228,6 +288,23 @@ def validate_topic_name(name: object) -> str:
             f"topic name {name!r} is reserved: names starting with {RESERVED_PREFIX!r} belong "
             "to the broker's internal state"
         )
+    return name
+
+
+def dead_letter_topic(template: str, topic: str, group: str) -> str:
+    """The dead-letter topic of ``group`` reading ``topic``: ``template`` with ``{topic}`` and
+    ``{group}`` filled in; characters a topic name may not have become ``_``.
+
+    Raises:
+        ValueError: other placeholders or broken braces in ``template``.
+    """
+    try:
+        name = template.format(topic=topic, group=group)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"share.dlq.topic {template!r} may use only {{topic}} and {{group}}: {exc}"
+        ) from None
+    name = re.sub(r"[^a-zA-Z0-9._-]", "_", name)[:TOPIC_NAME_MAX_CHARS]
     return name
 
 

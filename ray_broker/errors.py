@@ -278,6 +278,14 @@ class NoOffsetForPartition(OffsetOutOfRange):
     fields = ("topic", "partition", "offset", "log_start", "log_end")
 
 
+class InvalidRecordState(BrokerError):
+    """A share-group acknowledgement names records this member does not hold: never delivered
+    to it, already acknowledged, or its acquisition lock expired (the record was or will be
+    delivered again). The other acknowledgements of the request were applied."""
+
+    fields = ("group_id", "topic", "partition", "offsets")
+
+
 class Unauthorized(BrokerError, PermissionError):
     """The principal lacks the ACL for this operation."""
 

@@ -7,12 +7,35 @@ Frozen and slotted: they cross actor boundaries by pickle and are created per re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 
 
 class TopicPartition(NamedTuple):
     topic: str
     partition: int
+
+
+class AcknowledgeType(str, Enum):
+    """A share-group member's answer for one delivered record (KIP-932)."""
+
+    ACCEPT = "accept"  # processed: never delivered again
+    RELEASE = "release"  # give it back: delivered again (to anyone), its count goes on
+    REJECT = "reject"  # unprocessable: never delivered again; goes to the dead-letter topic
+
+
+class ShareRecord(NamedTuple):
+    """One record delivered to a share-group member: ``Record``'s fields and how many times it
+    has been delivered (1 the first time). Acknowledge it with ``ShareConsumer.acknowledge``."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: Any
+    headers: list[tuple[str, bytes | None]]
+    delivery_count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,353 @@
+"""A share-group member (Kafka's ``KafkaShareConsumer``, KIP-932): queue semantics on a topic.
+
+Every member of a share group reads every partition; each partition's leader hands a record to
+one member at a time under a lock (``share.record.lock.duration.ms``) and counts its deliveries.
+The member answers per record — accept, release (deliver again) or reject (dead-letter) — and a
+record whose lock runs out (its member died or stalled) is delivered again. So members come and
+go without rebalancing, and a slow record never holds up the others.
+
+One fetch is kept in flight per partition (a long poll parked at the leader); acknowledgements
+are sent with ``commit_sync``/``commit_async``, at the next ``poll()`` and at ``close()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from ray_broker._ray import classify, resolve, submit
+from ray_broker.config import ShareConsumerConfig, client_config, validate_group_id
+from ray_broker.consumer.records import decode
+from ray_broker.errors import BrokerError, ConsumerClosed, InvalidConfig, InvalidRecordState
+from ray_broker.metadata import MetadataCache
+from ray_broker.storage.ipc import from_ipc
+from ray_broker.structs import AcknowledgeType, ShareRecord, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+METADATA_REFRESH_S = 5.0
+
+AckBuffer = dict[tuple[AcknowledgeType, str | None], list[int]]
+
+
+class ShareConsumer:
+    """See the module docstring. Not thread-safe, like ``Consumer``.
+
+    Raises (from the constructor):
+        InvalidConfig: a bad option (``group_id`` is required).
+        TopicNotFound: a topic does not exist.
+    """
+
+    def __init__(self, metadata: MetadataCache, topics: Sequence[str] = (), **options: Any) -> None:
+        if options.get("group_id") is None and options.get("group.id") is None:
+            raise InvalidConfig("a share consumer needs a group_id")
+        self.config: ShareConsumerConfig = client_config(ShareConsumerConfig, options)
+        validate_group_id(self.config.group_id)
+        self.member_id = f"{self.config.client_id}-{uuid.uuid4().hex}"
+        self._metadata = metadata
+        self._topics: list[str] = []
+        self._partitions: list[TopicPartition] = []
+        self._partitions_at = 0.0
+        self._fetches: dict[Any, TopicPartition] = {}  # ref -> partition
+        self._fetching: set[TopicPartition] = set()
+        self._retry_at: dict[TopicPartition, float] = {}
+        self._delivered: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
+        self._acks: dict[TopicPartition, AckBuffer] = defaultdict(lambda: defaultdict(list))
+        self._sent: list[tuple[Any, TopicPartition, list[int]]] = []  # acks awaiting answers
+        self._closed = False
+        if topics:
+            self.subscribe(topics)
+
+    @property
+    def group_id(self) -> str:
+        return self.config.group_id
+
+    def subscribe(self, topics: Sequence[str] | str) -> None:
+        """Read ``topics`` (replacing the previous ones). Raises TopicNotFound."""
+        self._check_open()
+        names = [topics] if isinstance(topics, str) else list(topics)
+        if not names:
+            raise InvalidConfig("subscribe() needs at least one topic")
+        for name in names:
+            self._metadata.topic(name)
+        self._topics = names
+        self._partitions_at = 0.0
+
+    def subscription(self) -> set[str]:
+        return set(self._topics)
+
+    def _current_partitions(self) -> list[TopicPartition]:
+        if time.monotonic() - self._partitions_at > METADATA_REFRESH_S:
+            self._partitions = [
+                TopicPartition(name, p)
+                for name in self._topics
+                for p in range(self._metadata.topic(name).num_partitions)
+            ]
+            self._partitions_at = time.monotonic()
+        return self._partitions
+
+    # --- delivery -------------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[ShareRecord]]:
+        """Records delivered to this member, waiting up to ``timeout_ms`` for the first.
+
+        In implicit mode the records of the previous poll that were not acknowledged are
+        accepted first.
+
+        Raises:
+            ConsumerClosed; InvalidConfig (not subscribed); a non-retriable BrokerError.
+        """
+        self._check_open()
+        if not self._topics:
+            raise InvalidConfig("subscribe() to a topic before poll()")
+        self._acknowledge_implicitly()
+        self._send_acknowledgements()
+        self._collect_acknowledgements(wait_s=0)
+        deadline = time.monotonic() + max(timeout_ms, 0) / 1000
+        out: dict[TopicPartition, list[ShareRecord]] = {}
+        while True:
+            self._send_fetches()
+            remaining = deadline - time.monotonic()
+            ready = self._wait(max(remaining, 0))
+            for ref in ready:
+                self._complete(ref, out)
+            if out or remaining <= 0:
+                return out
+
+    def _send_fetches(self) -> None:
+        config = self.config
+        now = time.monotonic()
+        for tp in self._current_partitions():
+            if tp in self._fetching or self._retry_at.get(tp, 0) > now:
+                continue
+            try:
+                ref = submit(
+                    self._metadata.topic(tp.topic).leader(tp.partition).share_fetch,
+                    config.group_id,
+                    self.member_id,
+                    config.max_poll_records,
+                    config.fetch_max_wait_ms,
+                    config.auto_offset_reset,
+                )
+            except BrokerError as exc:
+                self._failed(tp, exc)
+                continue
+            self._fetches[ref] = tp
+            self._fetching.add(tp)
+
+    def _wait(self, timeout_s: float) -> list[Any]:
+        if not self._fetches:
+            time.sleep(min(timeout_s, self.config.retry_backoff_ms / 1000))
+            return []
+        refs = list(self._fetches)
+        try:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
+            if ready:
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        except Exception as exc:  # Ray's own failure: send these fetches again
+            logger.warning("waiting for share fetches failed: %s", classify(exc))
+            for ref, tp in list(self._fetches.items()):
+                self._forget_fetch(ref, tp)
+            return []
+        return ready
+
+    def _forget_fetch(self, ref: Any, tp: TopicPartition) -> None:
+        self._fetches.pop(ref, None)
+        self._fetching.discard(tp)
+
+    def _complete(self, ref: Any, out: dict[TopicPartition, list[ShareRecord]]) -> None:
+        tp = self._fetches[ref]
+        self._forget_fetch(ref, tp)
+        try:
+            response = resolve(ref)
+        except BrokerError as exc:
+            self._failed(tp, exc)
+            return
+        if not response.num_records:
+            return
+        table = from_ipc(response.records_ipc)
+        counts = table.column("delivery_count").to_pylist()
+        records, failed_at = decode(
+            tp, table, self.config.key_deserializer, self.config.value_deserializer
+        )
+        delivered = self._delivered[tp]
+        for record, count in zip(records, counts, strict=False):
+            delivered[record.offset] = count
+        out.setdefault(tp, []).extend(
+            ShareRecord(*record, count) for record, count in zip(records, counts, strict=False)
+        )
+        if failed_at is not None:
+            # A record that cannot be deserialized can never be processed: it is rejected (to
+            # the dead-letter topic) rather than delivered until its count runs out; the records
+            # after it in this batch are released for the next poll.
+            offset, error = failed_at
+            self._acks[tp][(AcknowledgeType.REJECT, str(error))].append(offset)
+            rest = table.column("offset").to_pylist()[len(records) + 1 :]
+            if rest:
+                self._acks[tp][(AcknowledgeType.RELEASE, None)].extend(rest)
+            logger.warning("%s; rejected it", error)
+
+    def _failed(self, tp: TopicPartition, error: BrokerError) -> None:
+        if not error.retriable:
+            raise error
+        self._metadata.forget(tp.topic)
+        self._partitions_at = 0.0
+        self._retry_at[tp] = time.monotonic() + self.config.retry_backoff_ms / 1000
+
+    # --- acknowledgement ------------------------------------------------------------------------
+
+    def acknowledge(
+        self,
+        record: ShareRecord,
+        type: AcknowledgeType | str = AcknowledgeType.ACCEPT,  # noqa: A002 - Kafka's name
+        error: str | None = None,
+    ) -> None:
+        """Answer for one delivered record; sent with the next commit or poll. ``error`` (with
+        release or reject) is kept in the dead-letter record's ``dlq.error`` header.
+
+        Raises:
+            InvalidRecordState: the record was not delivered to this member, or was answered.
+            InvalidConfig: an unknown acknowledgement type.
+        """
+        try:
+            kind = AcknowledgeType(type)
+        except ValueError:
+            raise InvalidConfig(
+                f"acknowledge type is accept, release or reject, got {type!r}"
+            ) from None
+        tp = TopicPartition(record.topic, record.partition)
+        if self._delivered[tp].pop(record.offset, None) is None:
+            raise InvalidRecordState(
+                f"{tp.topic}-{tp.partition} offset {record.offset} is not held by this member "
+                "(never delivered to it, or already acknowledged)",
+                group_id=self.config.group_id,
+                topic=tp.topic,
+                partition=tp.partition,
+                offsets=[record.offset],
+            )
+        self._acks[tp][(kind, error)].append(record.offset)
+
+    def _acknowledge_implicitly(self) -> None:
+        if self.config.share_acknowledgement_mode != "implicit":
+            return
+        for tp, delivered in self._delivered.items():
+            if delivered:
+                self._acks[tp][(AcknowledgeType.ACCEPT, None)].extend(delivered)
+                delivered.clear()
+
+    def _send_acknowledgements(self) -> None:
+        for tp, buffer in list(self._acks.items()):
+            if not buffer:
+                continue
+            entries = [(offsets, kind.value, error) for (kind, error), offsets in buffer.items()]
+            offsets = [o for (_, _), batch in buffer.items() for o in batch]
+            try:
+                ref = submit(
+                    self._metadata.topic(tp.topic).leader(tp.partition).share_acknowledge,
+                    self.config.group_id,
+                    self.member_id,
+                    entries,
+                )
+            except BrokerError as exc:
+                if not exc.retriable:
+                    raise
+                self._metadata.forget(tp.topic)
+                continue  # kept: sent again with the next poll or commit
+            self._sent.append((ref, tp, offsets))
+            buffer.clear()
+
+    def _collect_acknowledgements(self, wait_s: float | None) -> list[InvalidRecordState]:
+        """Answers to acknowledgements sent; ``wait_s`` None waits for all of them."""
+        failures: list[InvalidRecordState] = []
+        pending = []
+        for ref, tp, offsets in self._sent:
+            ready, _ = ray.wait([ref], timeout=wait_s if wait_s is not None else None)
+            if not ready:
+                pending.append((ref, tp, offsets))
+                continue
+            try:
+                refused = resolve(ref)
+            except BrokerError as exc:
+                # The leader moved or restarted before answering: the locks are gone with it
+                # and the records will be delivered again.
+                refused = offsets
+                logger.warning("acknowledgements for %s failed: %s", tp, exc)
+            if refused:
+                failures.append(
+                    InvalidRecordState(
+                        f"share group {self.config.group_id!r}: {len(refused)} acknowledgement(s) "
+                        f"on {tp.topic}-{tp.partition} were refused (their locks expired or the "
+                        f"leader changed; the records will be delivered again): offsets "
+                        f"{refused[:10]}{'…' if len(refused) > 10 else ''}",
+                        group_id=self.config.group_id,
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offsets=refused,
+                    )
+                )
+        self._sent = pending
+        for failure in failures:
+            logger.warning("%s", failure)
+        return failures
+
+    def commit_sync(self, timeout_ms: int | None = None) -> None:
+        """Send the acknowledgements made so far and wait until they are durable.
+
+        Raises:
+            InvalidRecordState: some were refused (the first such error; the others applied).
+        """
+        self._check_open()
+        self._acknowledge_implicitly()
+        self._send_acknowledgements()
+        wait_s = None if timeout_ms is None else timeout_ms / 1000
+        failures = self._collect_acknowledgements(wait_s=wait_s)
+        if failures:
+            raise failures[0]
+
+    def commit_async(self) -> None:
+        """Send the acknowledgements made so far without waiting (their outcome is logged and
+        checked at the next ``commit_sync``/``poll``)."""
+        self._check_open()
+        self._acknowledge_implicitly()
+        self._send_acknowledgements()
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConsumerClosed("this share consumer was closed")
+
+    def close(self) -> None:
+        """Send outstanding acknowledgements (implicit mode: accept what was delivered;
+        explicit: release what was not answered, so others get it at once) and stop."""
+        if self._closed:
+            return
+        if self.config.share_acknowledgement_mode == "explicit":
+            for tp, delivered in self._delivered.items():
+                if delivered:
+                    self._acks[tp][(AcknowledgeType.RELEASE, None)].extend(delivered)
+                    delivered.clear()
+        self._acknowledge_implicitly()
+        try:
+            self._send_acknowledgements()
+            self._collect_acknowledgements(wait_s=CLOSE_TIMEOUT_S)
+        except BrokerError as exc:  # closing must not fail; the locks expire on their own
+            logger.warning("share consumer close: %s", exc)
+        for ref in self._fetches:
+            ray.cancel(ref)
+        self._fetches.clear()
+        self._fetching.clear()
+        self._closed = True
+
+    def __enter__(self) -> ShareConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
