@@ -612,8 +612,9 @@ class GroupCoordinator:
 
     async def share_load(
         self, group_id: str, topic: str, partition: int, epoch: int
-    ) -> dict[str, Any] | None:
-        """A share partition's snapshot for its leader of ``epoch`` (None: a new one).
+    ) -> tuple[int, dict[str, Any] | None]:
+        """A share partition's snapshot for its leader of ``epoch`` (None: a new one), and the
+        epoch of the leader that held it before (-1: none).
 
         Raises:
             FencedLeaderEpoch: a newer leader of the partition holds it.

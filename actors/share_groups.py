@@ -116,14 +116,12 @@ class ShareGroups:
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._coordinator: Any = None
         self._dlq_leaders: dict[str, Any] = {}
+        self._epoch_lock = asyncio.Lock()
 
     def clear(self) -> None:
         """Forget everything (this replica stopped leading; the next leader loads it)."""
-        for task in self._writers.values():
-            task.cancel()
-        self.groups.clear()
-        self._saved.clear()
-        self._writers.clear()
+        for group in list(self.groups):
+            self._drop(group)
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -151,16 +149,12 @@ class ShareGroups:
         """The group's state in this leader epoch, loaded (or started at ``reset``) once."""
         epoch = self.actor.replica.leader_epoch
         if epoch != self._epoch:
-            self.clear()
-            self._epoch = epoch
+            await self._change_epoch(epoch)
         found = self.groups.get(group)
         if found is not None:
             return found
         settings = settings_of(self.core.log.config)
-        document = await self._coordinator_call(
-            "share_load", group, self.core.topic, self.core.partition, epoch
-        )
-        self.actor._check_leader()
+        _, document = await self._load(group, epoch)
         if group in self.groups:  # loaded by a concurrent call meanwhile
             return self.groups[group]
         if document is None:
@@ -176,6 +170,33 @@ class ShareGroups:
         if share.dlq_batch or share.dead_letters(1):
             self._start_writer(group)
         return share
+
+    async def _load(self, group: str, epoch: int) -> tuple[int, dict[str, Any] | None]:
+        held_by, document = await self._coordinator_call(
+            "share_load", group, self.core.topic, self.core.partition, epoch
+        )
+        self.actor._check_leader()
+        return held_by, document
+
+    async def _change_epoch(self, epoch: int) -> None:
+        """A new leader epoch: keep a group's state (and its members' locks) only if this
+        replica's previous epoch was the last to hold it — it led on without a gap; otherwise
+        another leader may have changed it, and it is loaded again."""
+        async with self._epoch_lock:
+            if epoch == self._epoch:
+                return
+            previous, self._epoch = self._epoch, epoch
+            for group in list(self.groups):
+                held_by, _ = await self._load(group, epoch)
+                if held_by != previous:
+                    self._drop(group)
+
+    def _drop(self, group: str) -> None:
+        self.groups.pop(group, None)
+        self._saved.pop(group, None)
+        writer = self._writers.pop(group, None)
+        if writer is not None:
+            writer.cancel()
 
     def update_settings(self) -> None:
         settings = settings_of(self.core.log.config)

@@ -43,16 +43,18 @@ class ShareStateStore:
     def restore(self, key: ShareKey, document: dict[str, Any]) -> None:
         self.documents[key] = document
 
-    def load(self, key: ShareKey, epoch: int) -> dict[str, Any] | None:
-        """The snapshot for a leader of ``epoch``, which from now on fences older ones.
+    def load(self, key: ShareKey, epoch: int) -> tuple[int, dict[str, Any] | None]:
+        """The snapshot for a leader of ``epoch`` and the epoch of the leader that last held
+        it (-1: none); from now on ``epoch`` fences older leaders.
 
         Raises:
             FencedLeaderEpoch: a newer leader already loaded or saved it.
         """
         document = self.documents.get(key)
         self._check(key, epoch, document)
-        self.documents[key] = {"epoch": epoch, "state": document and document["state"]}
-        return document and document["state"]
+        state = document["state"] if document else None
+        self.documents[key] = {"epoch": epoch, "state": state}
+        return (document["epoch"] if document else -1), state
 
     async def save(self, key: ShareKey, epoch: int, state: dict[str, Any]) -> None:
         """Durably store ``state``. Raises FencedLeaderEpoch for a deposed leader."""

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from ray_broker._ray import call
-from ray_broker.errors import BrokerNotRunning
+from ray_broker._ray import call, resolve, retrying, submit
+from ray_broker.errors import BrokerNotRunning, GroupNotEmpty, TopicNotFound
 from ray_broker.metadata import MetadataCache
-from ray_broker.structs import GroupDescription, GroupListing, TopicDescription, TopicPartition
+from ray_broker.structs import (
+    DeadLetter,
+    GroupDescription,
+    GroupListing,
+    ShareGroupDescription,
+    SharePartitionState,
+    TopicDescription,
+    TopicPartition,
+)
 
 # Creating a topic starts its partition actors, which can take a while on a busy cluster; no
 # admin call waits longer than this.
 ADMIN_TIMEOUT_S = 120.0
+RETRY_BACKOFF_S = 0.1
+T = TypeVar("T")
 
 
 class Admin:
     """Manage topics and consumer groups. Every method raises typed ``BrokerError``s."""
 
     def __init__(
-        self, controller: Any, coordinator: Any, metadata: MetadataCache, namespace: str = ""
+        self,
+        controller: Any,
+        coordinator: Any,
+        metadata: MetadataCache,
+        namespace: str = "",
+        broker: Any = None,
     ) -> None:
+        self._broker = broker  # for the operations that read and write records
         self._namespace = namespace
         self._controller = controller
         self._coordinator = coordinator
@@ -158,3 +176,94 @@ class Admin:
         except ValueError:
             return []
         return call(coordinator.describe, timeout_s=ADMIN_TIMEOUT_S, unavailable=BrokerNotRunning)
+
+    # --- share groups and dead letters ----------------------------------------------------------
+
+    def list_share_groups(self) -> list[str]:
+        """Share groups that have read from any partition."""
+        return self._group_call("list_share_groups")
+
+    def _share_leaders(self, group_id: str) -> list[tuple[TopicPartition, Any]]:
+        out = []
+        for topic, partition in self._group_call("share_group_partitions", group_id):
+            try:
+                meta = self._metadata.topic(topic)
+            except TopicNotFound:
+                continue  # the topic was deleted since
+            if partition < meta.num_partitions:
+                out.append((TopicPartition(topic, partition), meta.leader(partition)))
+        return out
+
+    def describe_share_group(self, group_id: str) -> ShareGroupDescription:
+        """Members, and per partition the records in flight, available, dead-lettered, and
+        the lag. Raises GroupNotFound."""
+
+        def attempt() -> list[dict[str, Any]]:
+            leaders = self._share_leaders(group_id)
+            refs = [submit(leader.share_describe, group_id) for _, leader in leaders]
+            return resolve(refs, ADMIN_TIMEOUT_S)
+
+        found = self._retrying(attempt)
+        states = [
+            SharePartitionState(**{k: v for k, v in d.items() if k != "dead_letter_topic"})
+            for d in found
+        ]
+        members = sorted({m for d in found for m in d["members"]})
+        topics = sorted({d["dead_letter_topic"] for d in found if d["dead_letter_topic"]})
+        return ShareGroupDescription(group_id, members, states, topics)
+
+    def reset_share_group(
+        self, group_id: str, topic: str, to: str, value: int | None = None
+    ) -> dict[TopicPartition, int]:
+        """Start a share group over on ``topic`` at "earliest", "latest" or "offset"
+        (``value``). Raises GroupNotEmpty while any record is locked, TopicNotFound."""
+
+        def attempt() -> dict[TopicPartition, int]:
+            meta = self._metadata.topic(topic)
+            refs = {
+                TopicPartition(topic, p): submit(meta.leader(p).share_reset, group_id, to, value)
+                for p in range(meta.num_partitions)
+            }
+            return {tp: resolve(ref, ADMIN_TIMEOUT_S) for tp, ref in refs.items()}
+
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run a call to partition leaders again after a retriable failure (a leader moved or
+        restarts), with fresh metadata, for up to ``ADMIN_TIMEOUT_S``."""
+        return retrying(
+            attempt,
+            time.monotonic() + ADMIN_TIMEOUT_S,
+            RETRY_BACKOFF_S,
+            lambda _error: self._metadata.forget_all(),
+        )
+
+    def delete_share_group(self, group_id: str) -> None:
+        """Forget a share group's state; its members must be stopped. Raises GroupNotFound,
+        GroupNotEmpty."""
+        for description in self.describe_share_group(group_id).partitions:
+            if description.in_flight:
+                raise GroupNotEmpty(
+                    f"share group {group_id!r} has records in flight on "
+                    f"{description.topic}-{description.partition}; stop its members first",
+                    group_id=group_id,
+                )
+        self._group_call("delete_share_group", group_id)
+
+    def list_dead_letters(self, topic: str, max_records: int | None = 100) -> list[DeadLetter]:
+        """Records of a dead-letter topic with their origin and reason. Raises TopicNotFound."""
+        from ray_broker.dead_letters import list_dead_letters
+
+        return list_dead_letters(self._require_broker(), topic, max_records)
+
+    def redrive_dead_letters(self, topic: str, max_records: int | None = None) -> int:
+        """Send a dead-letter topic's records back to their original topics, exactly once
+        (a transaction commits the re-drive's position with them); returns how many."""
+        from ray_broker.dead_letters import redrive
+
+        return redrive(self._require_broker(), topic, max_records)
+
+    def _require_broker(self) -> Any:
+        if self._broker is None:
+            raise BrokerNotRunning("this Admin was made without a broker connection")
+        return self._broker

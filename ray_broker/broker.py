@@ -54,7 +54,9 @@ class Broker:
     def admin(self) -> Any:
         from ray_broker.admin import Admin
 
-        return Admin(self._controller, self._coordinator, self._metadata, self.namespace)
+        return Admin(
+            self._controller, self._coordinator, self._metadata, self.namespace, broker=self
+        )
 
     def producer(self, **options: Any) -> Any:
         """A ``Producer``; options are kafka-python names or Kafka's dotted names.

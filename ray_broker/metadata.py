@@ -109,6 +109,13 @@ class MetadataCache:
             if cached is not None:
                 self._topics[name] = (-float("inf"), cached[1])
 
+    def forget_all(self) -> None:
+        """``forget`` every topic (after a failure whose topic is not known)."""
+        with self._lock:
+            names = list(self._topics)
+        for name in names:
+            self.forget(name)
+
     def controller_call(self, method: str, *args: Any) -> Any:
         """Call the Controller, retrying while it restarts or cannot be reached.
 

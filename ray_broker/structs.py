@@ -204,3 +204,48 @@ class GroupListing:
     group_id: str
     state: str
     members: int
+
+
+@dataclass(frozen=True)
+class SharePartitionState:
+    """A share group's progress on one partition (``Admin.describe_share_group``)."""
+
+    topic: str
+    partition: int
+    start_offset: int  # every record below is accepted or archived
+    end_offset: int  # the first record never delivered
+    high_watermark: int
+    in_flight: int  # delivered, locked, not answered yet
+    available: int  # in the window, waiting for a member (released or not yet delivered)
+    dead_lettering: int  # archived, the dead-letter copy not written yet
+    dead_lettered: int  # copied to the dead-letter topic (since the leader loaded the state)
+    lag: int  # records at or past start_offset not finished
+    members: list[str]
+
+
+@dataclass(frozen=True)
+class ShareGroupDescription:
+    group_id: str
+    members: list[str]  # seen by a partition leader within the last 45 s
+    partitions: list[SharePartitionState]
+    dead_letter_topics: list[str]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record in a dead-letter topic, with where it came from and why (its ``dlq.*``
+    headers)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    delivery_count: int
+    reason: str
+    error: str
+    group_id: str

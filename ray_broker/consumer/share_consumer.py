@@ -32,6 +32,7 @@ from ray_broker.structs import AcknowledgeType, ShareRecord, TopicPartition
 logger = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+ACK_ATTEMPTS = 3
 METADATA_REFRESH_S = 5.0
 
 AckBuffer = dict[tuple[AcknowledgeType, str | None], list[int]]
@@ -60,7 +61,8 @@ class ShareConsumer:
         self._retry_at: dict[TopicPartition, float] = {}
         self._delivered: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
         self._acks: dict[TopicPartition, AckBuffer] = defaultdict(lambda: defaultdict(list))
-        self._sent: list[tuple[Any, TopicPartition, list[int]]] = []  # acks awaiting answers
+        # Acknowledgement requests awaiting answers: (ref, partition, entries, attempt).
+        self._sent: list[tuple[Any, TopicPartition, list[Any], int]] = []
         self._closed = False
         if topics:
             self.subscribe(topics)
@@ -247,55 +249,73 @@ class ShareConsumer:
             if not buffer:
                 continue
             entries = [(offsets, kind.value, error) for (kind, error), offsets in buffer.items()]
-            offsets = [o for (_, _), batch in buffer.items() for o in batch]
-            try:
-                ref = submit(
-                    self._metadata.topic(tp.topic).leader(tp.partition).share_acknowledge,
-                    self.config.group_id,
-                    self.member_id,
-                    entries,
-                )
-            except BrokerError as exc:
-                if not exc.retriable:
-                    raise
-                self._metadata.forget(tp.topic)
-                continue  # kept: sent again with the next poll or commit
-            self._sent.append((ref, tp, offsets))
-            buffer.clear()
+            if self._submit_acknowledgements(tp, entries, attempt=1):
+                buffer.clear()
+
+    def _submit_acknowledgements(
+        self, tp: TopicPartition, entries: list[tuple[list[int], str, str | None]], attempt: int
+    ) -> bool:
+        try:
+            ref = submit(
+                self._metadata.topic(tp.topic).leader(tp.partition).share_acknowledge,
+                self.config.group_id,
+                self.member_id,
+                entries,
+            )
+        except BrokerError as exc:
+            if not exc.retriable:
+                raise
+            self._metadata.forget(tp.topic)
+            return False  # kept: sent again with the next poll or commit
+        self._sent.append((ref, tp, entries, attempt))
+        return True
 
     def _collect_acknowledgements(self, wait_s: float | None) -> list[InvalidRecordState]:
-        """Answers to acknowledgements sent; ``wait_s`` None waits for all of them."""
+        """Answers to acknowledgements sent; ``wait_s`` None waits for all of them. A request
+        lost to a leader's restart is sent again (``ACK_ATTEMPTS`` in all): applying an answer
+        twice is harmless, the second is refused."""
         failures: list[InvalidRecordState] = []
-        pending = []
-        for ref, tp, offsets in self._sent:
-            ready, _ = ray.wait([ref], timeout=wait_s if wait_s is not None else None)
-            if not ready:
-                pending.append((ref, tp, offsets))
-                continue
-            try:
-                refused = resolve(ref)
-            except BrokerError as exc:
-                # The leader moved or restarted before answering: the locks are gone with it
-                # and the records will be delivered again.
-                refused = offsets
-                logger.warning("acknowledgements for %s failed: %s", tp, exc)
-            if refused:
-                failures.append(
-                    InvalidRecordState(
-                        f"share group {self.config.group_id!r}: {len(refused)} acknowledgement(s) "
-                        f"on {tp.topic}-{tp.partition} were refused (their locks expired or the "
-                        f"leader changed; the records will be delivered again): offsets "
-                        f"{refused[:10]}{'…' if len(refused) > 10 else ''}",
-                        group_id=self.config.group_id,
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offsets=refused,
-                    )
-                )
-        self._sent = pending
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while self._sent:
+            current, self._sent = self._sent, []
+            waiting = []
+            for item in current:
+                ref, tp, entries, attempt = item
+                left = None if deadline is None else max(deadline - time.monotonic(), 0)
+                ready, _ = ray.wait([ref], timeout=left)
+                if not ready:
+                    waiting.append(item)
+                    continue
+                try:
+                    refused = resolve(ref)
+                except BrokerError as exc:
+                    if exc.retriable and attempt < ACK_ATTEMPTS:
+                        self._metadata.forget(tp.topic)
+                        time.sleep(self.config.retry_backoff_ms / 1000)
+                        if self._submit_acknowledgements(tp, entries, attempt + 1):
+                            continue
+                    refused = [o for batch, _, _ in entries for o in batch]
+                    logger.warning("acknowledgements for %s failed: %s", tp, exc)
+                if refused:
+                    failures.append(self._refusal(tp, refused))
+            self._sent.extend(waiting)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         for failure in failures:
             logger.warning("%s", failure)
         return failures
+
+    def _refusal(self, tp: TopicPartition, refused: list[int]) -> InvalidRecordState:
+        return InvalidRecordState(
+            f"share group {self.config.group_id!r}: {len(refused)} acknowledgement(s) on "
+            f"{tp.topic}-{tp.partition} were refused (their locks expired or the leader "
+            f"changed; the records will be delivered again): offsets "
+            f"{refused[:10]}{'…' if len(refused) > 10 else ''}",
+            group_id=self.config.group_id,
+            topic=tp.topic,
+            partition=tp.partition,
+            offsets=refused,
+        )
 
     def commit_sync(self, timeout_ms: int | None = None) -> None:
         """Send the acknowledgements made so far and wait until they are durable.

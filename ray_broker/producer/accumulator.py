@@ -103,6 +103,7 @@ class RecordAccumulator:
         timestamp: int,
         headers: list[dict[str, Any]] | None = None,
         partition: int | None = None,
+        priority: int | None = None,
     ) -> tuple[RecordFuture, bool]:
         """Queue one record; returns its future and whether the sender must be woken (a new
         buffer with a linger deadline, or a full one)."""
@@ -129,6 +130,10 @@ class RecordAccumulator:
             if records.partitions is None:
                 records.partitions = [None] * index
             records.partitions.append(partition)
+        if priority is not None or records.priorities is not None:
+            if records.priorities is None:
+                records.priorities = [0] * index
+            records.priorities.append(priority or 0)
         records.size_bytes += size
         self.pending_bytes += size
         if index + 1 >= records.limit:

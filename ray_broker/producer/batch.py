@@ -156,6 +156,7 @@ class PendingRecords:
         "values",
         "headers",
         "partitions",
+        "priorities",
         "timestamps",
         "size_bytes",
         "created",
@@ -177,6 +178,7 @@ class PendingRecords:
         self.values: list[bytes | None] = []
         self.headers: list[Any] | None = None  # made on the first record with headers
         self.partitions: list[int | None] | None = None  # made on the first explicit partition
+        self.priorities: list[int] | None = None  # made on the first record with a priority
         self.timestamps: list[int] = []
         self.size_bytes = 0
         self.created = created
@@ -199,6 +201,8 @@ class PendingRecords:
         if self.headers is not None:
             columns["headers"] = pa.array(self.headers, HEADER_TYPE)
         columns["timestamp"] = pa.array(self.timestamps, pa.int64())
+        if self.priorities is not None:
+            columns["priority"] = pa.array(self.priorities, pa.int8())
         return pa.table(columns)
 
     def placed(self, index: int) -> tuple[ProducerBatch, int]:
@@ -218,11 +222,13 @@ class PendingRecords:
         lock (callbacks are the application's code)."""
         self.pieces, self.row_piece, self.row_index = pieces, row_piece, row_index
         self.keys, self.values, self.headers, self.partitions = [], [], None, None
+        self.priorities = None
 
     def fail(self, error: BrokerError) -> None:
         """The buffer could not be split; the caller fires ``completion`` (see split_into)."""
         self.error = error
         self.keys, self.values, self.headers, self.partitions = [], [], None, None
+        self.priorities = None
 
 
 def _remaining(deadline: float | None) -> float | None:

@@ -37,6 +37,7 @@ from ray_broker.producer.batch import BatchFuture, RecordFuture
 from ray_broker.producer.partitioner import assign_partitions, group_by_partition
 from ray_broker.producer.records import (
     check_partition,
+    check_priority,
     check_table,
     check_timestamp,
     header_list,
@@ -111,8 +112,12 @@ class Producer:
         headers: Sequence[tuple[str, bytes | None]] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
+        priority: int | None = None,
     ) -> RecordFuture:
         """Queue one record; returns a future of its ``RecordMetadata``.
+
+        ``priority`` (0 = lowest, up to the topic's ``priority.levels`` - 1) orders delivery to
+        share groups; consumer groups read in offset order regardless.
 
         Raises:
             TopicNotFound: the topic does not exist (and auto-creation is off).
@@ -154,6 +159,8 @@ class Producer:
             check_timestamp(timestamp_ms)
         if partition is not None:
             check_partition(partition, metadata)
+        if priority is not None:
+            check_priority(priority, metadata)
         accumulator = self._accumulator
         with self._lock:
             if accumulator.pending_bytes + size > self._buffer_memory:
@@ -167,6 +174,7 @@ class Producer:
                 timestamp_ms,
                 header_dicts,
                 partition,
+                priority,
             )
             if wake:
                 self._cond.notify_all()

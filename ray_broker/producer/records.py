@@ -81,6 +81,16 @@ def check_partition(partition: Any, metadata: TopicMetadata) -> None:
         )
 
 
+def check_priority(priority: Any, metadata: TopicMetadata) -> None:
+    """Raises InvalidRecord unless ``priority`` is one of the topic's priority levels."""
+    levels = int(metadata.config.get("priority.levels", 1))
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority < levels:
+        raise InvalidRecord(
+            f"priority {priority!r} is not a level of topic {metadata.name!r}: its "
+            f"priority.levels={levels} allows 0..{levels - 1}"
+        )
+
+
 def check_table(table: Any, metadata: TopicMetadata) -> pa.Table:
     """The table of a send_batch() call, checked whole; raises InvalidRecord /
     InvalidPartitions unless every row fits."""
@@ -104,6 +114,7 @@ def check_table(table: Any, metadata: TopicMetadata) -> pa.Table:
         "key": text_or_bytes,
         "timestamp": (pa.types.is_integer, pa.types.is_timestamp),
         "partition": (pa.types.is_integer,),
+        "priority": (pa.types.is_integer,),
     }
     for name, accepted in types.items():
         if name in table.column_names:
