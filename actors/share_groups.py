@@ -40,6 +40,7 @@ from ray_broker.errors import (
     InvalidConfig,
     TopicExists,
 )
+from ray_broker.gc_pause import collector_paused
 from ray_broker.storage.ipc import to_ipc
 from ray_broker.structs import AcknowledgeType, FetchResponse
 
@@ -77,6 +78,7 @@ def settings_of(config: TopicConfig) -> ShareSettings:
         fifo_every=config.priority_fifo_every,
         release_backoff_ms=config.share_release_backoff_ms,
         dead_letters=bool(config.share_dlq_topic),
+        prioritized=config.priority_levels > 1,
     )
 
 
@@ -199,9 +201,14 @@ class ShareGroups:
             writer.cancel()
 
     def update_settings(self) -> None:
+        """A topic config change; switching priorities on or off reloads the groups from
+        their last save (their locks are lost: those records are delivered again)."""
         settings = settings_of(self.core.log.config)
-        for share in self.groups.values():
-            share.settings = settings
+        for group, share in list(self.groups.items()):
+            if share.settings.prioritized != settings.prioritized:
+                self._drop(group)
+            else:
+                share.settings = settings
 
     async def save(self, group: str) -> None:
         """Durably save the group's snapshot (at least as new as now); concurrent callers
@@ -263,8 +270,10 @@ class ShareGroups:
             now = now_ms()
             if share.expire(now):
                 self._after_change(group, share)
-            self._fill(share)
-            acquired = share.acquire(member, max_records, now)
+                self._spawn(self.save(group))
+            with collector_paused():
+                self._fill(share)
+                acquired = share.acquire(member, max_records, now)
             remaining = deadline - time.monotonic()
             if acquired or remaining <= 0 or self.actor._data_arrived is None:
                 break
@@ -276,12 +285,18 @@ class ShareGroups:
             self.actor._check_leader()
             if self.groups.get(group) is not share:
                 share = await self.state(group, reset)
+        acquired.sort(key=lambda a: a.offset)
         table = self._records(share, [a.offset for a in acquired])
         if acquired:
-            counts = {a.offset: a.delivery_count for a in acquired}
-            column = [counts[o] for o in table.column("offset").to_pylist()]
+            if table.num_rows == len(acquired):  # the read returns them in offset order
+                column = [a.delivery_count for a in acquired]
+            else:  # retention removed some meanwhile
+                counts = {a.offset: a.delivery_count for a in acquired}
+                column = [counts[o] for o in table.column("offset").to_pylist()]
             table = table.append_column("delivery_count", pa.array(column, pa.int32()))
-            self._spawn(self.save(group))  # counts are saved with this write or the next
+            # Delivery counts are saved with the next acknowledgement or lock expiry (as in
+            # Kafka, a leader crash before then delivers these again without counting this
+            # delivery).
         return FetchResponse(
             to_ipc(table),
             table.num_rows,

@@ -28,6 +28,7 @@ again with its count kept, as Kafka does — a member's ack of it then fails wit
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from typing import Any
 
 from ray_broker.structs import AcknowledgeType
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 # A member not seen for this long is no longer listed (its locks expire on their own).
 MEMBER_LISTED_MS = 45_000
 
@@ -72,6 +73,7 @@ class ShareSettings:
     fifo_every: int = 10
     release_backoff_ms: int = 0
     dead_letters: bool = True  # False: rejected records are archived without a copy
+    prioritized: bool = False  # the topic has priority levels (the slower, ordering path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,12 @@ class SharePartition:
         self.dlq_batch: list[int] | None = None  # being written from dlq_next_sequence on
         self._since_oldest = 0
         self._next_expiry: int | None = None
+        # Without priorities, records never delivered are only offsets (a Delivery is made on
+        # first delivery): ``_fresh`` in offset order; ``_available`` is a heap of delivered
+        # records that are AVAILABLE again (all older than the fresh ones), checked lazily.
+        self._fresh: deque[int] = deque()
+        self._available: list[int] = []
+        self._dead: set[int] = set()  # DEAD_LETTERING offsets
         # From a snapshot, consulted as the window is read again.
         self._finished_runs: deque[tuple[int, int]] = deque()
         self._restored: dict[int, Delivery] = {}
@@ -112,14 +120,26 @@ class SharePartition:
         """Records read from the log at ``end_offset`` (up to ``next_offset``; offsets the read
         hid — control records, aborted transactions — are absent and count as finished)."""
         assert not offsets or offsets[0] >= self.end_offset, "admitted twice"
+        records = self.records
+        if not self._finished_runs and not self._restored and not self.settings.prioritized:
+            self._fresh.extend(offsets)  # the common case, kept lean
+            offsets = ()
         for index, offset in enumerate(offsets):
             if self._finished_before(offset):
                 # Tracked until the start passes it, so the next snapshot still says so.
-                self.records[offset] = Delivery(State.ACKNOWLEDGED)
+                records[offset] = Delivery(State.ACKNOWLEDGED)
                 continue
-            delivery = self._restored.pop(offset, None) or Delivery()
+            delivery = self._restored.pop(offset, None)
+            if delivery is None and not self.settings.prioritized:
+                self._fresh.append(offset)
+                continue
+            delivery = delivery or Delivery()
             delivery.priority = priorities[index] if priorities is not None else 0
-            self.records[offset] = delivery
+            records[offset] = delivery
+            if delivery.state == State.DEAD_LETTERING:
+                self._dead.add(offset)
+            elif not self.settings.prioritized:
+                heapq.heappush(self._available, offset)
         self.end_offset = max(self.end_offset, next_offset)
         self._advance()
 
@@ -129,6 +149,9 @@ class SharePartition:
             return
         for gone in [o for o in self.records if o < offset]:
             del self.records[gone]
+        while self._fresh and self._fresh[0] < offset:
+            self._fresh.popleft()
+        self._dead = {o for o in self._dead if o >= offset}
         self.start_offset = offset
         self.end_offset = max(self.end_offset, offset)
         self.version += 1
@@ -140,11 +163,16 @@ class SharePartition:
         return bool(runs) and runs[0][0] <= offset
 
     def _advance(self) -> None:
+        records, fresh = self.records, self._fresh
         while self.start_offset < self.end_offset:
-            delivery = self.records.get(self.start_offset)
-            if delivery is not None and delivery.state not in FINISHED:
+            delivery = records.get(self.start_offset)
+            if delivery is None:
+                if fresh and fresh[0] == self.start_offset:
+                    break  # never delivered yet
+            elif delivery.state not in FINISHED:
                 break
-            self.records.pop(self.start_offset, None)
+            else:
+                del records[self.start_offset]
             self.start_offset += 1
 
     # --- delivery -------------------------------------------------------------------------------
@@ -152,18 +180,22 @@ class SharePartition:
     def acquire(self, member: str, max_records: int, now_ms: int) -> list[Acquired]:
         """Lock up to ``max_records`` available records for ``member``."""
         self.members[member] = now_ms
-        available = [
-            (offset, delivery)
-            for offset, delivery in self.records.items()
-            if delivery.state == State.AVAILABLE and delivery.deadline_ms <= now_ms
-        ]
-        if not available:
+        if self.settings.prioritized:
+            candidates = [
+                (offset, delivery)
+                for offset, delivery in self.records.items()
+                if delivery.state == State.AVAILABLE and delivery.deadline_ms <= now_ms
+            ]
+            picked = self._pick(candidates, max_records) if candidates else []
+        else:
+            picked = self._oldest(max_records, now_ms)
+        if not picked:
             return []
-        picked = self._pick(available, max_records)
         deadline = now_ms + self.settings.lock_duration_ms
+        acquired = State.ACQUIRED
         out = []
         for offset, delivery in picked:
-            delivery.state = State.ACQUIRED
+            delivery.state = acquired
             delivery.count += 1
             delivery.member = member
             delivery.deadline_ms = deadline
@@ -173,11 +205,32 @@ class SharePartition:
         self.version += 1
         return out
 
+    def _oldest(self, limit: int, now_ms: int) -> list[tuple[int, Delivery]]:
+        """Without priorities: delivered-and-available records first (they are the oldest),
+        then fresh ones, in offset order."""
+        picked: list[tuple[int, Delivery]] = []
+        heap, records, waiting = self._available, self.records, []
+        while heap and len(picked) < limit:
+            offset = heapq.heappop(heap)
+            delivery = records.get(offset)
+            if delivery is None or delivery.state != State.AVAILABLE:
+                continue  # stale: acquired or finished since it was pushed
+            if delivery.deadline_ms > now_ms:
+                waiting.append(offset)  # a release's back-off
+                continue
+            picked.append((offset, delivery))
+        for offset in waiting:
+            heapq.heappush(heap, offset)
+        fresh = self._fresh
+        while fresh and len(picked) < limit:
+            offset = fresh.popleft()
+            delivery = records[offset] = Delivery()
+            picked.append((offset, delivery))
+        return picked
+
     def _pick(
         self, available: list[tuple[int, Delivery]], limit: int
     ) -> list[tuple[int, Delivery]]:
-        if all(d.priority == available[0][1].priority for _, d in available):
-            return available[:limit]  # one level: oldest first
         by_priority = sorted(available, key=lambda item: (-item[1].priority, item[0]))
         taken: set[int] = set()
         picked = []
@@ -210,37 +263,42 @@ class SharePartition:
         held by ``member`` under a live lock). The others are applied."""
         self.members[member] = now_ms
         failed = []
+        records, acquired, accept = self.records, State.ACQUIRED, kind == AcknowledgeType.ACCEPT
         for offset in offsets:
-            delivery = self.records.get(offset)
+            delivery = records.get(offset)
             if (
                 delivery is None
-                or delivery.state != State.ACQUIRED
+                or delivery.state != acquired
                 or delivery.member != member
                 or delivery.deadline_ms < now_ms
             ):
                 failed.append(offset)
                 continue
             delivery.member = None
-            if kind == AcknowledgeType.ACCEPT:
+            if accept:
                 delivery.state = State.ACKNOWLEDGED
             elif kind == AcknowledgeType.RELEASE:
-                self._release(delivery, now_ms, error)
+                self._release(offset, delivery, now_ms, error)
             else:
-                self._dead_letter(delivery, "rejected", error)
+                self._dead_letter(offset, delivery, "rejected", error)
         self._advance()
         self.version += 1
         return failed
 
-    def _release(self, delivery: Delivery, now_ms: int, error: str | None) -> None:
+    def _release(self, offset: int, delivery: Delivery, now_ms: int, error: str | None) -> None:
         delivery.member = None
         if delivery.count >= self.settings.delivery_count_limit:
-            self._dead_letter(delivery, "delivery.count.limit", error)
+            self._dead_letter(offset, delivery, "delivery.count.limit", error)
         else:
             delivery.state = State.AVAILABLE
             delivery.deadline_ms = now_ms + self.settings.release_backoff_ms
+            if not self.settings.prioritized:
+                heapq.heappush(self._available, offset)
 
-    def _dead_letter(self, delivery: Delivery, reason: str, error: str | None) -> None:
+    def _dead_letter(self, offset: int, delivery: Delivery, reason: str, error: str | None) -> None:
         delivery.state = State.DEAD_LETTERING if self.settings.dead_letters else State.ARCHIVED
+        if self.settings.dead_letters:
+            self._dead.add(offset)
         delivery.reason = reason
         delivery.error = error
 
@@ -251,11 +309,11 @@ class SharePartition:
             return False
         expired = False
         next_expiry = None
-        for delivery in self.records.values():
+        for offset, delivery in self.records.items():
             if delivery.state != State.ACQUIRED:
                 continue
             if delivery.deadline_ms < now_ms:
-                self._release(delivery, now_ms, "acquisition lock expired")
+                self._release(offset, delivery, now_ms, "acquisition lock expired")
                 expired = True
             elif next_expiry is None or delivery.deadline_ms < next_expiry:
                 next_expiry = delivery.deadline_ms
@@ -278,13 +336,9 @@ class SharePartition:
 
     def dead_letters(self, limit: int) -> list[tuple[int, Delivery]]:
         """Records waiting for their dead-letter copy, oldest first."""
-        out = []
-        for offset, delivery in self.records.items():
-            if delivery.state == State.DEAD_LETTERING:
-                out.append((offset, delivery))
-                if len(out) >= limit:
-                    break
-        return out
+        if not self._dead:
+            return []
+        return [(offset, self.records[offset]) for offset in sorted(self._dead)[:limit]]
 
     def begin_dead_letter_batch(self, offsets: list[int], producer_id: int) -> int:
         """Fix the batch (and its sequence) before writing it: saved in the snapshot, a write
@@ -299,6 +353,7 @@ class SharePartition:
     def dead_letter_batch_written(self) -> None:
         assert self.dlq_batch is not None
         for offset in self.dlq_batch:
+            self._dead.discard(offset)
             delivery = self.records.get(offset)
             if delivery is not None:
                 delivery.state = State.ARCHIVED
@@ -313,6 +368,9 @@ class SharePartition:
     def reset(self, offset: int) -> None:
         """Start over at ``offset``: nothing in flight, nothing finished past it."""
         self.records.clear()
+        self._fresh.clear()
+        self._available.clear()
+        self._dead.clear()
         self._restored.clear()
         self._finished_runs.clear()
         self.start_offset = self.end_offset = offset
@@ -329,6 +387,7 @@ class SharePartition:
         for delivery in self.records.values():
             states[delivery.state.name.lower()] += 1
             finished += delivery.state in FINISHED
+        states["available"] += len(self._fresh)
         lag = max(high_watermark - self.start_offset - finished, 0)
         return {
             "start_offset": self.start_offset,
@@ -356,14 +415,17 @@ class SharePartition:
             elif delivery.state == State.DEAD_LETTERING:
                 dead.append([offset, delivery.count, delivery.reason, delivery.error])
             elif delivery.count:
-                counts.append([offset, delivery.count])
+                if counts and counts[-1][1] == offset - 1 and counts[-1][2] == delivery.count:
+                    counts[-1][1] = offset
+                else:
+                    counts.append([offset, offset, delivery.count])
         # Restored state the window has not read back yet (all of it past end_offset).
         runs.extend([a, b] for a, b in self._finished_runs)
         for offset, delivery in sorted(self._restored.items()):
             if delivery.state == State.DEAD_LETTERING:
                 dead.append([offset, delivery.count, delivery.reason, delivery.error])
             else:
-                counts.append([offset, delivery.count])
+                counts.append([offset, offset, delivery.count])
         return {
             "v": SNAPSHOT_VERSION,
             "start": self.start_offset,
@@ -380,8 +442,9 @@ class SharePartition:
             raise ValueError(f"unknown share-state snapshot version {document.get('v')!r}")
         state = cls(settings, int(document["start"]))
         state._finished_runs = deque((int(a), int(b)) for a, b in document["finished"])
-        for offset, count in document["counts"]:
-            state._restored[int(offset)] = Delivery(count=int(count))
+        for first, last, count in document["counts"]:
+            for offset in range(int(first), int(last) + 1):
+                state._restored[int(offset)] = Delivery(count=int(count))
         for offset, count, reason, error in document["dead"]:
             state._restored[int(offset)] = Delivery(
                 State.DEAD_LETTERING, int(count), reason=reason, error=error

@@ -8,9 +8,7 @@ records and cost more than building them.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from itertools import repeat
 from typing import Any
@@ -19,23 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from ray_broker.errors import SerializationError
+from ray_broker.gc_pause import collector_paused
 from ray_broker.storage.schema import RECORD_SCHEMA
 from ray_broker.structs import Record, TopicPartition
 
 USER_COLUMNS = ["offset", "timestamp", "key", "value", "headers"]
 
 _new_record = partial(tuple.__new__, Record)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _pylist(column: pa.ChunkedArray) -> list[Any]:
@@ -54,7 +42,7 @@ def decode(
 ) -> tuple[list[Record], tuple[int, SerializationError] | None]:
     """Records of a slice, and (offset, error) of the first one that fails to decode (the
     records returned are those before it)."""
-    with _collector_paused():
+    with collector_paused():
         offsets = _pylist(table.column("offset"))
         keys = _pylist(table.column("key"))
         values = _pylist(table.column("value"))

@@ -219,7 +219,7 @@ class ShareConsumer:
             InvalidConfig: an unknown acknowledgement type.
         """
         try:
-            kind = AcknowledgeType(type)
+            kind = type if type.__class__ is AcknowledgeType else AcknowledgeType(type)
         except ValueError:
             raise InvalidConfig(
                 f"acknowledge type is accept, release or reject, got {type!r}"
