@@ -516,10 +516,11 @@ class Controller:
         partitions: int | None = None,
         replication_factor: int | None = None,
         config: dict[str, Any] | None = None,
+        internal: bool = False,
     ) -> TopicDescription:
         await self._refresh_nodes()
         async with self._mutex():
-            validate_topic_name(name)
+            validate_topic_name(name, internal)
             if name in self.registry.topics:
                 raise TopicExists(f"topic {name!r} already exists")
             topic_id = uuid.uuid4().hex
@@ -534,6 +535,7 @@ class Controller:
                     config,
                     len(self._alive_nodes(self.config.replicas_on_head_node)),
                     topic_id,
+                    internal,
                 )
             except BrokerError:
                 release_topic_dir(self.data_dir, name)

@@ -61,7 +61,7 @@ class TopicRegistry:
 
     def get(self, name: str) -> TopicRecord:
         """Raises TopicNotFound if there is no such topic."""
-        validate_topic_name(name)
+        validate_topic_name(name, internal=isinstance(name, str) and name.startswith("__"))
         try:
             return self.topics[name]
         except KeyError:
@@ -79,14 +79,15 @@ class TopicRegistry:
         config: dict[str, Any] | None,
         live_nodes: int,
         topic_id: str | None = None,
+        internal: bool = False,
     ) -> TopicRecord:
-        """Validate and persist a new topic.
+        """Validate and persist a new topic (``internal``: one of the broker's "__" topics).
 
         Raises:
             InvalidTopicName, TopicExists, InvalidPartitions, InvalidReplicationFactor,
             InvalidConfig.
         """
-        validate_topic_name(name)
+        validate_topic_name(name, internal)
         if name in self.topics:
             raise TopicExists(f"topic {name!r} already exists")
         _check_partition_count(partitions)

@@ -9,6 +9,8 @@ from typing import Any
 from ray_broker.config import (
     CONTROLLER_NAME,
     DEFAULT_NAMESPACE,
+    DELAY_SCHEDULER_NAME,
+    DELAY_TOPIC,
     GROUP_COORDINATOR_NAME,
     HEAD_NODE_RESOURCE,
     TRANSACTION_COORDINATOR_NAME,
@@ -70,6 +72,7 @@ class Broker:
             self._metadata,
             transactions=self._transaction_coordinator,
             group_coordinator=self._coordinator,
+            delays=self._delay_scheduler,
             **options,
         )
         self._clients.append(producer)
@@ -110,6 +113,26 @@ class Broker:
             TransactionCoordinator, TRANSACTION_COORDINATOR_NAME, self._settings, self.namespace
         )
 
+    def _delay_scheduler(self) -> tuple[int, int]:
+        """Make sure the schedule topic and the delay scheduler exist (started by the first
+        delayed send); returns (delay.max.ms, schedule partitions) of the running broker.
+
+        Raises:
+            BrokerNotRunning: the Controller or the scheduler could not be reached.
+        """
+        from ray_broker._ray import call
+        from ray_broker.actors.delay_scheduler import DelayScheduler, ensure_schedule_topic
+
+        config = parse_config(
+            BrokerConfig,
+            call(self._controller.broker_config, timeout_s=60, unavailable=BrokerNotRunning),
+        )
+        ensure_schedule_topic(self._controller, config)
+        scheduler = singleton(DelayScheduler, DELAY_SCHEDULER_NAME, self._settings, self.namespace)
+        call(scheduler.ready, timeout_s=120, unavailable=BrokerNotRunning)
+        partitions = self._metadata.topic(DELAY_TOPIC).num_partitions
+        return config.delay_max_ms, partitions
+
     def shutdown(self) -> None:
         """Stop this namespace's broker actors (Controller and partitions), keeping their data.
 
@@ -120,6 +143,13 @@ class Broker:
         from ray_broker._ray import call
 
         self.close_clients()
+        try:
+            scheduler = ray.get_actor(DELAY_SCHEDULER_NAME, namespace=self.namespace)
+        except ValueError:
+            scheduler = None  # never started
+        if scheduler is not None:
+            call(scheduler.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
+            ray.kill(scheduler, no_restart=True)
         try:
             transactions = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self.namespace)
         except ValueError:

@@ -42,6 +42,9 @@ DEFAULT_DATA_ROOT = Path(os.environ.get("RAY_BROKER_DATA_DIR", Path.home() / ".r
 CONTROLLER_NAME = "ray_broker.controller"
 GROUP_COORDINATOR_NAME = "ray_broker.group_coordinator"
 TRANSACTION_COORDINATOR_NAME = "ray_broker.transaction_coordinator"
+DELAY_SCHEDULER_NAME = "ray_broker.delay_scheduler"
+# Delayed records wait here until the delay scheduler moves them to their topic.
+DELAY_TOPIC = "__delay_schedule"
 # Transactional producers get ids below this bound from the transaction coordinator; idempotent
 # producers without a transactional id draw random ids above it, so the two never collide.
 TRANSACTIONAL_ID_SPACE = 2**40
@@ -147,6 +150,10 @@ class BrokerConfig(BaseModel):
     group_max_count: int = Field(100_000, alias="group.max.count", ge=1)
     # A long-poll fetch never waits longer than this, whatever the client asks.
     fetch_max_wait_cap_ms: int = Field(30_000, alias="fetch.max.wait.cap.ms", ge=0)
+    # The longest delay a producer may ask (send(delay_ms=...)); the schedule topic keeps
+    # records this long plus a day, so a scheduler outage of up to a day loses nothing.
+    delay_max_ms: int = Field(7 * DAY_MS, alias="delay.max.ms", ge=1_000, le=365 * DAY_MS)
+    delay_schedule_partitions: int = Field(1, alias="delay.schedule.partitions", ge=1, le=64)
 
 
 Acks = Literal[0, 1, -1]
@@ -265,8 +272,8 @@ class ShareConsumerConfig(BaseModel):
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 
-def validate_topic_name(name: object) -> str:
-    """Kafka's topic naming rules.
+def validate_topic_name(name: object, internal: bool = False) -> str:
+    """Kafka's topic naming rules (``internal``: the broker's own topics, named "__...").
 
     Raises:
         InvalidTopicName: the name is empty, too long, "." or "..", or has other characters.
@@ -283,7 +290,9 @@ def validate_topic_name(name: object) -> str:
         raise InvalidTopicName(
             f"topic name {name!r} may only contain ASCII letters, digits, '.', '_' and '-'"
         )
-    if name.startswith(RESERVED_PREFIX):
+    if name.startswith(RESERVED_PREFIX) != internal:
+        if internal:
+            raise InvalidTopicName(f"an internal topic's name starts with {RESERVED_PREFIX!r}")
         raise InvalidTopicName(
             f"topic name {name!r} is reserved: names starting with {RESERVED_PREFIX!r} belong "
             "to the broker's internal state"

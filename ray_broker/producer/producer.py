@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_broker.config import TRANSACTIONAL_ID_SPACE, ProducerConfig, client_config
+from ray_broker.config import DELAY_TOPIC, TRANSACTIONAL_ID_SPACE, ProducerConfig, client_config
 from ray_broker.errors import (
     BrokerTimeoutError,
     InvalidConfig,
@@ -34,6 +34,13 @@ from ray_broker.errors import (
 from ray_broker.metadata import MetadataCache
 from ray_broker.producer.accumulator import AccumulatorSettings, RecordAccumulator
 from ray_broker.producer.batch import BatchFuture, RecordFuture
+from ray_broker.producer.delayed import (
+    DelayedFuture,
+    delay_headers,
+    due_time,
+    schedule_partition,
+    target_partition,
+)
 from ray_broker.producer.partitioner import assign_partitions, group_by_partition
 from ray_broker.producer.records import (
     check_partition,
@@ -61,6 +68,7 @@ class Producer:
         metadata: MetadataCache,
         transactions: Callable[[], Any] | None = None,
         group_coordinator: Any = None,
+        delays: Callable[[], tuple[int, int]] | None = None,
         **options: Any,
     ) -> None:
         self.config: ProducerConfig = client_config(ProducerConfig, options)
@@ -81,6 +89,8 @@ class Producer:
                 self.config.retry_backoff_ms / 1000,
             )
         self._metadata = metadata
+        self._delay_factory = delays
+        self._delays: tuple[int, int] | None = None
         self._accumulator = RecordAccumulator(AccumulatorSettings.of(self.config))
         self._cond = threading.Condition(threading.Lock())
         self._lock = self._cond._lock  # type: ignore[attr-defined]  # the hot path skips a call
@@ -113,11 +123,18 @@ class Producer:
         partition: int | None = None,
         timestamp_ms: int | None = None,
         priority: int | None = None,
-    ) -> RecordFuture:
+        delay_ms: int | None = None,
+        deliver_at: int | None = None,
+    ) -> RecordFuture | DelayedFuture:
         """Queue one record; returns a future of its ``RecordMetadata``.
 
         ``priority`` (0 = lowest, up to the topic's ``priority.levels`` - 1) orders delivery to
         share groups; consumer groups read in offset order regardless.
+
+        ``delay_ms`` (from now) or ``deliver_at`` (epoch ms) delivers the record later: it
+        waits in the broker's schedule topic and appears in ``topic`` when due (within ~100 ms
+        under normal load), exactly once for ``read_committed`` readers. Its future's metadata
+        has ``offset`` -1 and ``timestamp`` = the due time (see ``producer/delayed.py``).
 
         Raises:
             TopicNotFound: the topic does not exist (and auto-creation is off).
@@ -161,6 +178,19 @@ class Producer:
             check_partition(partition, metadata)
         if priority is not None:
             check_priority(priority, metadata)
+        delayed = None
+        if delay_ms is not None or deliver_at is not None:
+            max_delay_ms, schedule_partitions = self._delay_settings()
+            due = due_time(delay_ms, deliver_at, timestamp_ms, max_delay_ms)
+            if due > timestamp_ms:  # else: due already, sent as it is
+                # The record goes to the schedule topic, with where and when it belongs.
+                target = target_partition(key, partition, metadata.num_partitions)
+                delayed = (topic, target, due)
+                header_dicts = header_list(delay_headers(headers, topic, target, due, priority))
+                size = size - headers_size(header_list(headers or [])) + headers_size(header_dicts)
+                partition = schedule_partition(topic, target, schedule_partitions)
+                topic, priority = DELAY_TOPIC, None
+                metadata = self._snapshot(DELAY_TOPIC)[1]
         accumulator = self._accumulator
         with self._lock:
             if accumulator.pending_bytes + size > self._buffer_memory:
@@ -178,7 +208,19 @@ class Producer:
             )
             if wake:
                 self._cond.notify_all()
-        return future
+        return future if delayed is None else DelayedFuture(future, *delayed)
+
+    def _delay_settings(self) -> tuple[int, int]:
+        """(delay.max.ms, schedule partitions), once the schedule topic and its scheduler run.
+
+        Raises:
+            InvalidConfig: the producer was made without a broker (no scheduler to start).
+        """
+        if self._delays is None:
+            if self._delay_factory is None:
+                raise InvalidConfig("delayed sends need a broker: use broker.producer(...)")
+            self._delays = self._delay_factory()
+        return self._delays
 
     def send_batch(self, topic: str, table: pa.Table | pa.RecordBatch) -> BatchFuture:
         """Queue a whole Arrow table: columns ``value`` and optional ``key``, ``headers``,

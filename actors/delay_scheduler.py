@@ -1,0 +1,224 @@
+"""The delay scheduler: moves delayed records from the schedule topic to their topic when due.
+
+A named, detached actor (one per broker namespace, started by the first producer that sends
+with ``delay_ms``/``deliver_at``; ``max_restarts=-1``). It is a client of the broker like any
+other: a ``read_committed`` consumer of every schedule partition feeds a ``DelayIndex``, and a
+transactional producer writes each round of due records to their topics together with a fired
+marker in the schedule partition (see ``actors/delay_index.py``). A restarted scheduler fences
+the old one (same transactional id), replays the schedule topic and fires what is left.
+
+Its loop runs on a thread of its own and survives any error: it logs, waits, and starts over
+from the schedule topic (the index is rebuilt; nothing fired twice, by the markers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ray_broker.actors.delay_index import (
+    DUE_HEADER,
+    FIRED_HEADER,
+    DelayIndex,
+    Pending,
+    fired_ranges,
+)
+from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
+from ray_broker.errors import TopicExists, TopicNotFound
+
+logger = logging.getLogger(__name__)
+
+POLL_MS = 50  # the longest the loop sleeps: also how soon a new near-due record is seen
+FIRE_BATCH = 10_000  # records per transaction
+RESTART_BACKOFF_S = 1.0
+LATENESS_SAMPLES = 100_000
+TRANSACTIONAL_ID = "ray-broker.delay-scheduler"
+
+
+def ensure_schedule_topic(controller: Any, config: BrokerConfig) -> None:
+    """Create the schedule topic if it does not exist yet (internal, named "__...").
+
+    Raises:
+        BrokerNotRunning and the Controller's other typed errors.
+    """
+    from ray_broker._ray import call
+    from ray_broker.errors import BrokerNotRunning
+
+    with contextlib.suppress(TopicExists):
+        call(
+            controller.create_topic,
+            DELAY_TOPIC,
+            config.delay_schedule_partitions,
+            config.default_replication_factor,
+            {"retention.ms": config.delay_max_ms + DAY_MS},
+            True,
+            timeout_s=120,
+            unavailable=BrokerNotRunning,
+        )
+
+
+class DelayScheduler:
+    """See the module docstring."""
+
+    def __init__(self, settings: dict[str, Any], namespace: str) -> None:
+        self._settings = settings
+        self._config: BrokerConfig = parse_config(BrokerConfig, settings)
+        self._namespace = namespace
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._index = DelayIndex()
+        self._fired = 0
+        self._dropped = 0
+        self._lateness: deque[int] = deque(maxlen=LATENESS_SAMPLES)
+        self._restarts = 0
+        self._thread = threading.Thread(target=self._run, name="delay-scheduler", daemon=True)
+        self._thread.start()
+
+    def ready(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except Exception as exc:  # any failure: start over from the schedule topic
+                logger.warning("delay scheduler restarts after: %r", exc)
+                with self._lock:
+                    self._index = DelayIndex()
+                    self._restarts += 1
+                self._stop.wait(RESTART_BACKOFF_S)
+
+    def _serve(self) -> None:
+        import ray_broker as rb
+        from ray_broker.structs import TopicPartition
+
+        broker = rb.connect(namespace=self._namespace, data_dir=self._settings.get("log.dirs"))
+        try:
+            ensure_schedule_topic(broker._controller, self._config)
+            consumer = broker.consumer(
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                fetch_max_wait_ms=POLL_MS,
+            )
+            partitions = broker.admin().describe_topic(DELAY_TOPIC).partitions
+            consumer.assign([TopicPartition(DELAY_TOPIC, p.partition) for p in partitions])
+            consumer.seek_to_beginning()
+            producer = broker.producer(transactional_id=TRANSACTIONAL_ID, linger_ms=0)
+            producer.init_transactions()
+            while not self._stop.is_set():
+                self._read(consumer)
+                with self._lock:
+                    due = self._index.due(_now_ms(), FIRE_BATCH)
+                if due:
+                    self._fire(producer, due)
+                elif len(self._index) and self._index.memory_bytes > 64 * 1024 * 1024:
+                    with self._lock:
+                        self._index.compact()
+        finally:
+            broker.close()
+
+    def _read(self, consumer: Any) -> None:
+        with self._lock:
+            next_due = self._index.next_due()
+        wait_ms = POLL_MS if next_due is None else min(max(next_due - _now_ms(), 0), POLL_MS)
+        table = consumer.poll_arrow(timeout_ms=int(wait_ms))
+        if table.num_rows == 0:
+            return
+        partitions = table.column("partition").to_numpy()
+        import pyarrow.compute as pc
+
+        for partition in sorted(set(partitions.tolist())):
+            part = table.filter(pc.equal(table.column("partition"), partition))
+            with self._lock:
+                self._index.add(int(partition), part)
+
+    def _fire(self, producer: Any, due: list[Pending]) -> None:
+        with self._lock:
+            moves = self._index.records(due)
+        fired: dict[int, list[int]] = {}
+        try:
+            producer.begin_transaction()
+            for entry, target, row in moves:
+                fired.setdefault(entry.partition, []).append(entry.offset)
+                try:
+                    producer.send(
+                        target.topic,
+                        value=row["value"],
+                        key=row["key"],
+                        headers=target.headers,
+                        partition=target.partition,
+                        priority=target.priority,
+                    )
+                except TopicNotFound:
+                    logger.warning("delayed record for deleted topic %r dropped", target.topic)
+                    self._dropped += 1
+            for partition, offsets in fired.items():
+                producer.send(
+                    DELAY_TOPIC,
+                    value=fired_ranges(offsets),
+                    key=FIRED_HEADER.encode(),
+                    headers=[(FIRED_HEADER, b"1")],
+                    partition=partition,
+                )
+            producer.commit_transaction()
+        except Exception:
+            with self._lock:
+                self._index.failed(due)
+            raise
+        now = _now_ms()
+        with self._lock:
+            self._index.fired(due)
+            self._fired += len(due)
+            self._lateness.extend(now - entry.due_ms for entry in due)
+
+    def describe(self) -> dict[str, Any]:
+        """Pending records, the next due time, how many fired, lateness percentiles and the
+        index's memory (for ``Admin.describe_delayed`` and the benchmark)."""
+        with self._lock:
+            lateness = sorted(self._lateness)
+            index = self._index
+            return {
+                "pending": len(index),
+                "next_due_ms": index.next_due(),
+                "fired": self._fired,
+                "dropped": self._dropped,
+                "malformed": index.malformed,
+                "restarts": self._restarts,
+                "index_bytes": index.memory_bytes,
+                "rss_bytes": _rss_bytes(),
+                "lateness_ms": _percentiles(lateness),
+            }
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _percentiles(values: list[int]) -> dict[str, int | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {
+        "p50": values[len(values) // 2],
+        "p99": values[min(int(len(values) * 0.99), len(values) - 1)],
+        "max": values[-1],
+    }
+
+
+def _rss_bytes() -> int:
+    try:
+        with open(f"/proc/{os.getpid()}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return -1
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+__all__ = ["DUE_HEADER", "DelayScheduler", "ensure_schedule_topic"]
