@@ -267,3 +267,17 @@ class Admin:
         if self._broker is None:
             raise BrokerNotRunning("this Admin was made without a broker connection")
         return self._broker
+
+    def describe_delayed(self) -> dict[str, Any]:
+        """The delay scheduler's state: pending records, next due time, how many fired,
+        lateness percentiles (ms) and memory; ``{"running": False}`` before any delayed send."""
+        import ray
+
+        from ray_broker.config import DELAY_SCHEDULER_NAME
+
+        try:
+            scheduler = ray.get_actor(DELAY_SCHEDULER_NAME, namespace=self._namespace)
+        except ValueError:
+            return {"running": False}
+        found = call(scheduler.describe, timeout_s=ADMIN_TIMEOUT_S, unavailable=BrokerNotRunning)
+        return {"running": True, **found}

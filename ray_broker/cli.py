@@ -62,6 +62,12 @@ group_app = typer.Typer(
     help="List, describe, reset and delete consumer groups.", no_args_is_help=True
 )
 app.add_typer(group_app, name="group")
+share_app = typer.Typer(
+    help="List, describe, reset and delete share groups (queues).", no_args_is_help=True
+)
+app.add_typer(share_app, name="share-group")
+dlq_app = typer.Typer(help="Read and re-drive dead-letter topics.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 
 AddressOption = Annotated[
@@ -349,6 +355,140 @@ def group_delete(
     _emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted group [bold]{group_id}[/]"))
 
 
+# --- share groups, dead letters, delayed records ----------------------------------------------
+
+
+@share_app.command("list")
+def share_group_list(ctx: typer.Context) -> None:
+    """List share groups."""
+    with _broker(ctx) as broker:
+        groups = broker.admin().list_share_groups()
+    _emit(ctx, groups, lambda: [console.print(g, highlight=False) for g in groups])
+
+
+@share_app.command("describe")
+def share_group_describe(ctx: typer.Context, group_id: str) -> None:
+    """Show a share group's members and, per partition, records in flight, available,
+    dead-lettered, and the lag."""
+    with _broker(ctx) as broker:
+        described = broker.admin().describe_share_group(group_id)
+    if _target(ctx).json:
+        _emit(ctx, asdict(described))
+        return
+    table = Table(title=f"share group {group_id}")
+    columns = ("topic", "partition", "start", "high watermark", "in flight", "available")
+    for column in (*columns, "dead letters", "lag"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for p in described.partitions:
+        table.add_row(
+            p.topic,
+            str(p.partition),
+            f"{p.start_offset:,}",
+            f"{p.high_watermark:,}",
+            f"{p.in_flight:,}",
+            f"{p.available:,}",
+            f"{p.dead_lettered + p.dead_lettering:,}",
+            f"{p.lag:,}",
+        )
+    console.print(table)
+    console.print(
+        f"members: {len(described.members)}   dead-letter topics: "
+        f"{', '.join(described.dead_letter_topics) or '-'}",
+        highlight=False,
+    )
+
+
+@share_app.command("reset")
+def share_group_reset(
+    ctx: typer.Context,
+    group_id: str,
+    topic: Annotated[str, typer.Option("--topic", "-t")],
+    to_earliest: Annotated[bool, typer.Option("--to-earliest")] = False,
+    to_latest: Annotated[bool, typer.Option("--to-latest")] = False,
+    to_offset: Annotated[int | None, typer.Option("--to-offset")] = None,
+) -> None:
+    """Start a share group over on a topic (no record may be locked by a member)."""
+    if sum([to_earliest, to_latest, to_offset is not None]) != 1:
+        raise typer.BadParameter("give exactly one of --to-earliest, --to-latest, --to-offset")
+    target = "earliest" if to_earliest else "latest" if to_latest else "offset"
+    with _broker(ctx) as broker:
+        try:
+            moved = broker.admin().reset_share_group(group_id, topic, target, to_offset)
+        except BrokerError as exc:
+            raise _fail(exc) from None
+    rows = [{"topic": tp.topic, "partition": tp.partition, "offset": o} for tp, o in moved.items()]
+    _emit(
+        ctx,
+        rows,
+        lambda: [console.print(f"{r['topic']}-{r['partition']} -> {r['offset']:,}") for r in rows],
+    )
+
+
+@share_app.command("delete")
+def share_group_delete(ctx: typer.Context, group_id: str) -> None:
+    """Forget a share group's state (stop its members first)."""
+    with _broker(ctx) as broker:
+        try:
+            broker.admin().delete_share_group(group_id)
+        except BrokerError as exc:
+            raise _fail(exc) from None
+    _emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted share group {group_id}"))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    ctx: typer.Context,
+    topic: str,
+    max_records: Annotated[int, typer.Option("--max-records", "-n")] = 100,
+) -> None:
+    """Show the records of a dead-letter topic with where they came from and why."""
+    with _broker(ctx) as broker:
+        try:
+            letters = broker.admin().list_dead_letters(topic, max_records)
+        except BrokerError as exc:
+            raise _fail(exc) from None
+    if _target(ctx).json:
+        rows = [{**asdict(d), "key": _text(d.key), "value": _text(d.value)} for d in letters]
+        _emit(ctx, rows)
+        return
+    table = Table(title=f"dead letters in {topic}")
+    for column in ("offset", "from", "deliveries", "reason", "error", "value"):
+        table.add_column(column)
+    for d in letters:
+        table.add_row(
+            str(d.offset),
+            f"{d.original_topic}-{d.original_partition}@{d.original_offset}",
+            str(d.delivery_count),
+            d.reason,
+            d.error[:60],
+            (_text(d.value) or "")[:60],
+        )
+    console.print(table)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    ctx: typer.Context,
+    topic: str,
+    max_records: Annotated[int | None, typer.Option("--max-records", "-n")] = None,
+) -> None:
+    """Send a dead-letter topic's records back to their original topics (exactly once)."""
+    with _broker(ctx) as broker:
+        try:
+            moved = broker.admin().redrive_dead_letters(topic, max_records)
+        except BrokerError as exc:
+            raise _fail(exc) from None
+    _emit(ctx, {"redriven": moved}, lambda: console.print(f"Re-drove {moved:,} record(s)"))
+
+
+@app.command()
+def delayed(ctx: typer.Context) -> None:
+    """Show the delay scheduler: pending delayed records, next due time, lateness."""
+    with _broker(ctx) as broker:
+        found = broker.admin().describe_delayed()
+    _emit(ctx, found, lambda: console.print_json(data=found))
+
+
 # --- produce / consume --------------------------------------------------------------------------
 
 
@@ -437,24 +577,25 @@ def consume(
     Console(stderr=True).print(f"Consumed {count:,} records", style="dim", highlight=False)
 
 
+def _text(value: bytes | None) -> str | None:
+    """Bytes as UTF-8 where they decode, else as hex."""
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.hex()
+
+
 def _record_json(record: Any) -> dict[str, Any]:
     """A record as JSON: bytes as UTF-8 where they decode, else as hex."""
-
-    def text(value: bytes | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return value.decode()
-        except UnicodeDecodeError:
-            return value.hex()
-
     return {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "timestamp": record.timestamp,
-        "key": text(record.key),
-        "value": text(record.value),
+        "key": _text(record.key),
+        "value": _text(record.value),
     }
 
 

@@ -23,6 +23,7 @@ def cli(ray_session, tmp_path):
             app, [*args, "--namespace", namespace, "--data-dir", str(tmp_path)], input=input
         )
 
+    run.namespace = namespace
     yield run
     import ray_broker as rb
 
@@ -124,3 +125,44 @@ def test_root_options_may_be_written_anywhere_on_the_line() -> None:
         "list",
     ]
     assert hoist_global_options(["produce", "t"]) == ["produce", "t"]
+
+
+def test_share_group_and_dead_letter_commands(cli, tmp_path):
+    import json
+    import time
+
+    import ray_broker as rb
+
+    assert cli("topic", "create", "jobs").exit_code == 0
+    source = tmp_path / "jobs.txt"
+    source.write_text("".join(f"job {i}\n" for i in range(5)))
+    assert cli("produce", "jobs", "--file", str(source)).exit_code == 0
+    listed = cli("--output", "json", "share-group", "list")
+    assert json.loads(listed.output) == []
+    assert cli("share-group", "describe", "nobody").exit_code == 1  # GroupNotFound, no trace
+    broker = rb.connect(data_dir=tmp_path, namespace=cli.namespace)
+    consumer = broker.share_consumer(
+        "jobs", group_id="w", auto_offset_reset="earliest", share_acknowledgement_mode="explicit"
+    )
+    records = []
+    while len(records) < 5:
+        records += [r for rs in consumer.poll(timeout_ms=500).values() for r in rs]
+    for record in records:
+        consumer.acknowledge(record, "reject" if record.offset < 2 else "accept", error="bad")
+    consumer.commit_sync()
+    consumer.close()
+    deadline = time.monotonic() + 30
+    letters: list = []
+    while len(letters) < 2 and time.monotonic() < deadline:
+        found = cli("--output", "json", "dlq", "list", "jobs.w.dlq")
+        letters = json.loads(found.output) if found.exit_code == 0 else []
+    assert [(d["original_offset"], d["reason"], d["value"]) for d in letters] == [
+        (0, "rejected", "job 0"),
+        (1, "rejected", "job 1"),
+    ]
+    described = json.loads(cli("--output", "json", "share-group", "describe", "w").output)
+    assert described["partitions"][0]["lag"] == 0
+    assert described["dead_letter_topics"] == ["jobs.w.dlq"]
+    assert "job" in cli("dlq", "list", "jobs.w.dlq").output  # the table form
+    assert "Re-drove 2" in cli("dlq", "redrive", "jobs.w.dlq").output
+    assert json.loads(cli("--output", "json", "delayed").output) == {"running": False}

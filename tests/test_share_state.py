@@ -147,9 +147,7 @@ def test_retention_past_the_start_finishes_what_it_deleted():
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(
-                ["acquire", "accept", "release", "reject", "tick", "crash", "letters"]
-            ),
+            st.sampled_from(["acquire", "accept", "release", "reject", "tick", "crash", "letters"]),
             st.integers(0, 2),  # member
             st.integers(1, 6),  # how many
         ),
