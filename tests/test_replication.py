@@ -436,3 +436,70 @@ def test_a_new_leader_keeps_open_transactions_hidden_and_their_markers(cluster):
     assert seen == [b"before", b"in-txn-1", b"behind-txn", b"in-txn-2"]
     for client in (reader, producer, plain):
         client.close()
+
+
+def test_share_state_and_delayed_records_survive_leader_node_loss(shared_cluster, tmp_path):
+    """A worker node dies holding the leader of a share-group topic's partition: what was
+    accepted before is never delivered again, everything else is. Then (the cluster topped up)
+    the node holding the schedule topic's leader dies with delayed records pending: each
+    appears once, none early, none lost."""
+    from ray_broker.actors.delay_index import DUE_HEADER
+    from ray_broker.config import DELAY_TOPIC
+
+    local = shared_cluster
+    broker = rb.connect(
+        data_dir=tmp_path,
+        namespace=f"queues-{uuid.uuid4().hex[:6]}",
+        config={**BROKER, "default.replication.factor": 3},
+    )
+    try:
+        admin = broker.admin()
+        admin.create_topic("jobs", partitions=1, replication_factor=3, config=TOPIC)
+        admin.create_topic("later", partitions=1, replication_factor=3, config=TOPIC)
+        with broker.producer() as producer:
+            for i in range(600):
+                producer.send("jobs", value=b"%d" % i)
+            producer.send("later", value=b"warm-up", delay_ms=1).result(timeout=120)
+        member = broker.share_consumer(
+            "jobs", group_id="w", auto_offset_reset="earliest", max_poll_records=200
+        )
+        accepted = []
+        while len(accepted) < 200:
+            accepted += [r.offset for rs in member.poll(timeout_ms=1_000).values() for r in rs]
+        member.commit_sync()
+        local.kill_node(partition_info(broker, "jobs", 0).leader_node_id)
+        rest: list[int] = []
+        deadline = time.monotonic() + 120
+        while len(set(rest)) < 400 and time.monotonic() < deadline:
+            rest += [r.offset for rs in member.poll(timeout_ms=1_000).values() for r in rs]
+        member.close()
+        assert not set(accepted) & set(rest), "accepted records were delivered again"
+        assert set(accepted) | set(rest) == set(range(600))
+
+        local.add_worker()
+        local.cluster.wait_for_nodes()
+        wait_until(lambda: len(partition_info(broker, DELAY_TOPIC, 0).isr) == 3, 120)
+        wait_until(lambda: len(partition_info(broker, "later", 0).isr) == 3, 120)
+        reader = broker.consumer(
+            "later", auto_offset_reset="latest", isolation_level="read_committed"
+        )
+        reader.poll(timeout_ms=500)
+        with broker.producer() as producer:
+            for i in range(2_000):
+                producer.send("later", value=b"%d" % i, delay_ms=3_000 + i)
+        local.kill_node(partition_info(broker, DELAY_TOPIC, 0).leader_node_id)
+        arrived: list[tuple[bytes, int, float]] = []
+        deadline = time.monotonic() + 120
+        while len(arrived) < 2_000 and time.monotonic() < deadline:
+            for rs in reader.poll(timeout_ms=500).values():
+                now = time.time() * 1000
+                arrived += [(r.value, int(dict(r.headers)[DUE_HEADER]), now) for r in rs]
+        reader.close()
+        values = [v for v, _, _ in arrived]
+        assert len(values) == len(set(values)) == 2_000, "delayed records lost or doubled"
+        assert all(at >= due for _, due, at in arrived), "a delayed record came early"
+    finally:
+        broker.shutdown()
+        while len(local.workers) < WORKERS:
+            local.add_worker()
+        local.cluster.wait_for_nodes()

@@ -190,7 +190,10 @@ class Producer:
                 size = size - headers_size(header_list(headers or [])) + headers_size(header_dicts)
                 partition = schedule_partition(topic, target, schedule_partitions)
                 topic, priority = DELAY_TOPIC, None
-                metadata = self._snapshot(DELAY_TOPIC)[1]
+                snapshot = self._topics.get(topic)
+                if snapshot is None or time.monotonic() > snapshot[0]:
+                    snapshot = self._snapshot(topic)
+                metadata = snapshot[1]
         accumulator = self._accumulator
         with self._lock:
             if accumulator.pending_bytes + size > self._buffer_memory:
