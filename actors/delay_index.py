@@ -7,9 +7,12 @@ also appends a *fired* marker (the schedule offsets it moved) to the schedule pa
 after any crash, replaying the topic gives exactly the records not yet moved: no loss, no
 repeat (for ``read_committed`` readers of the target topic).
 
-The records stay in the Arrow tables they were read in (chunks); the heap holds only
-``(due, schedule partition, offset, chunk, row)``. A chunk is dropped when its last pending row
-fires, and chunks mostly fired are compacted, so memory follows the pending records.
+Columnar throughout: each table read becomes a chunk sorted by due time, its headers decoded
+with Arrow kernels into NumPy columns (due, target partition, target topic); a heap orders the
+chunks by their next due row, and a round takes every due row of every due chunk, sorted by
+(due, schedule partition, offset). A chunk is dropped once all its rows have fired, and
+compacted when most have, so memory follows the pending records (about the records' own bytes
+plus 24 bytes a row).
 """
 
 from __future__ import annotations
@@ -17,39 +20,22 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-# Headers the producer adds to a delayed record (and the scheduler strips, but for the due
-# time, which the delivered record keeps so readers can see how late it came).
+# Headers the producer adds to a delayed record; the delivered record keeps them (the due
+# time shows how late it came).
 TOPIC_HEADER = "delay.topic"
 PARTITION_HEADER = "delay.partition"
 DUE_HEADER = "delay.deliver.at"
-FIRED_HEADER = "delay.fired"
 PRIORITY_HEADER = "delay.priority"
-INTERNAL_HEADERS = (TOPIC_HEADER, PARTITION_HEADER, PRIORITY_HEADER)
-# A chunk is rebuilt from its pending rows when fewer than this share of its rows are pending.
-COMPACT_BELOW = 0.25
+FIRED_HEADER = "delay.fired"
+# A chunk is rebuilt from its pending rows when more than this share of it has fired.
+COMPACT_ABOVE = 0.5
 COMPACT_MIN_ROWS = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    due_ms: int
-    partition: int  # of the schedule topic
-    offset: int  # in the schedule partition
-    chunk: int
-    row: int
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    topic: str
-    partition: int | None
-    headers: list[tuple[str, bytes | None]]
-    priority: int | None
 
 
 def fired_ranges(offsets: Iterable[int]) -> bytes:
@@ -63,144 +49,265 @@ def fired_ranges(offsets: Iterable[int]) -> bytes:
     return json.dumps(ranges).encode()
 
 
+def _header_column(headers: pa.Array, name: str, n: int) -> pa.Array:
+    """Each row's value of header ``name`` (null where absent), with Arrow kernels."""
+    flat = pc.list_flatten(headers)
+    if len(flat) == 0:
+        return pa.nulls(n, pa.binary())
+    owners = pc.list_parent_indices(headers)
+    mask = pc.equal(flat.field("key"), name)
+    rows = pc.filter(owners, mask).to_numpy(zero_copy_only=False)
+    values = pc.filter(flat.field("value"), mask)
+    index = np.full(n, -1, dtype=np.int64)
+    index[rows] = np.arange(len(rows))
+    return pc.take(values, pa.array(index, mask=index < 0))
+
+
+def _as_int(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid) of a column of decimal digits as bytes."""
+    text = pc.cast(column, pa.string())
+    digits = pc.fill_null(pc.match_substring_regex(text, r"^-?[0-9]{1,18}$"), False)
+    numbers = pc.cast(pc.if_else(digits, text, pa.scalar("0")), pa.int64())
+    return numbers.to_numpy(zero_copy_only=False), digits.to_numpy(zero_copy_only=False)
+
+
+@dataclass
+class Chunk:
+    """Pending rows of one read of one schedule partition, sorted by due time."""
+
+    partition: int
+    table: pa.Table  # key, value, headers
+    offsets: np.ndarray
+    due: np.ndarray
+    topics: np.ndarray  # index into DelayIndex.topic_names
+    targets: np.ndarray  # target partition, -1: none given
+    priorities: np.ndarray  # -1: none given
+    alive: np.ndarray = field(init=False)
+    cursor: int = 0  # rows before it are fired or in flight
+
+    def __post_init__(self) -> None:
+        self.alive = np.ones(len(self.due), dtype=bool)
+
+    def next_due(self) -> int | None:
+        while self.cursor < len(self.due) and not self.alive[self.cursor]:
+            self.cursor += 1
+        return int(self.due[self.cursor]) if self.cursor < len(self.due) else None
+
+
+@dataclass
+class Round:
+    """Rows handed out by ``DelayIndex.due``: per chunk how many (from its cursor), and the
+    global order (due, schedule partition, offset)."""
+
+    taken: dict[int, np.ndarray]  # chunk id -> row indices
+    order: list[tuple[int, int]]  # (chunk id, row) in firing order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class DelayIndex:
     """See the module docstring."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, int, int, int]] = []
-        self._chunks: dict[int, pa.Table] = {}
-        self._live: dict[int, int] = {}  # chunk -> pending rows
-        self._pending: set[tuple[int, int]] = set()  # (partition, offset)
+        self.chunks: dict[int, Chunk] = {}
+        self.topic_names: list[str] = []
+        self._topic_ids: dict[str, int] = {}
+        self._heap: list[tuple[int, int]] = []  # (next due, chunk id), checked when popped
         self._next_chunk = 0
-        self.malformed = 0  # records with unreadable delay headers (logged and skipped)
+        self._pending = 0
+        self.malformed = 0  # records with unreadable delay headers (skipped)
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._pending
 
     @property
     def memory_bytes(self) -> int:
-        return sum(table.nbytes for table in self._chunks.values())
+        return sum(c.table.nbytes + c.due.nbytes * 4 for c in self.chunks.values())
+
+    # --- reading the schedule topic -------------------------------------------------------------
 
     def add(self, partition: int, table: pa.Table) -> None:
         """Records read from schedule partition ``partition``: delayed records join the index,
         fired markers take theirs out."""
-        if table.num_rows == 0:
+        n = table.num_rows
+        if n == 0:
             return
-        offsets = table.column("offset").to_pylist()
-        headers = table.column("headers").to_pylist()
-        chunk = self._next_chunk
-        rows = 0
-        for row, (offset, pairs) in enumerate(zip(offsets, headers, strict=True)):
-            found = {h["key"]: h["value"] for h in pairs or ()}
-            if FIRED_HEADER in found:
-                self._fired_marker(partition, table.column("value")[row].as_py())
-                continue
-            try:
-                due = int(found[DUE_HEADER])
-                found[TOPIC_HEADER].decode()
-            except (KeyError, ValueError, AttributeError, UnicodeDecodeError):
-                self.malformed += 1
-                continue
-            if (partition, offset) in self._pending:
-                continue  # read twice (a consumer reset): already pending
-            heapq.heappush(self._heap, (due, partition, offset, chunk, row))
-            self._pending.add((partition, offset))
-            rows += 1
-        if rows:
-            self._chunks[chunk] = table
-            self._live[chunk] = rows
-            self._next_chunk += 1
+        headers = table.column("headers").combine_chunks()
+        fired = _header_column(headers, FIRED_HEADER, n).is_valid().to_numpy(zero_copy_only=False)
+        try:
+            self._add_delayed(partition, table, headers, fired)
+        finally:  # after: a marker may name records of this same read
+            for row in np.flatnonzero(fired):
+                self._fired_marker(partition, table.column("value")[int(row)].as_py())
+
+    def _add_delayed(
+        self, partition: int, table: pa.Table, headers: pa.Array, fired: np.ndarray
+    ) -> None:
+        n = table.num_rows
+        due, due_ok = _as_int(_header_column(headers, DUE_HEADER, n))
+        topic_column = _header_column(headers, TOPIC_HEADER, n)
+        target, target_ok = _as_int(_header_column(headers, PARTITION_HEADER, n))
+        priority, priority_ok = _as_int(_header_column(headers, PRIORITY_HEADER, n))
+        valid = due_ok & topic_column.is_valid().to_numpy(zero_copy_only=False) & ~fired
+        self.malformed += int(n - fired.sum() - valid.sum())
+        rows = np.flatnonzero(valid)
+        if len(rows) == 0:
+            return
+        rows = rows[np.argsort(due[rows], kind="stable")]
+        names = pc.cast(pc.take(topic_column, pa.array(rows)), pa.string()).to_pylist()
+        chunk = Chunk(
+            partition,
+            table.select(["key", "value", "headers"]).take(pa.array(rows)),
+            table.column("offset").to_numpy()[rows],
+            due[rows],
+            np.array([self._topic_id(name) for name in names], dtype=np.int32),
+            np.where(target_ok[rows], target[rows], -1),
+            np.where(priority_ok[rows], priority[rows], -1),
+        )
+        chunk_id = self._next_chunk
+        self._next_chunk += 1
+        self.chunks[chunk_id] = chunk
+        self._pending += len(rows)
+        heapq.heappush(self._heap, (int(chunk.due[0]), chunk_id))
+
+    def _topic_id(self, name: str) -> int:
+        found = self._topic_ids.get(name)
+        if found is None:
+            found = self._topic_ids[name] = len(self.topic_names)
+            self.topic_names.append(name)
+        return found
 
     def _fired_marker(self, partition: int, value: bytes | None) -> None:
         try:
             ranges = json.loads(value or b"[]")
-        except ValueError:
+            offsets = np.concatenate(
+                [np.arange(int(a), int(b) + 1, dtype=np.int64) for a, b in ranges] or [[]]
+            )
+        except (ValueError, TypeError):
             self.malformed += 1
             return
-        for first, last in ranges:
-            for offset in range(int(first), int(last) + 1):
-                self._pending.discard((partition, offset))  # the heap entry is skipped later
+        for chunk in self.chunks.values():
+            if chunk.partition != partition:
+                continue
+            hit = np.isin(chunk.offsets, offsets) & chunk.alive
+            hit[: chunk.cursor] = False  # in flight or fired: counted when they end
+            self._pending -= int(hit.sum())
+            chunk.alive[hit] = False
+
+    # --- firing ---------------------------------------------------------------------------------
 
     def next_due(self) -> int | None:
-        self._skip_fired()
-        return self._heap[0][0] if self._heap else None
+        while self._heap:
+            due, chunk_id = self._heap[0]
+            chunk = self.chunks.get(chunk_id)
+            current = None if chunk is None else chunk.next_due()
+            if current == due:
+                return due
+            heapq.heappop(self._heap)  # stale: re-push with its current next due
+            if current is not None:
+                heapq.heappush(self._heap, (current, chunk_id))
+        return None
 
-    def _skip_fired(self) -> None:
-        heap = self._heap
-        while heap and (heap[0][1], heap[0][2]) not in self._pending:
-            self._release(heapq.heappop(heap)[3])
+    def due(self, now_ms: int, limit: int) -> Round:
+        """Up to ``limit`` rows due at ``now_ms`` in firing order; they are in flight until
+        ``fired`` (or ``failed`` hands them back)."""
+        candidates: list[tuple[int, np.ndarray]] = []
+        while (next_due := self.next_due()) is not None and next_due <= now_ms:
+            _, chunk_id = heapq.heappop(self._heap)
+            chunk = self.chunks[chunk_id]
+            end = int(np.searchsorted(chunk.due, now_ms, side="right"))
+            end = min(end, chunk.cursor + limit)
+            rows = chunk.cursor + np.flatnonzero(chunk.alive[chunk.cursor : end])
+            candidates.append((chunk_id, rows))
+        keys = [
+            (
+                int(self.chunks[c].due[r]),
+                self.chunks[c].partition,
+                int(self.chunks[c].offsets[r]),
+                c,
+                int(r),
+            )
+            for c, rows in candidates
+            for r in rows
+        ]
+        keys.sort()
+        kept = keys[:limit]
+        taken: dict[int, list[int]] = {}
+        for *_, chunk_id, row in kept:
+            taken.setdefault(chunk_id, []).append(row)
+        for chunk_id, _ in candidates:
+            chunk = self.chunks[chunk_id]
+            mine = taken.get(chunk_id, [])
+            # Kept rows are a prefix of the chunk's due rows (same order): the cursor passes
+            # them; the chunk goes back on the heap at its next due row.
+            chunk.cursor = (mine[-1] + 1) if mine else chunk.cursor
+            nxt = chunk.next_due()
+            if nxt is not None:
+                heapq.heappush(self._heap, (nxt, chunk_id))
+        return Round(
+            {c: np.array(rows, dtype=np.int64) for c, rows in taken.items()},
+            [(c, r) for *_, c, r in kept],
+        )
 
-    def due(self, now_ms: int, limit: int) -> list[Pending]:
-        """Up to ``limit`` records due at ``now_ms``, in due order; they leave the heap until
-        ``fired`` (or ``failed`` puts them back)."""
-        out = []
-        while len(out) < limit:
-            self._skip_fired()
-            if not self._heap or self._heap[0][0] > now_ms:
-                break
-            out.append(Pending(*heapq.heappop(self._heap)))
+    def fired(self, done: Round) -> None:
+        for chunk_id, rows in done.taken.items():
+            chunk = self.chunks[chunk_id]
+            chunk.alive[rows] = False
+            self._pending -= len(rows)
+            if chunk.next_due() is None:
+                del self.chunks[chunk_id]
+            elif chunk.cursor > len(chunk.due) * COMPACT_ABOVE >= COMPACT_MIN_ROWS / 2:
+                self._compact(chunk)
+
+    def failed(self, done: Round) -> None:
+        for chunk_id, rows in done.taken.items():
+            chunk = self.chunks[chunk_id]
+            chunk.cursor = min(chunk.cursor, int(rows.min()))
+            heapq.heappush(self._heap, (int(chunk.due[chunk.cursor]), chunk_id))
+
+    def _compact(self, chunk: Chunk) -> None:
+        keep = np.arange(chunk.cursor, len(chunk.due))
+        index = pa.array(keep)
+        chunk.table = chunk.table.take(index)
+        for name in ("offsets", "due", "topics", "targets", "priorities", "alive"):
+            setattr(chunk, name, getattr(chunk, name)[keep])
+        chunk.cursor = 0
+
+    def tables(self, done: Round) -> dict[str, pa.Table]:
+        """The round's records per target topic, in firing order, as ``send_batch`` tables:
+        key, value, headers, partition (and priority where given)."""
+        base, pieces, start = {}, [], 0
+        for chunk_id, rows in done.taken.items():
+            base[chunk_id] = {int(r): start + i for i, r in enumerate(rows)}
+            pieces.append(self.chunks[chunk_id].table.take(pa.array(rows)))
+            start += len(rows)
+        everything = pa.concat_tables(pieces)
+        by_topic: dict[int, list[tuple[int, int]]] = {}
+        for chunk_id, row in done.order:
+            topic = int(self.chunks[chunk_id].topics[row])
+            by_topic.setdefault(topic, []).append((chunk_id, row))
+        out = {}
+        for topic_id, rows in by_topic.items():
+            index = pa.array([base[c][r] for c, r in rows], pa.int64())
+            table = everything.take(index)
+            targets = [int(self.chunks[c].targets[r]) for c, r in rows]
+            table = table.append_column("partition", pa.array(targets, pa.int32()))
+            priorities = [int(self.chunks[c].priorities[r]) for c, r in rows]
+            if max(priorities) >= 0:
+                table = table.append_column(
+                    "priority", pa.array([max(p, 0) for p in priorities], pa.int8())
+                )
+            out[self.topic_names[topic_id]] = table
         return out
 
-    def fired(self, entries: list[Pending]) -> None:
-        for entry in entries:
-            self._pending.discard((entry.partition, entry.offset))
-            self._release(entry.chunk)
-
-    def failed(self, entries: list[Pending]) -> None:
-        for entry in entries:
-            heapq.heappush(
-                self._heap, (entry.due_ms, entry.partition, entry.offset, entry.chunk, entry.row)
-            )
-
-    def _release(self, chunk: int) -> None:
-        left = self._live.get(chunk, 0) - 1
-        if left <= 0:
-            self._live.pop(chunk, None)
-            self._chunks.pop(chunk, None)
-        else:
-            self._live[chunk] = left
-
-    def records(self, entries: list[Pending]) -> list[tuple[Pending, Target, dict[str, Any]]]:
-        """Each entry with its target and its record (key, value, timestamp)."""
-        rows: dict[tuple[int, int], dict[str, Any]] = {}
-        by_chunk: dict[int, list[int]] = {}
-        for entry in entries:
-            by_chunk.setdefault(entry.chunk, []).append(entry.row)
-        for chunk, wanted in by_chunk.items():
-            taken = self._chunks[chunk].take(pa.array(wanted, pa.int64())).to_pylist()
-            rows.update(((chunk, index), row) for index, row in zip(wanted, taken, strict=True))
-        out = []
-        for entry in entries:
-            row = rows[(entry.chunk, entry.row)]
-            pairs = [(h["key"], h["value"]) for h in row["headers"] or ()]
-            found = dict(pairs)
-            partition, priority = found.get(PARTITION_HEADER), found.get(PRIORITY_HEADER)
-            target = Target(
-                found[TOPIC_HEADER].decode(),
-                int(partition) if partition not in (None, b"") else None,
-                [(k, v) for k, v in pairs if k not in INTERNAL_HEADERS],
-                int(priority) if priority not in (None, b"") else None,
-            )
-            out.append((entry, target, row))
+    def offsets_by_partition(self, done: Round) -> dict[int, list[int]]:
+        """The schedule offsets of a round, per schedule partition (the fired markers)."""
+        out: dict[int, list[int]] = {}
+        for chunk_id, rows in done.taken.items():
+            chunk = self.chunks[chunk_id]
+            out.setdefault(chunk.partition, []).extend(chunk.offsets[rows].tolist())
         return out
 
-    def compact(self) -> int:
-        """Rebuild chunks whose rows are mostly fired; returns the rows dropped."""
-        dropped = 0
-        for chunk, table in list(self._chunks.items()):
-            live = self._live.get(chunk, 0)
-            if table.num_rows < COMPACT_MIN_ROWS or live >= table.num_rows * COMPACT_BELOW:
-                continue
-            entries = [e for e in self._heap if e[3] == chunk and (e[1], e[2]) in self._pending]
-            rows = [e[4] for e in entries]
-            new = self._next_chunk
-            self._next_chunk += 1
-            self._chunks[new] = table.take(pa.array(rows, pa.int64()))
-            self._live[new] = len(rows)
-            remap = {e: (e[0], e[1], e[2], new, i) for i, e in enumerate(entries)}
-            self._heap = [remap.get(e, e) for e in self._heap if e[3] != chunk or e in remap]
-            heapq.heapify(self._heap)
-            del self._chunks[chunk]
-            self._live.pop(chunk, None)
-            dropped += table.num_rows - len(rows)
-        return dropped
+    def lateness(self, done: Round, now_ms: int) -> list[int]:
+        return [now_ms - int(self.chunks[c].due[r]) for c, r in done.order]

@@ -21,13 +21,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ray_broker.actors.delay_index import (
-    DUE_HEADER,
-    FIRED_HEADER,
-    DelayIndex,
-    Pending,
-    fired_ranges,
-)
+from ray_broker.actors.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
 from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
 from ray_broker.errors import TopicExists, TopicNotFound
 
@@ -38,6 +32,7 @@ FIRE_BATCH = 10_000  # records per transaction
 RESTART_BACKOFF_S = 1.0
 LATENESS_SAMPLES = 100_000
 TRANSACTIONAL_ID = "ray-broker.delay-scheduler"
+POISON_AFTER_FAILURES = 3
 
 
 def ensure_schedule_topic(controller: Any, config: BrokerConfig) -> None:
@@ -76,6 +71,7 @@ class DelayScheduler:
         self._dropped = 0
         self._lateness: deque[int] = deque(maxlen=LATENESS_SAMPLES)
         self._restarts = 0
+        self._failures = 0  # rounds failed in a row (see _serve)
         self._thread = threading.Thread(target=self._run, name="delay-scheduler", daemon=True)
         self._thread.start()
 
@@ -112,13 +108,14 @@ class DelayScheduler:
             producer.init_transactions()
             while not self._stop.is_set():
                 self._read(consumer)
+                # After repeated failures, one record per round: a record that can never be
+                # written (a target topic's rules changed) is found and dropped, not retried
+                # forever in front of the others.
+                batch = 1 if self._failures >= POISON_AFTER_FAILURES else FIRE_BATCH
                 with self._lock:
-                    due = self._index.due(_now_ms(), FIRE_BATCH)
+                    due = self._index.due(_now_ms(), batch)
                 if due:
                     self._fire(producer, due)
-                elif len(self._index) and self._index.memory_bytes > 64 * 1024 * 1024:
-                    with self._lock:
-                        self._index.compact()
         finally:
             broker.close()
 
@@ -137,44 +134,57 @@ class DelayScheduler:
             with self._lock:
                 self._index.add(int(partition), part)
 
-    def _fire(self, producer: Any, due: list[Pending]) -> None:
+    def _fire(self, producer: Any, due: Round) -> None:
         with self._lock:
-            moves = self._index.records(due)
-        fired: dict[int, list[int]] = {}
+            tables = self._index.tables(due)
+            markers = self._index.offsets_by_partition(due)
         try:
-            producer.begin_transaction()
-            for entry, target, row in moves:
-                fired.setdefault(entry.partition, []).append(entry.offset)
-                try:
-                    producer.send(
-                        target.topic,
-                        value=row["value"],
-                        key=row["key"],
-                        headers=target.headers,
-                        partition=target.partition,
-                        priority=target.priority,
-                    )
-                except TopicNotFound:
-                    logger.warning("delayed record for deleted topic %r dropped", target.topic)
-                    self._dropped += 1
-            for partition, offsets in fired.items():
-                producer.send(
-                    DELAY_TOPIC,
-                    value=fired_ranges(offsets),
-                    key=FIRED_HEADER.encode(),
-                    headers=[(FIRED_HEADER, b"1")],
-                    partition=partition,
-                )
-            producer.commit_transaction()
-        except Exception:
-            with self._lock:
-                self._index.failed(due)
-            raise
+            self._move(producer, tables, markers)
+        except Exception as exc:
+            self._failures += 1
+            if len(due) == 1 and self._failures > POISON_AFTER_FAILURES:
+                logger.error("dropping a delayed record that cannot be delivered: %r", exc)
+                with contextlib.suppress(Exception):
+                    producer.abort_transaction()
+                self._move(producer, {}, markers)  # the fired marker alone
+                self._dropped += 1
+            else:
+                with self._lock:
+                    self._index.failed(due)
+                raise
+        self._failures = 0 if len(due) > 1 or not self._failures else self._failures
         now = _now_ms()
         with self._lock:
+            self._lateness.extend(self._index.lateness(due, now))
             self._index.fired(due)
             self._fired += len(due)
-            self._lateness.extend(now - entry.due_ms for entry in due)
+
+    def _move(self, producer: Any, tables: dict[str, Any], markers: dict[int, list[int]]) -> None:
+        """One transaction: the records to their topics, fired markers to the schedule."""
+        import pyarrow.compute as pc
+
+        producer.begin_transaction()
+        for topic, table in tables.items():
+            given = pc.greater_equal(table.column("partition"), 0)
+            try:
+                if pc.all(given).as_py():
+                    producer.send_batch(topic, table)
+                else:  # no partition named (not written by our producer): by key
+                    producer.send_batch(topic, table.filter(given))
+                    rest = table.filter(pc.invert(given)).drop_columns(["partition"])
+                    producer.send_batch(topic, rest)
+            except TopicNotFound:
+                logger.warning("%d delayed records for deleted %r dropped", len(table), topic)
+                self._dropped += table.num_rows
+        for partition, offsets in markers.items():
+            producer.send(
+                DELAY_TOPIC,
+                value=fired_ranges(offsets),
+                key=FIRED_HEADER.encode(),
+                headers=[(FIRED_HEADER, b"1")],
+                partition=partition,
+            )
+        producer.commit_transaction()
 
     def describe(self) -> dict[str, Any]:
         """Pending records, the next due time, how many fired, lateness percentiles and the

@@ -14,6 +14,7 @@ Figures (100-byte values):
 
 Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--sweeps``
 (partitions and value sizes), ``--transactions`` (transactional produce, read_committed),
+``--queues`` (share groups, priorities, delayed delivery),
 ``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
@@ -38,6 +39,7 @@ from typing import Any
 import bench_backlog  # loadtest/ is this script's directory
 import bench_peers
 import bench_plots
+import bench_queues
 import bench_sweeps
 import bench_transactions
 import latency
@@ -365,6 +367,11 @@ def main() -> None:
         "--sweeps", action="store_true", help="also partitions and value-size sweeps"
     )
     parser.add_argument(
+        "--queues",
+        action="store_true",
+        help="also share groups, priorities and delayed delivery (bench_queues.py)",
+    )
+    parser.add_argument(
         "--transactions",
         action="store_true",
         help="also transactional produce and read_committed consume (bench_transactions.py)",
@@ -428,6 +435,16 @@ def main() -> None:
                 txns = bench_transactions.run_transactions(broker, args.records // 2)
                 bench_transactions.print_transactions(txns)
                 extra_rows.append({"figure": "transactions", **txns, "machine": machine()})
+            if args.queues:
+                share, delays = bench_queues.run(
+                    broker,
+                    args.records // 10,
+                    20_000 if args.quick else 1_000_000,
+                )
+                bench_queues.print_queues(share, delays)
+                extra_rows.append(
+                    {"figure": "queues", **share, **(delays or {}), "machine": machine()}
+                )
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)
