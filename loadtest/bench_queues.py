@@ -7,9 +7,10 @@ the delay scheduler with many records pending — on one broker, in one run.
   consumer that acknowledges every record explicitly and sends the acknowledgements once per
   poll (``commit_async``), and — the baseline, same records — by a consumer group's ``poll()``;
 * priorities: the same with ``priority.levels=4`` and random priorities, against FIFO;
-* delays: ``--delayed`` records sent with delays spread over ``DELAY_SPREAD_S`` starting
-  ``DELAY_START_S`` from now; reported: send rate, the scheduler's memory with all of them
-  pending, and the lateness (fire time - due time) percentiles once they have fired.
+* delays: ``--delayed`` records sent with due times spread over ``DELAY_SPREAD_S``, starting
+  once they have all been sent (``DELAY_START_S`` plus the time sending them takes at
+  ``SEND_RATE_GUESS``); reported: send rate, the scheduler's memory with all of them pending,
+  and the lateness (fire time - due time) percentiles once they have fired.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from measure import on_fresh_broker  # loadtest/ is this script's directory
 PARTITIONS = 4
 VALUE_BYTES = 100
 POLL_RECORDS = 2_000
-DELAY_START_S = 30.0
+DELAY_START_S = 15.0
 DELAY_SPREAD_S = 60.0
+SEND_RATE_GUESS = 20_000  # delayed sends a second, to start the due times after the sending
 
 
 def _fill(broker: Any, topic: str, records: int, priorities: bool) -> None:
@@ -118,7 +120,8 @@ def run_delays(broker: Any, records: int) -> dict[str, Any]:
         scheduler = ray.get_actor(DELAY_SCHEDULER_NAME, namespace=broker.namespace)
         before = ray.get(scheduler.describe.remote())
         started = time.perf_counter()
-        first_due = int(time.time() * 1000 + DELAY_START_S * 1000)
+        start_s = DELAY_START_S + records / SEND_RATE_GUESS
+        first_due = int(time.time() * 1000 + start_s * 1000)
         spread_ms = int(DELAY_SPREAD_S * 1000)
         for i in range(records):
             producer.send(topic, value=value, deliver_at=first_due + (i * 7919) % spread_ms)
@@ -129,7 +132,7 @@ def run_delays(broker: Any, records: int) -> dict[str, Any]:
         if pending["pending"] >= records or time.time() * 1000 > first_due:
             break
         time.sleep(0.5)
-    finish_by = time.monotonic() + DELAY_START_S + DELAY_SPREAD_S + 120
+    finish_by = time.monotonic() + start_s + DELAY_SPREAD_S + 120
     while time.monotonic() < finish_by:
         fired = ray.get(scheduler.describe.remote())
         if fired["fired"] - before["fired"] >= records:

@@ -14,6 +14,7 @@ import random
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ray_broker.actors.delay_index import (
@@ -64,25 +65,31 @@ def target_partition(key: bytes | None, partition: int | None, num_partitions: i
     return random.randrange(num_partitions)
 
 
-def schedule_partition(topic: str, partition: int, schedule_partitions: int) -> int:
-    return zlib.crc32(f"{topic}\x00{partition}".encode()) % schedule_partitions
+@dataclass(frozen=True)
+class DelayRoute:
+    """Where delayed records for one target partition go (cached per producer)."""
+
+    schedule_partition: int
+    headers: tuple[dict[str, Any], ...]  # target topic and partition, as sent
 
 
-def delay_headers(
-    headers: list[tuple[str, bytes | None]] | None,
-    topic: str,
-    partition: int,
-    due_ms: int,
-    priority: int | None,
-) -> list[tuple[str, bytes | None]]:
-    extra = [
-        (TOPIC_HEADER, topic.encode()),
-        (PARTITION_HEADER, str(partition).encode()),
-        (DUE_HEADER, str(due_ms).encode()),
-    ]
+def delay_route(topic: str, partition: int, schedule_partitions: int) -> DelayRoute:
+    return DelayRoute(
+        zlib.crc32(f"{topic}\x00{partition}".encode()) % schedule_partitions,
+        (
+            {"key": TOPIC_HEADER, "value": topic.encode()},
+            {"key": PARTITION_HEADER, "value": str(partition).encode()},
+        ),
+    )
+
+
+def delay_headers(route: DelayRoute, due_ms: int, priority: int | None) -> list[dict[str, Any]]:
+    """The headers a delayed record carries to the schedule topic (in the producer's
+    header-dict form)."""
+    extra = [*route.headers, {"key": DUE_HEADER, "value": str(due_ms).encode()}]
     if priority is not None:
-        extra.append((PRIORITY_HEADER, str(priority).encode()))
-    return list(headers or []) + extra
+        extra.append({"key": PRIORITY_HEADER, "value": str(priority).encode()})
+    return extra
 
 
 class DelayedFuture:

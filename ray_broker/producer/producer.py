@@ -36,9 +36,10 @@ from ray_broker.producer.accumulator import AccumulatorSettings, RecordAccumulat
 from ray_broker.producer.batch import BatchFuture, RecordFuture
 from ray_broker.producer.delayed import (
     DelayedFuture,
+    DelayRoute,
     delay_headers,
+    delay_route,
     due_time,
-    schedule_partition,
     target_partition,
 )
 from ray_broker.producer.partitioner import assign_partitions, group_by_partition
@@ -91,6 +92,7 @@ class Producer:
         self._metadata = metadata
         self._delay_factory = delays
         self._delays: tuple[int, int] | None = None
+        self._delay_routes: dict[tuple[str, int], DelayRoute] = {}
         self._accumulator = RecordAccumulator(AccumulatorSettings.of(self.config))
         self._cond = threading.Condition(threading.Lock())
         self._lock = self._cond._lock  # type: ignore[attr-defined]  # the hot path skips a call
@@ -186,9 +188,15 @@ class Producer:
                 # The record goes to the schedule topic, with where and when it belongs.
                 target = target_partition(key, partition, metadata.num_partitions)
                 delayed = (topic, target, due)
-                header_dicts = header_list(delay_headers(headers, topic, target, due, priority))
-                size = size - headers_size(header_list(headers or [])) + headers_size(header_dicts)
-                partition = schedule_partition(topic, target, schedule_partitions)
+                route = self._delay_routes.get((topic, target))
+                if route is None:
+                    route = self._delay_routes[(topic, target)] = delay_route(
+                        topic, target, schedule_partitions
+                    )
+                extra = delay_headers(route, due, priority)
+                header_dicts = (header_dicts or []) + extra
+                size += headers_size(extra)
+                partition = route.schedule_partition
                 topic, priority = DELAY_TOPIC, None
                 snapshot = self._topics.get(topic)
                 if snapshot is None or time.monotonic() > snapshot[0]:
