@@ -220,35 +220,30 @@ class DelayIndex:
             end = min(end, chunk.cursor + limit)
             rows = chunk.cursor + np.flatnonzero(chunk.alive[chunk.cursor : end])
             candidates.append((chunk_id, rows))
-        keys = [
-            (
-                int(self.chunks[c].due[r]),
-                self.chunks[c].partition,
-                int(self.chunks[c].offsets[r]),
-                c,
-                int(r),
-            )
-            for c, rows in candidates
-            for r in rows
-        ]
-        keys.sort()
-        kept = keys[:limit]
-        taken: dict[int, list[int]] = {}
-        for *_, chunk_id, row in kept:
-            taken.setdefault(chunk_id, []).append(row)
+        if not candidates:
+            return Round({}, [])
+        chunk_ids = np.concatenate([np.full(len(rows), c) for c, rows in candidates])
+        rows_all = np.concatenate([rows for _, rows in candidates])
+        dues = np.concatenate([self.chunks[c].due[rows] for c, rows in candidates])
+        parts = np.concatenate(
+            [np.full(len(rows), self.chunks[c].partition) for c, rows in candidates]
+        )
+        offsets = np.concatenate([self.chunks[c].offsets[rows] for c, rows in candidates])
+        order = np.lexsort((offsets, parts, dues))[:limit]  # due, then partition, then offset
+        kept_chunks, kept_rows = chunk_ids[order], rows_all[order]
+        taken: dict[int, np.ndarray] = {}
         for chunk_id, _ in candidates:
+            mine = np.sort(kept_rows[kept_chunks == chunk_id])
             chunk = self.chunks[chunk_id]
-            mine = taken.get(chunk_id, [])
             # Kept rows are a prefix of the chunk's due rows (same order): the cursor passes
             # them; the chunk goes back on the heap at its next due row.
-            chunk.cursor = (mine[-1] + 1) if mine else chunk.cursor
+            if len(mine):
+                taken[chunk_id] = mine
+                chunk.cursor = int(mine[-1]) + 1
             nxt = chunk.next_due()
             if nxt is not None:
                 heapq.heappush(self._heap, (nxt, chunk_id))
-        return Round(
-            {c: np.array(rows, dtype=np.int64) for c, rows in taken.items()},
-            [(c, r) for *_, c, r in kept],
-        )
+        return Round(taken, list(zip(kept_chunks.tolist(), kept_rows.tolist(), strict=True)))
 
     def fired(self, done: Round) -> None:
         for chunk_id, rows in done.taken.items():
