@@ -545,6 +545,7 @@ class Controller:
         return await self.describe_topic(name)
 
     async def delete_topic(self, name: str) -> None:
+        validate_topic_name(name)  # the broker's internal topics are not the user's to delete
         async with self._mutex():
             record = self.registry.get(name)
             handles = [
@@ -573,6 +574,7 @@ class Controller:
         return {name: record.partitions for name, record in self.registry.topics.items()}
 
     async def create_partitions(self, name: str, total: int) -> TopicDescription:
+        validate_topic_name(name)
         async with self._mutex():
             record = self.registry.add_partitions(name, total)
             await self._start_partitions(record)
@@ -580,6 +582,7 @@ class Controller:
         return await self.describe_topic(name)
 
     async def alter_topic_config(self, name: str, updates: dict[str, Any]) -> TopicDescription:
+        validate_topic_name(name)
         async with self._mutex():
             record = self.registry.alter_config(name, updates)
             await self._start_partitions(record)

@@ -143,7 +143,7 @@ def test_retention_past_the_start_finishes_what_it_deleted():
     assert [a.offset for a in share.acquire("a", 1, now_ms=0)] == [3]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(
         st.tuples(
@@ -214,7 +214,9 @@ def test_every_record_ends_accepted_or_dead_lettered_exactly_once(steps, priorit
         member = f"m{member_index}"
         fill()
         if action == "acquire":
-            held[member].extend(a.offset for a in share.acquire(member, count, now))
+            got = [a.offset for a in share.acquire(member, count, now)]
+            # A record whose lock expired may come back to the same member: it holds it once.
+            held[member] = [o for o in held[member] if o not in got] + got
         elif action in ("accept", "release", "reject"):
             answer(member, count, AcknowledgeType(action))
         elif action == "tick":
