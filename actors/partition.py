@@ -615,9 +615,7 @@ class PartitionActor:
             max_wait_ms = 0
         self._parked += 1
         try:
-            response = await self.shares.fetch(
-                group_id, member_id, max_records, max(int(max_wait_ms), 0), reset
-            )
+            response = await self.shares.fetch(group_id, member_id, max_records, max_wait_ms, reset)
         finally:
             self._parked -= 1
         self.metrics.fetched(response.num_records, response.records_ipc.size, 0.0)

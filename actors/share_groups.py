@@ -187,11 +187,18 @@ class ShareGroups:
         async with self._epoch_lock:
             if epoch == self._epoch:
                 return
-            previous, self._epoch = self._epoch, epoch
-            for group in list(self.groups):
-                held_by, _ = await self._load(group, epoch)
-                if held_by != previous:
+            previous = self._epoch
+            try:
+                for group in list(self.groups):
+                    held_by, _ = await self._load(group, epoch)
+                    if held_by != previous:
+                        self._drop(group)
+            except BaseException:
+                for group in list(self.groups):  # unknown: load each again when next used
                     self._drop(group)
+                raise
+            finally:
+                self._epoch = epoch
 
     def _drop(self, group: str) -> None:
         self.groups.pop(group, None)
@@ -239,8 +246,8 @@ class ShareGroups:
             share.skip_to(log_start)  # retention deleted records nobody finished
         room = share.room()
         limit = self.core.last_stable_offset
-        if room <= 0 or share.end_offset >= limit:
-            return
+        if room <= 0 or share.end_offset >= min(limit, self.core.log.log_end_offset):
+            return  # nothing new (or the log was truncated below the window by an election)
         table, next_offset = self.core.read_with_next(
             share.end_offset, room, 64 * 1024 * 1024, read_committed=True
         )
@@ -263,7 +270,10 @@ class ShareGroups:
             raise InvalidConfig(f"a share member id is a non-empty str, got {member!r}")
         if reset not in ("earliest", "latest"):
             raise InvalidConfig(f"share.auto.offset.reset is earliest or latest, got {reset!r}")
-        max_records = max(1, min(int(max_records), SHARE_FETCH_MAX_RECORDS))
+        for name, value in (("max_records", max_records), ("max_wait_ms", max_wait_ms)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidConfig(f"share fetch {name} must be an int >= 0, got {value!r}")
+        max_records = max(1, min(max_records, SHARE_FETCH_MAX_RECORDS))
         deadline = time.monotonic() + min(max_wait_ms, self.actor._fetch_wait_cap_ms) / 1000
         share = await self.state(group, reset)
         while True:

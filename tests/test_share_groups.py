@@ -225,6 +225,11 @@ def test_bad_share_group_input_gets_typed_errors(shared_broker):
     assert refused == [0, 1, 99]
     with pytest.raises(InvalidConfig):
         ray.get(leader.share_acknowledge.remote("h", second.member_id, [("x", "accept", None)]))
+    for bad in (("h", "m", "many", 0, "earliest"), ("h", "m", 1, -5, "earliest")):
+        with pytest.raises(InvalidConfig):
+            ray.get(leader.share_fetch.remote(*bad))
+    with pytest.raises(InvalidConfig):
+        ray.get(leader.share_fetch.remote("h", "m", 1, 0, "sometime"))
     first.acknowledge(records[0])
     first.acknowledge(records[1])
     first.commit_sync()
