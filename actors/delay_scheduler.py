@@ -17,13 +17,15 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from collections import deque
 from typing import Any
+
+import pyarrow.compute as pc
 
 from ray_broker.actors.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
 from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
 from ray_broker.errors import TopicExists, TopicNotFound
+from ray_broker.storage.log import wall_clock_ms
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +115,7 @@ class DelayScheduler:
                 # forever in front of the others.
                 batch = 1 if self._failures >= POISON_AFTER_FAILURES else FIRE_BATCH
                 with self._lock:
-                    due = self._index.due(_now_ms(), batch)
+                    due = self._index.due(wall_clock_ms(), batch)
                 if due:
                     self._fire(producer, due)
         finally:
@@ -122,13 +124,11 @@ class DelayScheduler:
     def _read(self, consumer: Any) -> None:
         with self._lock:
             next_due = self._index.next_due()
-        wait_ms = POLL_MS if next_due is None else min(max(next_due - _now_ms(), 0), POLL_MS)
+        wait_ms = POLL_MS if next_due is None else min(max(next_due - wall_clock_ms(), 0), POLL_MS)
         table = consumer.poll_arrow(timeout_ms=int(wait_ms))
         if table.num_rows == 0:
             return
         partitions = table.column("partition").to_numpy()
-        import pyarrow.compute as pc
-
         for partition in sorted(set(partitions.tolist())):
             part = table.filter(pc.equal(table.column("partition"), partition))
             with self._lock:
@@ -153,7 +153,7 @@ class DelayScheduler:
                     self._index.failed(due)
                 raise
         self._failures = 0 if len(due) > 1 or not self._failures else self._failures
-        now = _now_ms()
+        now = wall_clock_ms()
         with self._lock:
             self._lateness.extend(self._index.lateness(due, now))
             self._index.fired(due)
@@ -161,8 +161,6 @@ class DelayScheduler:
 
     def _move(self, producer: Any, tables: dict[str, Any], markers: dict[int, list[int]]) -> None:
         """One transaction: the records to their topics, fired markers to the schedule."""
-        import pyarrow.compute as pc
-
         producer.begin_transaction()
         for topic, table in tables.items():
             given = pc.greater_equal(table.column("partition"), 0)
@@ -225,10 +223,6 @@ def _rss_bytes() -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return -1
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 __all__ = ["DUE_HEADER", "DelayScheduler", "ensure_schedule_topic"]

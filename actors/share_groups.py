@@ -42,6 +42,7 @@ from ray_broker.errors import (
 )
 from ray_broker.gc_pause import collector_paused
 from ray_broker.storage.ipc import to_ipc
+from ray_broker.storage.log import wall_clock_ms
 from ray_broker.structs import AcknowledgeType, FetchResponse
 
 if TYPE_CHECKING:
@@ -64,10 +65,6 @@ DLQ_HEADERS = (
     "dlq.error",
     "dlq.group",
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def settings_of(config: TopicConfig) -> ShareSettings:
@@ -277,7 +274,7 @@ class ShareGroups:
         deadline = time.monotonic() + min(max_wait_ms, self.actor._fetch_wait_cap_ms) / 1000
         share = await self.state(group, reset)
         while True:
-            now = now_ms()
+            now = wall_clock_ms()
             if share.expire(now):
                 self._after_change(group, share)
                 self._spawn(self.save(group))
@@ -328,7 +325,7 @@ class ShareGroups:
         validate_group_id(group)
         checked = _check_acknowledgements(acks)
         share = await self.state(group)
-        now = now_ms()
+        now = wall_clock_ms()
         share.expire(now)
         failed: list[int] = []
         for offsets, kind, error in checked:
@@ -350,14 +347,14 @@ class ShareGroups:
 
     async def describe(self, group: str) -> dict[str, Any]:
         share = await self.state(group)
-        share.expire(now_ms())
+        share.expire(wall_clock_ms())
         self._fill(share)
         return {
             "topic": self.core.topic,
             "partition": self.core.partition,
             "high_watermark": self.core.high_watermark,
             "dead_letter_topic": self.dead_letter_topic(group),
-            **share.describe(self.core.high_watermark, now_ms()),
+            **share.describe(self.core.high_watermark, wall_clock_ms()),
         }
 
     async def reset(self, group: str, to: str, value: int | None = None) -> int:
@@ -368,7 +365,7 @@ class ShareGroups:
             InvalidConfig: a bad ``to``/``value``.
         """
         share = await self.state(group)
-        share.expire(now_ms())
+        share.expire(wall_clock_ms())
         held = sum(d.state == State.ACQUIRED for d in share.records.values())
         if held:
             raise GroupNotEmpty(

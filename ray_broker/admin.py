@@ -52,6 +52,16 @@ class Admin:
             unavailable=BrokerNotRunning,
         )
 
+    def _running(self, name: str) -> Any:
+        """The namespace's actor ``name``, or None if it was never started (the transaction
+        coordinator and the delay scheduler start on first use)."""
+        import ray
+
+        try:
+            return ray.get_actor(name, namespace=self._namespace)
+        except ValueError:
+            return None
+
     def _group_call(self, method: str, *args: Any) -> Any:
         return call(
             getattr(self._coordinator, method),
@@ -167,13 +177,10 @@ class Admin:
     def list_transactions(self) -> list[dict[str, Any]]:
         """Every transactional id with its producer id, epoch, state and partitions (Kafka's
         ``kafka-transactions.sh list``); empty if no transactional producer ever ran."""
-        import ray
-
         from ray_broker.config import TRANSACTION_COORDINATOR_NAME
 
-        try:
-            coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self._namespace)
-        except ValueError:
+        coordinator = self._running(TRANSACTION_COORDINATOR_NAME)
+        if coordinator is None:
             return []
         return call(coordinator.describe, timeout_s=ADMIN_TIMEOUT_S, unavailable=BrokerNotRunning)
 
@@ -271,13 +278,10 @@ class Admin:
     def describe_delayed(self) -> dict[str, Any]:
         """The delay scheduler's state: pending records, next due time, how many fired,
         lateness percentiles (ms) and memory; ``{"running": False}`` before any delayed send."""
-        import ray
-
         from ray_broker.config import DELAY_SCHEDULER_NAME
 
-        try:
-            scheduler = ray.get_actor(DELAY_SCHEDULER_NAME, namespace=self._namespace)
-        except ValueError:
+        scheduler = self._running(DELAY_SCHEDULER_NAME)
+        if scheduler is None:
             return {"running": False}
         found = call(scheduler.describe, timeout_s=ADMIN_TIMEOUT_S, unavailable=BrokerNotRunning)
         return {"running": True, **found}

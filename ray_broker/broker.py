@@ -143,20 +143,15 @@ class Broker:
         from ray_broker._ray import call
 
         self.close_clients()
-        try:
-            scheduler = ray.get_actor(DELAY_SCHEDULER_NAME, namespace=self.namespace)
-        except ValueError:
-            scheduler = None  # never started
-        if scheduler is not None:
-            call(scheduler.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
-            ray.kill(scheduler, no_restart=True)
-        try:
-            transactions = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self.namespace)
-        except ValueError:
-            transactions = None  # never started
-        if transactions is not None:
-            call(transactions.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
-            ray.kill(transactions, no_restart=True)
+        # Started on first use: stopped if they ever were, the delay scheduler first (it is a
+        # client of the transaction coordinator).
+        for name in (DELAY_SCHEDULER_NAME, TRANSACTION_COORDINATOR_NAME):
+            try:
+                actor = ray.get_actor(name, namespace=self.namespace)
+            except ValueError:
+                continue
+            call(actor.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
+            ray.kill(actor, no_restart=True)
         call(self._coordinator.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
         ray.kill(self._coordinator, no_restart=True)
         call(self._controller.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)

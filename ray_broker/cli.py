@@ -312,27 +312,45 @@ def group_reset_offsets(
     ] = None,
 ) -> None:
     """Move an inactive group's committed offsets on a topic."""
-    from datetime import datetime
-
-    chosen = [to_earliest, to_latest, to_offset is not None, to_datetime is not None]
-    if sum(chosen) != 1:
-        raise typer.BadParameter(
-            "give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime"
-        )
-    if to_earliest:
-        target, value = "earliest", None
-    elif to_latest:
-        target, value = "latest", None
-    elif to_offset is not None:
-        target, value = "offset", to_offset
-    else:
-        try:
-            moment = datetime.fromisoformat(str(to_datetime))
-        except ValueError as exc:
-            raise typer.BadParameter(f"--to-datetime: {exc}") from None
-        target, value = "datetime", int(moment.timestamp() * 1000)
+    target, value = _reset_target(to_earliest, to_latest, to_offset, to_datetime)
     with _broker(ctx) as broker:
         moved = broker.admin().reset_offsets(group_id, topic, target, value)
+    _emit_moves(ctx, moved)
+
+
+def _reset_target(
+    to_earliest: bool,
+    to_latest: bool,
+    to_offset: int | None,
+    to_datetime: str | None = None,
+    *,
+    with_datetime: bool = True,
+) -> tuple[str, int | None]:
+    """(to, value) for the Admin reset calls from the --to-* options (exactly one given)."""
+    from datetime import datetime
+
+    names = ["--to-earliest", "--to-latest", "--to-offset"]
+    chosen = [to_earliest, to_latest, to_offset is not None]
+    if with_datetime:
+        names.append("--to-datetime")
+        chosen.append(to_datetime is not None)
+    if sum(chosen) != 1:
+        raise typer.BadParameter(f"give exactly one of {', '.join(names)}")
+    if to_earliest:
+        return "earliest", None
+    if to_latest:
+        return "latest", None
+    if to_offset is not None:
+        return "offset", to_offset
+    try:
+        moment = datetime.fromisoformat(str(to_datetime))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--to-datetime: {exc}") from None
+    return "datetime", int(moment.timestamp() * 1000)
+
+
+def _emit_moves(ctx: typer.Context, moved: dict[Any, int]) -> None:
+    """Print where a reset moved each partition (JSON rows with --output json)."""
     rows = [
         {"topic": tp.topic, "partition": tp.partition, "offset": offset}
         for tp, offset in sorted(moved.items())
@@ -408,30 +426,17 @@ def share_group_reset(
     to_offset: Annotated[int | None, typer.Option("--to-offset")] = None,
 ) -> None:
     """Start a share group over on a topic (no record may be locked by a member)."""
-    if sum([to_earliest, to_latest, to_offset is not None]) != 1:
-        raise typer.BadParameter("give exactly one of --to-earliest, --to-latest, --to-offset")
-    target = "earliest" if to_earliest else "latest" if to_latest else "offset"
+    target, value = _reset_target(to_earliest, to_latest, to_offset, with_datetime=False)
     with _broker(ctx) as broker:
-        try:
-            moved = broker.admin().reset_share_group(group_id, topic, target, to_offset)
-        except BrokerError as exc:
-            raise _fail(exc) from None
-    rows = [{"topic": tp.topic, "partition": tp.partition, "offset": o} for tp, o in moved.items()]
-    _emit(
-        ctx,
-        rows,
-        lambda: [console.print(f"{r['topic']}-{r['partition']} -> {r['offset']:,}") for r in rows],
-    )
+        moved = broker.admin().reset_share_group(group_id, topic, target, value)
+    _emit_moves(ctx, moved)
 
 
 @share_app.command("delete")
 def share_group_delete(ctx: typer.Context, group_id: str) -> None:
     """Forget a share group's state (stop its members first)."""
     with _broker(ctx) as broker:
-        try:
-            broker.admin().delete_share_group(group_id)
-        except BrokerError as exc:
-            raise _fail(exc) from None
+        broker.admin().delete_share_group(group_id)
     _emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted share group {group_id}"))
 
 
@@ -443,10 +448,7 @@ def dlq_list(
 ) -> None:
     """Show the records of a dead-letter topic with where they came from and why."""
     with _broker(ctx) as broker:
-        try:
-            letters = broker.admin().list_dead_letters(topic, max_records)
-        except BrokerError as exc:
-            raise _fail(exc) from None
+        letters = broker.admin().list_dead_letters(topic, max_records)
     if _target(ctx).json:
         rows = [{**asdict(d), "key": _text(d.key), "value": _text(d.value)} for d in letters]
         _emit(ctx, rows)
@@ -474,10 +476,7 @@ def dlq_redrive(
 ) -> None:
     """Send a dead-letter topic's records back to their original topics (exactly once)."""
     with _broker(ctx) as broker:
-        try:
-            moved = broker.admin().redrive_dead_letters(topic, max_records)
-        except BrokerError as exc:
-            raise _fail(exc) from None
+        moved = broker.admin().redrive_dead_letters(topic, max_records)
     _emit(ctx, {"redriven": moved}, lambda: console.print(f"Re-drove {moved:,} record(s)"))
 
 

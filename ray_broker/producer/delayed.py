@@ -11,7 +11,6 @@ target partition share a schedule partition, so equal due times keep their send 
 from __future__ import annotations
 
 import random
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +113,3 @@ class DelayedFuture:
 
     def add_done_callback(self, fn: Callable[[DelayedFuture], Any]) -> None:
         self._inner.add_done_callback(lambda _inner: fn(self))
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
