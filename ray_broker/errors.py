@@ -278,6 +278,14 @@ class NoOffsetForPartition(OffsetOutOfRange):
     fields = ("topic", "partition", "offset", "log_start", "log_end")
 
 
+class InvalidFilter(BrokerError, ValueError):
+    """A consumer's filter does not parse, names a field records do not have, or compares
+    values of incompatible types; ``position`` is the 1-based column of the problem in a
+    filter string."""
+
+    fields = ("filter", "position")
+
+
 class InvalidRecordState(BrokerError):
     """A share-group acknowledgement names records this member does not hold: never delivered
     to it, already acknowledged, or its acquisition lock expired (the record was or will be

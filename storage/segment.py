@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_broker.errors import CorruptSegment
+from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.storage.schema import FORMAT_VERSION, RECORD_SCHEMA
 from ray_broker.storage.wal import WalWriter
 
@@ -42,6 +46,9 @@ DICTIONARY_COLUMNS = [
     "producer_epoch",
     "attributes",
 ]
+
+# Row-group pruning answers kept per sealed segment (consumers of one topic share few filters).
+PRUNED_FILTERS_KEPT = 8
 
 _META_VERSION = b"ray_broker.format_version"
 _META_BASE = b"ray_broker.base_offset"
@@ -100,6 +107,31 @@ class ReadBudget:
         self.records -= rows
         self.bytes -= int(rows * row_bytes)
         self.taken_any = self.taken_any or rows > 0
+
+
+@dataclass
+class Scan:
+    """A filtered read's answer: matching batches, the offset after the last record examined
+    (or taken, when the budget ran out inside the matches) and how many were examined."""
+
+    batches: list[pa.RecordBatch]
+    next_offset: int
+    examined: int
+    truncated: bool = False
+
+
+def _take_matches(matched: pa.Table, budget: ReadBudget, position: int, examined: int) -> Scan:
+    """As many of ``matched`` as ``budget`` allows; the scan resumes after the last taken."""
+    if matched.num_rows == 0:
+        return Scan([], position, examined)
+    row_bytes = matched.nbytes / matched.num_rows
+    rows = budget.rows_allowed(row_bytes, matched.num_rows)
+    budget.take(rows, row_bytes)
+    if rows == matched.num_rows:
+        return Scan(matched.to_batches(), position, examined)
+    offsets = matched.column("offset")
+    next_offset = offsets[rows - 1].as_py() + 1 if rows else offsets[0].as_py()
+    return Scan(matched.slice(0, rows).to_batches(), next_offset, examined, truncated=True)
 
 
 class MemorySegment:
@@ -170,6 +202,27 @@ class MemorySegment:
             index += 1
         return out
 
+    def scan(
+        self, offset: int, end: int, flt: RecordFilter, budget: ReadBudget, limit: int
+    ) -> Scan:
+        """Records in ``[offset, end)`` that match ``flt``, examining at most ``limit``."""
+        pieces: list[pa.RecordBatch] = []
+        index = max(bisect.bisect_right(self._batch_bases, offset) - 1, 0)
+        position, examined = offset, 0
+        while index < len(self.batches) and examined < limit and position < end:
+            batch, base = self.batches[index], self._batch_bases[index]
+            start = max(position - base, 0)
+            rows = min(batch.num_rows - start, end - base - start, limit - examined)
+            if rows > 0:
+                pieces.append(batch.slice(start, rows))
+                examined += rows
+                position = base + start + rows
+            index += 1
+        if not pieces:
+            return Scan([], position, 0)
+        matched = flt.apply(pa.Table.from_batches(pieces, schema=RECORD_SCHEMA))
+        return _take_matches(matched, budget, position, examined)
+
     def offset_for_time(self, timestamp: int) -> int | None:
         for base, batch in zip(self._batch_bases, self.batches, strict=True):
             hits = pc.greater_equal(batch.column("timestamp"), timestamp)
@@ -219,6 +272,7 @@ class SealedSegment:
         # Consumers read sequentially and a fetch often ends inside a row group: keep the last
         # decoded one so the next fetch does not decode it again.
         self._cached_row_group: tuple[int, pa.Table] | None = None
+        self._pruned: dict[str, frozenset[int]] = {}
 
     @property
     def num_records(self) -> int:
@@ -318,6 +372,66 @@ class SealedSegment:
             budget.take(rows, row_bytes)
             index += 1
         return out
+
+    def scan(
+        self, offset: int, end: int, flt: RecordFilter, budget: ReadBudget, limit: int
+    ) -> Scan:
+        """Records in ``[offset, end)`` that match ``flt``, examining at most ``limit``.
+
+        The filter is pushed into the Parquet read: row groups whose statistics rule it out
+        are skipped unread, the others are first decoded only in the columns the filter reads
+        (``flt.columns``), and the whole row group only when something in it matches."""
+        candidates = self._row_groups_matching(flt)
+        index = bisect.bisect_left(self._row_group_last, offset)
+        found: list[pa.RecordBatch] = []
+        position, examined = offset, 0
+        while index < len(self.row_groups) and examined < limit and position < end:
+            group = self.row_groups[index]
+            if group.first_offset >= end:
+                break
+            if candidates is not None and index not in candidates:
+                position = min(group.last_offset + 1, end)
+                index += 1
+                continue
+            part = self._read_row_group(index, columns=flt.columns)
+            offsets = part.column("offset").to_numpy()
+            low = int(np.searchsorted(offsets, position))
+            high = min(int(np.searchsorted(offsets, end)), low + limit - examined)
+            hits = flt.mask(part.slice(low, high - low)) + low
+            examined += high - low
+            # Past the rows examined; past the whole group (and any compaction gap) when done.
+            done = high == len(offsets)
+            position = min(group.last_offset + 1, end) if done else int(offsets[high])
+            if len(hits):
+                matched = self._read_row_group(index).take(pa.array(hits))
+                taken = _take_matches(matched, budget, position, examined)
+                found.extend(taken.batches)
+                if taken.truncated:  # the budget ran out inside the matches
+                    return Scan(found, taken.next_offset, examined, truncated=True)
+            if not done:
+                break
+            index += 1
+        return Scan(found, position, examined)
+
+    def _row_groups_matching(self, flt: RecordFilter) -> frozenset[int] | None:
+        """Row groups whose statistics do not rule ``flt`` out, or None for all (a filter on
+        headers, which have no statistics of their own)."""
+        if not flt.prunes_row_groups:
+            return None
+        cached = self._pruned.get(flt.text)
+        if cached is not None:
+            return cached
+        try:
+            fragment = ds.ParquetFileFormat().make_fragment(
+                str(self.path), filesystem=self.filesystem or pafs.LocalFileSystem()
+            )
+            kept = frozenset(rg.id for rg in fragment.subset(filter=flt.expression).row_groups)
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptSegment(f"sealed segment {self.path}: {exc}") from None
+        if len(self._pruned) >= PRUNED_FILTERS_KEPT:
+            self._pruned.pop(next(iter(self._pruned)))
+        self._pruned[flt.text] = kept
+        return kept
 
     def offset_for_time(self, timestamp: int) -> int | None:
         for index, rg in enumerate(self.row_groups):
