@@ -51,6 +51,7 @@ from ray_broker.errors import (
 from ray_broker.hops import STAMPS
 from ray_broker.metrics import PartitionMetrics
 from ray_broker.storage.ipc import from_ipc, to_ipc
+from ray_broker.storage.record_filter import RecordFilter, checked_filter
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
 
 logger = logging.getLogger(__name__)
@@ -514,8 +515,13 @@ class PartitionActor:
         max_bytes: int,
         max_wait_ms: int = 0,
         read_committed: bool = False,
+        flt: RecordFilter | None = None,
     ) -> FetchResponse:
         """Committed records from ``offset``; waits up to ``max_wait_ms`` for the first one.
+
+        With a filter ``flt`` (``storage/record_filter.py``) only matching records are
+        returned; ``next_offset`` moves past the others, and the long poll keeps waiting while
+        new records do not match.
 
         The broker caps what one call may ask: ``FETCH_MAX_RECORDS`` records and
         ``FETCH_MAX_BYTES`` bytes per answer, and at most ``PARKED_FETCHES_MAX`` long polls
@@ -527,8 +533,10 @@ class PartitionActor:
         consumer past hidden records even when none is returned.
 
         Raises:
-            NotLeader, OffsetOutOfRange; InvalidConfig for arguments of the wrong type.
+            NotLeader, OffsetOutOfRange; InvalidConfig for arguments of the wrong type;
+            InvalidFilter.
         """
+        flt = checked_filter(flt)
         for name, value, low in (
             ("offset", offset, 0),
             ("max_records", max_records, 1),
@@ -548,7 +556,7 @@ class PartitionActor:
         self._parked += 1
         try:
             table, next_offset, woke_ns = await self._read_waiting(
-                offset, max_records, max_bytes, deadline, bool(read_committed)
+                offset, max_records, max_bytes, deadline, bool(read_committed), flt
             )
         finally:
             self._parked -= 1
@@ -575,18 +583,26 @@ class PartitionActor:
         max_bytes: int,
         deadline: float,
         read_committed: bool,
+        flt: RecordFilter | None = None,
     ) -> tuple[pa.Table, int, int]:
         """The records, the next offset to read, and when the read that found them began
-        (for ``hops``). Hidden records alone end the wait too: the consumer moves past them."""
+        (for ``hops``). Hidden records alone end the wait too: the consumer moves past them.
+        Records a filter skipped do not: the read goes on from past them until one matches."""
+        next_offset = offset
         while True:
             woke_ns = time.monotonic_ns()
+            read_from = next_offset
             table, next_offset = self.core.read_with_next(
-                offset, max_records, max_bytes, read_committed
+                read_from, max_records, max_bytes, read_committed, flt
             )
             remaining = deadline - time.monotonic()
-            moved = table.num_rows or next_offset > offset
+            moved = table.num_rows or (next_offset > offset and flt is None)
             if moved or remaining <= 0 or self._data_arrived is None:
                 break
+            if next_offset > read_from:
+                # A filtered scan stops every FILTER_SCAN_RECORDS: let producers in, go on.
+                await asyncio.sleep(0)
+                continue
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._data_arrived.wait(), remaining)
             self._check_leader()
@@ -601,13 +617,15 @@ class PartitionActor:
         max_records: int = 500,
         max_wait_ms: int = 0,
         reset: str = "latest",
+        flt: RecordFilter | None = None,
     ) -> FetchResponse:
         """Deliver up to ``max_records`` records to a share-group member under a lock; waits up
         to ``max_wait_ms`` for the first. ``reset`` places a group new to this partition
         (Kafka's share.auto.offset.reset). The records carry a ``delivery_count`` column.
+        ``flt`` is the group's filter (see ``ShareGroups.fetch``).
 
         Raises:
-            NotLeader, InvalidGroupId, InvalidConfig.
+            NotLeader, InvalidGroupId, InvalidConfig, InvalidFilter.
         """
         await self._ensure_role()
         self._check_leader()
@@ -615,7 +633,9 @@ class PartitionActor:
             max_wait_ms = 0
         self._parked += 1
         try:
-            response = await self.shares.fetch(group_id, member_id, max_records, max_wait_ms, reset)
+            response = await self.shares.fetch(
+                group_id, member_id, max_records, max_wait_ms, reset, flt
+            )
         finally:
             self._parked -= 1
         self.metrics.fetched(response.num_records, response.records_ipc.size, 0.0)

@@ -22,7 +22,8 @@ from ray_broker.actors.producer_state import SEQUENCE_MOD, ProducerStates
 from ray_broker.config import TopicConfig
 from ray_broker.errors import BrokerError, InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache
-from ray_broker.storage.log import Clock, Log, wall_clock_ms
+from ray_broker.storage.log import FILTER_SCAN_RECORDS, Clock, Log, wall_clock_ms
+from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.storage.schema import ATTR_CONTROL, ATTR_TRANSACTIONAL, BROKER_COLUMNS
 from ray_broker.structs import PartitionOffsets, ProduceResult
 
@@ -294,12 +295,26 @@ class Partition:
         return self.read_with_next(offset, max_records, max_bytes, read_committed)[0]
 
     def read_with_next(
-        self, offset: int, max_records: int, max_bytes: int, read_committed: bool = False
+        self,
+        offset: int,
+        max_records: int,
+        max_bytes: int,
+        read_committed: bool = False,
+        flt: RecordFilter | None = None,
+        max_examined: int = FILTER_SCAN_RECORDS,
     ) -> tuple[pa.Table, int]:
-        """``read`` and the offset after the last record it examined (hidden ones count)."""
+        """``read`` and the offset after the last record it examined (hidden ones and, with a
+        filter ``flt``, those it did not match count)."""
         self._check_alive()
         self.log.check_offset(offset)
         limit = self.last_stable_offset if read_committed else self.high_watermark
+        if flt is not None:
+            if limit <= offset:
+                return self.log.read(self.log.log_end_offset, 1), offset
+            table, next_offset = self.log.read_filtered(
+                offset, limit, flt, max_records, max_bytes, max_examined
+            )
+            return self.txns.visible(table, read_committed), next_offset
         max_records = min(max_records, limit - offset)
         if max_records <= 0:
             return self.log.read(self.log.log_end_offset, 1), offset

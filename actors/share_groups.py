@@ -43,6 +43,7 @@ from ray_broker.errors import (
 from ray_broker.gc_pause import collector_paused
 from ray_broker.storage.ipc import to_ipc
 from ray_broker.storage.log import wall_clock_ms
+from ray_broker.storage.record_filter import RecordFilter, checked_filter
 from ray_broker.structs import AcknowledgeType, FetchResponse
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class ShareGroups:
         self.actor = actor
         self.core = actor.core
         self.groups: dict[str, SharePartition] = {}
+        self.filters: dict[str, RecordFilter | None] = {}
         self._epoch = -1
         self._saved: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -164,7 +166,7 @@ class ShareGroups:
             share = SharePartition.restore(settings, document)
         self.groups[group] = share
         self._saved[group] = -1
-        self._fill(share)
+        self._fill(group, share)
         await self.save(group)
         if share.dlq_batch or share.dead_letters(1):
             self._start_writer(group)
@@ -236,8 +238,10 @@ class ShareGroups:
             )
             self._saved[group] = version
 
-    def _fill(self, share: SharePartition) -> None:
-        """Read records past the window's end into it (as many as it has room for)."""
+    def _fill(self, group: str, share: SharePartition) -> None:
+        """Read records past the window's end into it (as many as it has room for). Records
+        the group's filter does not match are finished for the group without a delivery (as
+        in RocketMQ: a group's subscription decides what it consumes)."""
         log_start = self.core.log.log_start_offset
         if share.start_offset < log_start:
             share.skip_to(log_start)  # retention deleted records nobody finished
@@ -246,7 +250,12 @@ class ShareGroups:
         if room <= 0 or share.end_offset >= min(limit, self.core.log.log_end_offset):
             return  # nothing new (or the log was truncated below the window by an election)
         table, next_offset = self.core.read_with_next(
-            share.end_offset, room, 64 * 1024 * 1024, read_committed=True
+            share.end_offset,
+            room,
+            64 * 1024 * 1024,
+            read_committed=True,
+            flt=self.filters.get(group),
+            max_examined=room,  # the window spans offsets, matching or not
         )
         offsets = table.column("offset").to_pylist()
         priorities = None
@@ -258,11 +267,21 @@ class ShareGroups:
     # --- the data path --------------------------------------------------------------------------
 
     async def fetch(
-        self, group: str, member: str, max_records: int, max_wait_ms: int, reset: str
+        self,
+        group: str,
+        member: str,
+        max_records: int,
+        max_wait_ms: int,
+        reset: str,
+        flt: RecordFilter | None = None,
     ) -> FetchResponse:
         """Acquire up to ``max_records`` records for ``member``, waiting up to ``max_wait_ms``
-        for the first one; the answer's table has a ``delivery_count`` column."""
+        for the first one; the answer's table has a ``delivery_count`` column.
+
+        ``flt`` is the group's filter: its members pass the same one (the latest a member
+        passed applies to records not yet read into the group's window)."""
         validate_group_id(group)
+        self.filters[group] = checked_filter(flt)
         if not isinstance(member, str) or not member:
             raise InvalidConfig(f"a share member id is a non-empty str, got {member!r}")
         if reset not in ("earliest", "latest"):
@@ -279,7 +298,7 @@ class ShareGroups:
                 self._after_change(group, share)
                 self._spawn(self.save(group))
             with collector_paused():
-                self._fill(share)
+                self._fill(group, share)
                 acquired = share.acquire(member, max_records, now)
             remaining = deadline - time.monotonic()
             if acquired or remaining <= 0 or self.actor._data_arrived is None:
@@ -348,7 +367,7 @@ class ShareGroups:
     async def describe(self, group: str) -> dict[str, Any]:
         share = await self.state(group)
         share.expire(wall_clock_ms())
-        self._fill(share)
+        self._fill(group, share)
         return {
             "topic": self.core.topic,
             "partition": self.core.partition,

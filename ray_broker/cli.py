@@ -541,6 +541,15 @@ def consume(
     group: Annotated[
         str | None, typer.Option("--group", "-g", help="Consume as a member of this group.")
     ] = None,
+    filter_text: Annotated[
+        str | None,
+        typer.Option(
+            "--filter",
+            "-f",
+            help="Only records matching this filter, evaluated by the broker, e.g. "
+            "\"headers.type = 'order' AND key LIKE 'vip%'\".",
+        ),
+    ] = None,
 ) -> None:
     """Print records of a topic, one per line."""
     from ray_broker.structs import TopicPartition
@@ -550,7 +559,10 @@ def consume(
     out = sys.stdout.buffer
     with _broker(ctx) as broker:
         consumer = broker.consumer(
-            auto_offset_reset=reset, consumer_timeout_ms=timeout_ms, group_id=group
+            auto_offset_reset=reset,
+            consumer_timeout_ms=timeout_ms,
+            group_id=group,
+            filter=filter_text,
         )
         if partition is not None:
             tp = TopicPartition(topic, partition)

@@ -32,7 +32,9 @@ from ray_broker.errors import (
     SerializationError,
     UnknownTopicOrPartition,
 )
+from ray_broker.filter_syntax import compile_filter
 from ray_broker.metadata import MetadataCache
+from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.structs import OffsetAndTimestamp, PartitionOffsets, Record, TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class Consumer:
         coordinator: Any = None,
         **options: Any,
     ) -> None:
+        # The filter is no config value: a pyarrow expression or a filter string, checked now.
+        self.filter: RecordFilter | None = compile_filter(options.pop("filter", None))
         self.config: ConsumerConfig = client_config(ConsumerConfig, options)
         if self.config.group_id is not None:
             validate_group_id(self.config.group_id)
@@ -63,7 +67,9 @@ class Consumer:
         self._coordinator = coordinator
         self._membership: GroupMembership | None = None
         self._subscriptions = SubscriptionState()
-        self._fetcher = Fetcher(metadata, self.config, self._subscriptions, self._reset)
+        self._fetcher = Fetcher(
+            metadata, self.config, self._subscriptions, self._reset, self.filter
+        )
         self._last_auto_commit = time.monotonic()
         self._closed = False
         if topics:

@@ -25,6 +25,7 @@ from ray_broker.errors import BrokerError, OffsetOutOfRange
 from ray_broker.hops import STAMPS
 from ray_broker.metadata import MetadataCache
 from ray_broker.storage.ipc import from_ipc
+from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.structs import FetchResponse, TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ class Fetcher:
         config: ConsumerConfig,
         subscriptions: SubscriptionState,
         reset: Callable[[TopicPartition, BrokerError | None], None],
+        flt: RecordFilter | None = None,
     ) -> None:
         self._metadata = metadata
+        self._filter = flt
         self._config = config
         self._subscriptions = subscriptions
         self._reset = reset
@@ -99,6 +102,7 @@ class Fetcher:
                     config.max_partition_fetch_bytes,
                     config.fetch_max_wait_ms,
                     config.isolation_level == "read_committed",
+                    self._filter,
                 )
             except BrokerError as exc:
                 if not exc.retriable:

@@ -25,8 +25,10 @@ from ray_broker._ray import classify, resolve, submit
 from ray_broker.config import ShareConsumerConfig, client_config, validate_group_id
 from ray_broker.consumer.records import decode
 from ray_broker.errors import BrokerError, ConsumerClosed, InvalidConfig, InvalidRecordState
+from ray_broker.filter_syntax import compile_filter
 from ray_broker.metadata import MetadataCache
 from ray_broker.storage.ipc import from_ipc
+from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.structs import AcknowledgeType, ShareRecord, TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class ShareConsumer:
     def __init__(self, metadata: MetadataCache, topics: Sequence[str] = (), **options: Any) -> None:
         if options.get("group_id") is None and options.get("group.id") is None:
             raise InvalidConfig("a share consumer needs a group_id")
+        # The group's filter (its members pass the same one), checked now.
+        self.filter: RecordFilter | None = compile_filter(options.pop("filter", None))
         self.config: ShareConsumerConfig = client_config(ShareConsumerConfig, options)
         validate_group_id(self.config.group_id)
         self.member_id = f"{self.config.client_id}-{uuid.uuid4().hex}"
@@ -137,6 +141,7 @@ class ShareConsumer:
                     config.max_poll_records,
                     config.fetch_max_wait_ms,
                     config.auto_offset_reset,
+                    self.filter,
                 )
             except BrokerError as exc:
                 self._failed(tp, exc)
