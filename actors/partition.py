@@ -31,10 +31,12 @@ import pyarrow as pa
 
 from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.data_dir import make_private
+from ray_broker.actors.message_trace import traced_rows
 from ray_broker.actors.partition_core import Partition
 from ray_broker.actors.priority import serve_at_normal_priority
 from ray_broker.actors.replica import Replica, Role
 from ray_broker.actors.share_groups import ShareGroups
+from ray_broker.actors.trace_shipper import TraceShipper
 from ray_broker.config import TopicConfig, parse_config
 from ray_broker.errors import (
     BrokerBusy,
@@ -168,6 +170,7 @@ class PartitionActor:
         self._restarted = _was_restarted()
         self.metrics = PartitionMetrics(topic, partition)
         self.shares = ShareGroups(self)
+        self.traces = TraceShipper(self.core.trace, controller, self._trace_replication)
 
     # --- start-up and roles ---------------------------------------------------------------------
 
@@ -250,6 +253,7 @@ class PartitionActor:
         self._start_background()
         self.replica.become_follower(epoch)
         self.shares.clear()
+        self.core.trace.forget_uncommitted()
         self._stop_links()
         self._notify_hw()  # acks=all waiters learn they lost the leadership
 
@@ -361,6 +365,8 @@ class PartitionActor:
         result = self.core.produce(
             batch, producer_id, producer_epoch, base_sequence, bool(transactional)
         )
+        if self.core.trace.events:
+            self.traces.start()
         if not result.duplicate:
             if STAMPS.enabled:
                 STAMPS.stamp("actor_receipt", result.base_offset, received_ns)
@@ -505,6 +511,15 @@ class PartitionActor:
         if moved:
             self._notify_hw()
             self._notify_data()  # consumers wait for committed records, not appended ones
+            if self.core.trace.uncommitted:
+                self.core.trace.committed(
+                    self.core.high_watermark, in_sync=sorted(self.replica.isr)
+                )
+                self.traces.start()
+
+    def _trace_replication(self) -> int:
+        """The trace topic's replication factor: as many copies as this partition has."""
+        return max(len(self.replica.followers) + 1, 1)
 
     # --- fetch ----------------------------------------------------------------------------------
 
@@ -516,8 +531,10 @@ class PartitionActor:
         max_wait_ms: int = 0,
         read_committed: bool = False,
         flt: RecordFilter | None = None,
+        consumer: str = "",
     ) -> FetchResponse:
         """Committed records from ``offset``; waits up to ``max_wait_ms`` for the first one.
+        ``consumer`` names the reader in the trail of traced records.
 
         With a filter ``flt`` (``storage/record_filter.py``) only matching records are
         returned; ``next_offset`` moves past the others, and the long poll keeps waiting while
@@ -560,6 +577,10 @@ class PartitionActor:
             )
         finally:
             self._parked -= 1
+        traced = traced_rows(table)
+        if len(traced):
+            self.core.trace.delivered(table, traced, consumer=str(consumer)[:200])
+            self.traces.start()
         response = FetchResponse(
             to_ipc(table),
             table.num_rows,

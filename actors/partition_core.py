@@ -13,18 +13,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_broker.actors.message_trace import TraceRecorder
 from ray_broker.actors.partition_transactions import (
     MARKER_ABORT,
     MARKER_COMMIT,
     PartitionTransactions,
 )
 from ray_broker.actors.producer_state import SEQUENCE_MOD, ProducerStates
-from ray_broker.config import TopicConfig
+from ray_broker.config import RESERVED_PREFIX, TopicConfig
 from ray_broker.errors import BrokerError, InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache
 from ray_broker.storage.log import FILTER_SCAN_RECORDS, Clock, Log, wall_clock_ms
 from ray_broker.storage.record_filter import RecordFilter
-from ray_broker.storage.schema import ATTR_CONTROL, ATTR_TRANSACTIONAL, BROKER_COLUMNS
+from ray_broker.storage.schema import (
+    ATTR_CONTROL,
+    ATTR_TRACED,
+    ATTR_TRANSACTIONAL,
+    BROKER_COLUMNS,
+)
 from ray_broker.structs import PartitionOffsets, ProduceResult
 
 # Producer state is rebuilt from this many of the newest records after a restart: far more than
@@ -60,6 +66,7 @@ class Partition:
         # replicas report their log ends (at once when this replica is alone).
         self.high_watermark = self.log.log_start_offset
         self.deleted = False
+        self.trace = TraceRecorder(topic, partition)
 
     def _rebuild_producers(self) -> None:
         self.producers = ProducerStates()
@@ -181,6 +188,11 @@ class Partition:
         priorities = None
         if "priority" in batch.schema.names:
             batch, priorities = self._take_priorities(batch)
+        traced = None
+        if "trace" in batch.schema.names:
+            batch, traced = self._take_trace(batch)
+        if self.log.config.message_trace and not self.topic.startswith(RESERVED_PREFIX):
+            traced = np.ones(count, dtype=bool)
         reserved = [n for n in BROKER_COLUMNS if n in batch.schema.names]
         if reserved:
             raise InvalidRecord(
@@ -194,12 +206,24 @@ class Partition:
                     existing, existing + count - 1, -1, self.log.log_start_offset, duplicate=True
                 )
             batch = _with_producer_columns(batch, producer_id, producer_epoch, base_sequence)
-        if (transactional and producer_id is not None) or priorities is not None:
+        if (
+            (transactional and producer_id is not None)
+            or priorities is not None
+            or traced is not None
+        ):
             flags = np.full(count, ATTR_TRANSACTIONAL if transactional else 0, dtype=np.int8)
             if priorities is not None:
                 flags |= priorities
+            if traced is not None:
+                flags[traced] |= ATTR_TRACED
             batch = batch.append_column("attributes", pa.array(flags))
         base, last = self.log.append(batch)
+        if traced is not None and traced.any():
+            self.trace.appended(
+                self.log.read(base, count),
+                np.flatnonzero(traced),
+                leader_epoch=self.epochs.latest_epoch,
+            )
         if producer_id is not None:
             self.producers.record(producer_id, producer_epoch, base_sequence, count, base)
             if transactional:
@@ -232,6 +256,20 @@ class Partition:
                 )
         index = batch.schema.get_field_index("priority")
         return batch.remove_column(index), values.to_numpy().astype(np.int8)
+
+    def _take_trace(
+        self, batch: pa.Table | pa.RecordBatch
+    ) -> tuple[pa.Table | pa.RecordBatch, np.ndarray]:
+        """The producer's ``trace`` column (records sent with ``trace=True``) as a mask.
+
+        Raises:
+            InvalidRecord: the column is not boolean.
+        """
+        column = batch.column("trace")
+        if not pa.types.is_boolean(column.type):
+            raise InvalidRecord(f"{self.name}: trace is a boolean column, got {column.type}")
+        mask = pc.fill_null(column, False).to_numpy(zero_copy_only=False)
+        return batch.remove_column(batch.schema.get_field_index("trace")), mask
 
     def _check_timestamps(self, batch: pa.Table | pa.RecordBatch) -> None:
         """CreateTime stamps must be >= 0 and within message.timestamp.before/after.max.ms of

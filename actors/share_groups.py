@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_broker._ray import await_ref, submit
+from ray_broker.actors.message_trace import traced_rows
 from ray_broker.actors.share_state import Delivery, SharePartition, ShareSettings, State
 from ray_broker.config import (
     GROUP_COORDINATOR_NAME,
@@ -78,6 +79,13 @@ def settings_of(config: TopicConfig) -> ShareSettings:
         dead_letters=bool(config.share_dlq_topic),
         prioritized=config.priority_levels > 1,
     )
+
+
+_ANSWERED = {
+    AcknowledgeType.ACCEPT: "accepted",
+    AcknowledgeType.RELEASE: "released",
+    AcknowledgeType.REJECT: "rejected",
+}
 
 
 def _check_acknowledgements(acks: object) -> list[tuple[list[int], AcknowledgeType, str | None]]:
@@ -323,6 +331,10 @@ class ShareGroups:
             # Delivery counts are saved with the next acknowledgement or lock expiry (as in
             # Kafka, a leader crash before then delivers these again without counting this
             # delivery).
+            traced = traced_rows(table)
+            if len(traced):
+                self.core.trace.delivered(table, traced, group, member=member)
+                self.actor.traces.start()
         return FetchResponse(
             to_ipc(table),
             table.num_rows,
@@ -347,8 +359,14 @@ class ShareGroups:
         now = wall_clock_ms()
         share.expire(now)
         failed: list[int] = []
+        trace = self.core.trace
         for offsets, kind, error in checked:
-            failed.extend(share.acknowledge(member, offsets, kind, now, error))
+            refused = share.acknowledge(member, offsets, kind, now, error)
+            failed.extend(refused)
+            if trace.awaiting_answer:
+                done = set(offsets).difference(refused)
+                trace.answered(_ANSWERED[kind], group, sorted(done), member=member, error=error)
+                self.actor.traces.start()
         self._after_change(group, share)
         await self.save(group)
         return failed
@@ -434,6 +452,12 @@ class ShareGroups:
                     share.begin_dead_letter_batch([o for o, _ in waiting], producer_id)
                     await self.save(group)
                 await self._write_batch(group, share)
+                if self.core.trace.awaiting_answer:
+                    target = self.dead_letter_topic(group)
+                    self.core.trace.answered(
+                        "dead_lettered", group, share.dlq_batch or [], dead_letter_topic=target
+                    )
+                    self.actor.traces.start()
                 share.dead_letter_batch_written()
                 await self.save(group)
                 self.actor._notify_data()

@@ -18,6 +18,7 @@ from ray_broker.structs import (
     SharePartitionState,
     TopicDescription,
     TopicPartition,
+    TraceEvent,
 )
 
 # Creating a topic starts its partition actors, which can take a while on a busy cluster; no
@@ -269,6 +270,24 @@ class Admin:
         from ray_broker.dead_letters import redrive
 
         return redrive(self._require_broker(), topic, max_records)
+
+    def trace(self, topic: str, partition: int, offset: int) -> list[TraceEvent]:
+        """The trail of a traced record, oldest step first; empty when the record was not
+        traced (its topic has ``message.trace=false`` and it was not sent with
+        ``trace=True``) or does not exist. Steps are shipped every ~100 ms.
+
+        Raises:
+            InvalidConfig: a negative partition or offset.
+        """
+        from ray_broker.trace_reader import trail
+
+        return trail(self._require_broker(), topic, partition, offset)
+
+    def trace_by_id(self, trace_id: str) -> list[TraceEvent]:
+        """The trails of records sent with the header ``trace.id`` = ``trace_id``."""
+        from ray_broker.trace_reader import trail_by_id
+
+        return trail_by_id(self._require_broker(), trace_id)
 
     def _require_broker(self) -> Any:
         if self._broker is None:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -486,6 +487,53 @@ def delayed(ctx: typer.Context) -> None:
     with _broker(ctx) as broker:
         found = broker.admin().describe_delayed()
     _emit(ctx, found, lambda: console.print_json(data=found))
+
+
+@app.command()
+def trace(
+    ctx: typer.Context,
+    topic: Annotated[str | None, typer.Argument(help="The record's topic.")] = None,
+    partition: Annotated[int | None, typer.Argument(help="Its partition.")] = None,
+    offset: Annotated[int | None, typer.Argument(help="Its offset.")] = None,
+    trace_id: Annotated[
+        str | None, typer.Option("--id", help="Find records by their trace.id header instead.")
+    ] = None,
+) -> None:
+    """Print a traced record's trail: produced, appended, committed, delivered, answered."""
+    by_place = None not in (topic, partition, offset)
+    if by_place == (trace_id is not None):
+        raise typer.BadParameter("give TOPIC PARTITION OFFSET or --id, not both or neither")
+    with _broker(ctx) as broker:
+        admin = broker.admin()
+        if trace_id is not None:
+            events = admin.trace_by_id(trace_id)
+            what = f"trace id {trace_id!r}"
+        else:
+            assert topic is not None and partition is not None and offset is not None
+            events = admin.trace(topic, partition, offset)
+            what = f"{topic}/{partition}/{offset}"
+    rows = [asdict(e) for e in events]
+    if not events:
+        _emit(
+            ctx,
+            {"traced": False, "record": what},
+            lambda: console.print(
+                f"Not traced: no trail for {what}. Records are traced when their topic has "
+                "message.trace=true or they were sent with trace=True (and the record exists)."
+            ),
+        )
+        return
+    _emit(ctx, rows, lambda: console.print(_trail_table(events)))
+
+
+def _trail_table(events: list[Any]) -> Table:
+    table = Table("time", "record", "event", "details")
+    for event in events:
+        when = datetime.fromtimestamp(event.time_ms / 1000).isoformat(timespec="milliseconds")
+        details = ", ".join(f"{k}={v}" for k, v in event.details.items() if v is not None)
+        place = f"{event.topic}/{event.partition}/{event.offset}"
+        table.add_row(when, place, event.event, details)
+    return table
 
 
 # --- produce / consume --------------------------------------------------------------------------

@@ -224,6 +224,21 @@ class SharePartitionState:
 
 
 @dataclass(frozen=True)
+class TraceEvent:
+    """One step in a traced record's life (``Admin.trace``): ``event`` is produced, appended,
+    committed, delivered, accepted, released, rejected or dead_lettered; ``details`` say where
+    and to whom (leader epoch, in-sync replicas, consumer, group, member, delivery count…)."""
+
+    event: str
+    time_ms: int
+    topic: str
+    partition: int
+    offset: int
+    trace_id: str | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ShareGroupDescription:
     group_id: str
     members: list[str]  # seen by a partition leader within the last 45 s

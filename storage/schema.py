@@ -58,6 +58,8 @@ RECORD_SCHEMA = pa.schema(
 
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
+# Traced records (``message.trace`` or ``send(trace=True)``): their steps go to the trace log.
+ATTR_TRACED = 0x40
 
 # Columns a producer may send; ``offset`` is assigned by the leader.
 PRODUCER_COLUMNS = tuple(name for name in RECORD_SCHEMA.names if name != "offset")

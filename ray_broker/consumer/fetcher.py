@@ -45,6 +45,10 @@ class Fetcher:
     ) -> None:
         self._metadata = metadata
         self._filter = flt
+        # How traced records' trails name this reader.
+        self._reader = (
+            f"{config.client_id} (group {config.group_id})" if config.group_id else config.client_id
+        )
         self._config = config
         self._subscriptions = subscriptions
         self._reset = reset
@@ -103,6 +107,7 @@ class Fetcher:
                     config.fetch_max_wait_ms,
                     config.isolation_level == "read_committed",
                     self._filter,
+                    self._reader,
                 )
             except BrokerError as exc:
                 if not exc.retriable:

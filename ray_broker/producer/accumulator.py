@@ -104,6 +104,7 @@ class RecordAccumulator:
         headers: list[dict[str, Any]] | None = None,
         partition: int | None = None,
         priority: int | None = None,
+        trace: bool = False,
     ) -> tuple[RecordFuture, bool]:
         """Queue one record; returns its future and whether the sender must be woken (a new
         buffer with a linger deadline, or a full one)."""
@@ -134,6 +135,10 @@ class RecordAccumulator:
             if records.priorities is None:
                 records.priorities = [0] * index
             records.priorities.append(priority or 0)
+        if trace or records.traced is not None:
+            if records.traced is None:
+                records.traced = [False] * index
+            records.traced.append(bool(trace))
         records.size_bytes += size
         self.pending_bytes += size
         if index + 1 >= records.limit:

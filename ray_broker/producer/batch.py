@@ -179,6 +179,7 @@ class PendingRecords:
         self.headers: list[Any] | None = None  # made on the first record with headers
         self.partitions: list[int | None] | None = None  # made on the first explicit partition
         self.priorities: list[int] | None = None  # made on the first record with a priority
+        self.traced: list[bool] | None = None  # made on the first record sent with trace=True
         self.timestamps: list[int] = []
         self.size_bytes = 0
         self.created = created
@@ -203,6 +204,8 @@ class PendingRecords:
         columns["timestamp"] = pa.array(self.timestamps, pa.int64())
         if self.priorities is not None:
             columns["priority"] = pa.array(self.priorities, pa.int8())
+        if self.traced is not None:
+            columns["trace"] = pa.array(self.traced, pa.bool_())
         return pa.table(columns)
 
     def placed(self, index: int) -> tuple[ProducerBatch, int]:

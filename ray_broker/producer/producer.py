@@ -27,6 +27,7 @@ from ray_broker.config import DELAY_TOPIC, TRANSACTIONAL_ID_SPACE, ProducerConfi
 from ray_broker.errors import (
     BrokerTimeoutError,
     InvalidConfig,
+    InvalidRecord,
     InvalidTxnState,
     ProducerClosed,
     RecordTooLarge,
@@ -127,6 +128,7 @@ class Producer:
         priority: int | None = None,
         delay_ms: int | None = None,
         deliver_at: int | None = None,
+        trace: bool = False,
     ) -> RecordFuture | DelayedFuture:
         """Queue one record; returns a future of its ``RecordMetadata``.
 
@@ -137,6 +139,11 @@ class Producer:
         waits in the broker's schedule topic and appears in ``topic`` when due (within ~100 ms
         under normal load), exactly once for ``read_committed`` readers. Its future's metadata
         has ``offset`` -1 and ``timestamp`` = the due time (see ``producer/delayed.py``).
+
+        ``trace=True`` records the record's trail (appended, committed, delivered,
+        acknowledged…) in the broker's trace log, as the topic config ``message.trace`` does
+        for every record; a ``trace.id`` header, if given, lets ``ray-broker trace --id`` find
+        it (see ``actors/message_trace.py``).
 
         Raises:
             TopicNotFound: the topic does not exist (and auto-creation is off).
@@ -180,6 +187,8 @@ class Producer:
             check_partition(partition, metadata)
         if priority is not None:
             check_priority(priority, metadata)
+        if trace.__class__ is not bool:
+            raise InvalidRecord(f"trace is True or False, got {trace!r}")
         delayed = None
         if delay_ms is not None or deliver_at is not None:
             max_delay_ms, schedule_partitions = self._delay_settings()
@@ -216,6 +225,7 @@ class Producer:
                 header_dicts,
                 partition,
                 priority,
+                trace is True,
             )
             if wake:
                 self._cond.notify_all()

@@ -115,6 +115,7 @@ def check_table(table: Any, metadata: TopicMetadata) -> pa.Table:
         "timestamp": (pa.types.is_integer, pa.types.is_timestamp),
         "partition": (pa.types.is_integer,),
         "priority": (pa.types.is_integer,),
+        "trace": (pa.types.is_boolean,),
     }
     for name, accepted in types.items():
         if name in table.column_names:
