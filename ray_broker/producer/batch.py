@@ -157,6 +157,7 @@ class PendingRecords:
         "headers",
         "partitions",
         "priorities",
+        "traced",
         "timestamps",
         "size_bytes",
         "created",
