@@ -29,6 +29,7 @@ from ray_broker._ray import await_ref, submit
 from ray_broker.actors.message_trace import traced_rows
 from ray_broker.actors.share_state import Delivery, SharePartition, ShareSettings, State
 from ray_broker.config import (
+    DLQ_HEADERS,
     GROUP_COORDINATOR_NAME,
     TRANSACTIONAL_ID_SPACE,
     TopicConfig,
@@ -58,15 +59,6 @@ DEAD_LETTER_RETRY_S = 0.5
 PRIORITY_MASK = 0x0F  # the low bits of ``attributes`` hold a record's priority
 SHARE_FETCH_MAX_RECORDS = 10_000
 ACK_ERROR_MAX_CHARS = 1_000
-DLQ_HEADERS = (
-    "dlq.original.topic",
-    "dlq.original.partition",
-    "dlq.original.offset",
-    "dlq.delivery.count",
-    "dlq.reason",
-    "dlq.error",
-    "dlq.group",
-)
 
 
 def settings_of(config: TopicConfig) -> ShareSettings:

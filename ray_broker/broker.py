@@ -104,6 +104,40 @@ class Broker:
         self._clients.append(consumer)
         return consumer
 
+    def subscribe_push(
+        self,
+        topic: str,
+        *,
+        group_id: str,
+        handler: Any,
+        credits: int = 10,
+        group_type: str = "share",
+        **options: Any,
+    ) -> Any:
+        """Push ``topic``'s records to ``handler`` in batches, at most ``credits`` batches at a
+        time (RabbitMQ's prefetch); returns a ``PushSubscription`` (``close()``, ``stats()``).
+
+        ``handler`` is a callable (run in this process, one batch after another) or a Ray
+        actor method (called from a dispatcher actor beside the broker); it receives one
+        ``pyarrow.Table`` (``topic, partition, offset, timestamp, key, value, headers`` and,
+        for share groups, ``delivery_count``). Returning acknowledges the batch; raising is a
+        failed delivery (see ``ray_broker/push.py``). ``group_type`` is ``"share"`` (queue:
+        records spread over subscribers, acknowledged per batch) or ``"consumer"`` (a consumer
+        group: partitions split, offsets committed when batches finish). Other options
+        (``filter``, ``max_poll_records``, ``auto_offset_reset``…) go to the consumer.
+
+        Raises:
+            InvalidConfig: credits outside 1..1000, a bad handler or option; InvalidFilter;
+            TopicNotFound.
+        """
+        from ray_broker.push import subscribe_push
+
+        subscription = subscribe_push(
+            self, topic, handler, credits, group_type, {"group_id": group_id, **options}
+        )
+        self._clients.append(subscription)
+        return subscription
+
     def _transaction_coordinator(self) -> Any:
         """The namespace's transaction coordinator, started by the first transactional
         producer (brokers that never use transactions run no such actor)."""

@@ -306,6 +306,18 @@ def validate_topic_name(name: object, internal: bool = False) -> str:
     return name
 
 
+# The headers a dead-letter copy carries, in this order (see ray_broker/dead_letters.py).
+DLQ_HEADERS = (
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.delivery.count",
+    "dlq.reason",
+    "dlq.error",
+    "dlq.group",
+)
+
+
 def dead_letter_topic(template: str, topic: str, group: str) -> str:
     """The dead-letter topic of ``group`` reading ``topic``: ``template`` with ``{topic}`` and
     ``{group}`` filled in; characters a topic name may not have become ``_``.

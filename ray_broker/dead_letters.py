@@ -9,10 +9,15 @@ repeats a record.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
-from ray_broker.errors import InvalidConfig
+import pyarrow as pa
+
+from ray_broker.config import DLQ_HEADERS, TopicConfig, dead_letter_topic
+from ray_broker.errors import InvalidConfig, TopicExists
+from ray_broker.storage.schema import HEADER_TYPE
 from ray_broker.structs import DeadLetter, Record, TopicPartition
 
 DLQ_PREFIX = "dlq."
@@ -38,6 +43,38 @@ def dead_letter(record: Record) -> DeadLetter:
         headers.get("dlq.reason", ""),
         headers.get("dlq.error", ""),
         headers.get("dlq.group", ""),
+    )
+
+
+def ensure_dead_letter_topic(broker: Any, topic: str, group: str) -> str | None:
+    """The dead-letter topic of ``group`` reading ``topic`` (the topic's ``share.dlq.topic``
+    template), created if missing; None if the topic keeps no dead letters."""
+    config = broker.admin().describe_topic(topic).config
+    template = config.get("share.dlq.topic", TopicConfig().share_dlq_topic)
+    if not template:
+        return None
+    target = dead_letter_topic(template, topic, group)
+    with contextlib.suppress(TopicExists):
+        broker.admin().create_topic(target, partitions=1)
+    return target
+
+
+def dead_letter_batch(table: pa.Table, group: str, attempts: int, error: str) -> pa.Table:
+    """A batch of delivered records (push tables: topic, partition, offset, timestamp, key,
+    value, headers) as dead-letter copies with the ``dlq.*`` headers a share group writes."""
+    headers = []
+    for row in table.select(["topic", "partition", "offset", "headers"]).to_pylist():
+        values = (row["topic"], row["partition"], row["offset"], attempts, "failed", error, group)
+        pairs = zip(DLQ_HEADERS, values, strict=True)
+        extra = [{"key": k, "value": str(v).encode()} for k, v in pairs]
+        headers.append((row["headers"] or []) + extra)
+    return pa.table(
+        {
+            "timestamp": table.column("timestamp"),
+            "key": table.column("key"),
+            "value": table.column("value"),
+            "headers": pa.array(headers, HEADER_TYPE),
+        }
     )
 
 

@@ -1,0 +1,573 @@
+"""Push consumption with credits: the broker side hands batches to a handler, RabbitMQ-style.
+
+``broker.subscribe_push(topic, group_id=…, handler=…, credits=N)`` runs a delivery loop that
+fetches from the topic as a share-group member (queue semantics, the default) or a
+consumer-group member (``group_type="consumer"``, log semantics) and calls ``handler`` with one
+batch — a ``pyarrow.Table`` with columns ``topic, partition, offset, timestamp, key, value,
+headers`` (and ``delivery_count`` for share groups) — while it holds fewer than ``credits``
+batches. A batch's credit returns when the handler returns; then its records are accepted
+(share) or become committable (consumer group). So a slow handler is never overrun and memory
+stays bounded at ``credits`` batches of ``max_poll_records``.
+
+Where the loop runs: for a Ray actor method handler (``handler=actor.method``) in a
+``PushDispatcher`` actor next to the broker, which calls the method with ``.remote()`` — the
+subscriber's process is not in the data path; for a plain callable, in a thread of the calling
+process, which calls it one batch at a time (``credits`` bounds how many are fetched ahead).
+
+Failures (``PushLoop._failed``):
+
+* the handler raised: a failed delivery, not a dead subscriber. Share groups release the batch
+  (delivered again, its delivery count goes on, dead-lettered at ``share.delivery.count.limit``);
+  consumer groups rewind the partition to the batch and deliver it again after a back-off, up to
+  ``max_delivery_attempts``, then copy it to the dead-letter topic and go on.
+* the handler's actor died or restarts: the batch is released (share) or re-read from the last
+  committed offset (consumer group); a restarted actor gets it again, and an actor gone for good
+  ends the subscription with ``error`` set.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from ray_broker.errors import BrokerError, BrokerNotRunning, ConsumerClosed, InvalidConfig
+from ray_broker.push_window import CreditWindow, Delivery, GroupProgress, check_credits
+from ray_broker.storage.schema import HEADER_TYPE
+from ray_broker.structs import TopicPartition
+
+logger = logging.getLogger(__name__)
+
+GROUP_TYPES = ("share", "consumer")
+POLL_MS = 200
+# A consumer-group batch whose handler keeps raising is copied to the dead-letter topic after
+# this many attempts (share groups use the topic's share.delivery.count.limit instead).
+MAX_DELIVERY_ATTEMPTS = 5
+RETRY_BACKOFF_MS = 100
+MAX_RETRY_BACKOFF_MS = 5_000
+# How long close() waits for batches still with the handler before giving them back.
+CLOSE_TIMEOUT_S = 30.0
+# A handler actor that failed is probed this long before the subscription gives up on it.
+ACTOR_PROBE_TIMEOUT_S = 60.0
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+class HandlerFailed(Exception):
+    """The handler raised (a failed delivery of this batch)."""
+
+
+class HandlerGone(Exception):
+    """The handler's actor died or is restarting (not the batch's fault)."""
+
+
+def actor_method(handler: Any) -> tuple[Any, str] | None:
+    """``(actor handle, method name)`` if ``handler`` is a Ray actor method, else None."""
+    try:
+        from ray.actor import ActorHandle, ActorMethod
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        return None
+    if isinstance(handler, ActorMethod):
+        return handler._actor, handler._method_name
+    if (
+        isinstance(handler, tuple)
+        and len(handler) == 2
+        and isinstance(handler[0], ActorHandle)
+        and isinstance(handler[1], str)
+    ):
+        return handler
+    return None
+
+
+class CallableTarget:
+    """Runs a plain callable on one worker thread, one batch after another."""
+
+    def __init__(self, handler: Callable[[pa.Table], Any]) -> None:
+        self._handler = handler
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="push-handler")
+
+    def deliver(self, table: pa.Table) -> concurrent.futures.Future[Any]:
+        return self._pool.submit(self._handler, table)
+
+    def outcome(self, future: concurrent.futures.Future[Any]) -> None:
+        """Raises HandlerFailed if the handler raised."""
+        error = future.exception()
+        if error is not None:
+            raise HandlerFailed(f"{type(error).__name__}: {error}") from error
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ActorTarget:
+    """Calls a Ray actor's method with ``.remote()``; up to ``credits`` calls are in flight."""
+
+    def __init__(self, actor: Any, method: str) -> None:
+        self._actor = actor
+        self._method = method
+
+    def deliver(self, table: pa.Table) -> concurrent.futures.Future[Any]:
+        try:
+            return getattr(self._actor, self._method).remote(table).future()
+        except Exception as exc:  # submission itself failed: the actor is gone
+            failed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            failed.set_exception(exc)
+            return failed
+
+    def outcome(self, future: concurrent.futures.Future[Any]) -> None:
+        """Raises HandlerFailed (the method raised) or HandlerGone (its actor is down)."""
+        from ray import exceptions as rex
+
+        error = future.exception()
+        if error is None:
+            return
+        if isinstance(error, rex.RayTaskError) and not isinstance(error, rex.RayActorError):
+            cause = error.cause if error.cause is not None else error
+            raise HandlerFailed(f"{type(cause).__name__}: {cause}") from error
+        raise HandlerGone(f"{type(error).__name__}: {error}") from error
+
+    def alive(self) -> bool:
+        """Whether the actor answers (waiting while it restarts); False once it is dead."""
+        import ray
+        from ray import exceptions as rex
+
+        try:
+            ray.get(self._actor.__ray_call__.remote(_nothing), timeout=ACTOR_PROBE_TIMEOUT_S)
+            return True
+        except (rex.ActorDiedError, rex.GetTimeoutError):
+            return False
+        except Exception:  # unavailable for a moment: try again with the next batch
+            return True
+
+    def close(self) -> None:
+        pass
+
+
+def _nothing(_actor: Any) -> None:
+    return None
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+def _ranges(table: pa.Table) -> dict[TopicPartition, tuple[int, int]]:
+    out: dict[TopicPartition, tuple[int, int]] = {}
+    for topic, partition, offset in zip(
+        table.column("topic").to_pylist(),
+        table.column("partition").to_pylist(),
+        table.column("offset").to_pylist(),
+        strict=True,
+    ):
+        tp = TopicPartition(topic, partition)
+        first, _ = out.get(tp, (offset, offset))
+        out[tp] = (min(first, offset), offset)
+    return out
+
+
+class ShareSource:
+    """Batches from a share consumer in explicit mode; answers become acknowledgements."""
+
+    group_type = "share"
+
+    def __init__(self, broker: Any, topic: str, options: dict[str, Any]) -> None:
+        self.consumer = broker.share_consumer(
+            topic, share_acknowledgement_mode="explicit", **options
+        )
+
+    def poll(self) -> tuple[pa.Table, Any] | None:
+        records = [r for rs in self.consumer.poll(timeout_ms=POLL_MS).values() for r in rs]
+        if not records:
+            return None
+        table = pa.table(
+            {
+                "topic": pa.array([r.topic for r in records], pa.string()),
+                "partition": pa.array([r.partition for r in records], pa.int32()),
+                "offset": pa.array([r.offset for r in records], pa.int64()),
+                "timestamp": pa.array([r.timestamp for r in records], pa.int64()),
+                "key": pa.array([r.key for r in records], pa.binary()),
+                "value": pa.array([r.value for r in records], pa.binary()),
+                "headers": pa.array(
+                    [[{"key": k, "value": v} for k, v in r.headers] for r in records],
+                    HEADER_TYPE,
+                ),
+                "delivery_count": pa.array([r.delivery_count for r in records], pa.int32()),
+            }
+        )
+        return table, records
+
+    def attempt_of(self, ranges: dict[TopicPartition, tuple[int, int]]) -> int:
+        return 1  # the broker counts share deliveries
+
+    def delivered(self, delivery: Delivery) -> None:
+        pass
+
+    def succeeded(self, delivery: Delivery) -> None:
+        for record in delivery.token:
+            self.consumer.acknowledge(record, "accept")
+        self.consumer.commit_async()
+
+    def failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table | None) -> float:
+        """Release the batch (delivered again); returns no back-off: the broker spaces
+        redeliveries (``share.release.backoff.ms``) and counts them."""
+        for record in delivery.token:
+            self.consumer.acknowledge(record, "release", error=error[:200])
+        self.consumer.commit_async()
+        return 0.0
+
+    def close(self) -> None:
+        self.consumer.close()  # releases anything not answered
+
+
+class GroupSource:
+    """Batches from a consumer-group member; finished batches are committed in order."""
+
+    group_type = "consumer"
+
+    def __init__(self, broker: Any, topic: str, options: dict[str, Any]) -> None:
+        self._broker = broker
+        self._topic = topic
+        self.max_attempts = int(options.pop("max_delivery_attempts", MAX_DELIVERY_ATTEMPTS))
+        if not 1 <= self.max_attempts <= 100:
+            raise InvalidConfig(f"max_delivery_attempts is 1..100, got {self.max_attempts}")
+        self.progress = GroupProgress()
+        self._retry: dict[tuple[TopicPartition, int], int] = {}  # rewound batch -> attempt
+        self._max_records = int(options.get("max_poll_records", 500))
+        from ray_broker.consumer.group_member import ConsumerRebalanceListener
+
+        source = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+                source._revoked(revoked)
+
+        self.consumer = broker.consumer(enable_auto_commit=False, **options)
+        self.consumer.subscribe([topic], listener=_Listener())
+        self._dead_letters: Any = None
+
+    def poll(self) -> tuple[pa.Table, Any] | None:
+        table = self.consumer.poll_arrow(timeout_ms=POLL_MS, max_records=self._max_records)
+        if table.num_rows == 0:
+            return None
+        return table, None
+
+    def attempt_of(self, ranges: dict[TopicPartition, tuple[int, int]]) -> int:
+        return max(
+            (self._retry.pop((tp, first), 1) for tp, (first, _) in ranges.items()), default=1
+        )
+
+    def delivered(self, delivery: Delivery) -> None:
+        self.progress.delivered(delivery)
+
+    def succeeded(self, delivery: Delivery) -> None:
+        if self.progress.succeeded(delivery):
+            self._commit()
+
+    def failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table | None) -> float:
+        """Rewind to the batch (delivered again after a back-off), or — after
+        ``max_attempts`` failures of the handler — copy it to the dead-letter topic."""
+        if not gone and delivery.attempt >= self.max_attempts and table is not None:
+            self._dead_letter(table, delivery.attempt, error)
+            self.succeeded(delivery)
+            return 0.0
+        rewind = self.progress.failed(delivery)
+        for tp, offset in rewind.items():
+            self.consumer.seek(tp, offset)
+            if not gone:
+                self._retry[(tp, offset)] = delivery.attempt + 1
+        backoff = RETRY_BACKOFF_MS * 2 ** (delivery.attempt - 1)
+        return min(backoff, MAX_RETRY_BACKOFF_MS) / 1000
+
+    def _commit(self) -> None:
+        offsets = self.progress.committable()
+        if offsets:
+            with contextlib.suppress(BrokerError):  # the next finished batch commits again
+                self.consumer.commit_async(offsets)
+
+    def _revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before giving partitions up, commit what finished on them (batches still with the
+        handler are delivered again to the partitions' next owner)."""
+        offsets = {tp: o for tp, o in self.progress.committable().items() if tp in revoked}
+        if offsets:
+            with contextlib.suppress(BrokerError):
+                self.consumer.commit(offsets)
+        self.progress.forget(revoked)
+
+    def _dead_letter(self, table: pa.Table, attempts: int, error: str) -> None:
+        from ray_broker.dead_letters import dead_letter_batch, ensure_dead_letter_topic
+
+        group = self.consumer.config.group_id
+        target = ensure_dead_letter_topic(self._broker, self._topic, group)
+        if target is None:
+            logger.error(
+                "push subscription %s: a batch of %d records failed %d times and the topic "
+                "keeps no dead letters (share.dlq.topic is empty); it is skipped",
+                group,
+                table.num_rows,
+                attempts,
+            )
+            return
+        if self._dead_letters is None:
+            self._dead_letters = self._broker.producer(acks="all", enable_idempotence=True)
+        batch = dead_letter_batch(table, group, attempts, error)
+        self._dead_letters.send_batch(target, batch).result()
+
+    def close(self) -> None:
+        self._commit()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
+        self.consumer.close()
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+class PushLoop:
+    """Fetch → deliver while credits last → answer; one thread, every failure caught."""
+
+    def __init__(
+        self,
+        broker: Any,
+        topic: str,
+        target: CallableTarget | ActorTarget,
+        credits: int,
+        group_type: str,
+        options: dict[str, Any],
+    ) -> None:
+        self.window = CreditWindow(check_credits(credits))
+        self.target = target
+        if group_type == "share":
+            self.source: ShareSource | GroupSource = ShareSource(broker, topic, options)
+        else:
+            self.source = GroupSource(broker, topic, options)
+        self.delivered_batches = self.delivered_records = 0
+        self.succeeded_batches = self.failed_batches = 0
+        self.error: BrokerError | None = None
+        self._tables: dict[int, pa.Table] = {}
+        self._futures: dict[concurrent.futures.Future[Any], Delivery] = {}
+        self._pause_until = 0.0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        """Until ``stop()``; then gives back what the handler still holds, within bounds."""
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._step()
+                except ConsumerClosed:
+                    return
+                except BrokerError as exc:
+                    if not exc.retriable:
+                        self.error = exc
+                        logger.error("push subscription stopped: %s", exc)
+                        return
+                    logger.warning("push subscription retries after: %s", exc)
+                    self._stop.wait(RETRY_BACKOFF_MS / 1000)
+                except Exception as exc:  # never let the loop die: log, back off, go on
+                    logger.exception("push subscription step failed: %r", exc)
+                    self._stop.wait(RETRY_BACKOFF_MS / 1000)
+        finally:
+            self._drain()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _step(self) -> None:
+        wait_s = 0.0 if self.window.has_credit else POLL_MS / 1000
+        self._answers(wait_s)
+        if self.error is not None:
+            self._stop.set()
+            return
+        if not self.window.has_credit or time.monotonic() < self._pause_until:
+            if self.window.has_credit:  # backing off: stay responsive to answers and stop()
+                self._stop.wait(min(self._pause_until - time.monotonic(), POLL_MS / 1000))
+            return
+        polled = self.source.poll()
+        if polled is None:
+            return
+        table, token = polled
+        ranges = _ranges(table)
+        delivery = self.window.start(ranges, table.num_rows, token, self.source.attempt_of(ranges))
+        self.source.delivered(delivery)
+        if isinstance(self.source, GroupSource):
+            self._tables[delivery.id] = table  # kept for a dead-letter copy
+        self._futures[self.target.deliver(table)] = delivery
+        self.delivered_batches += 1
+        self.delivered_records += table.num_rows
+
+    def _answers(self, wait_s: float) -> None:
+        if not self._futures:
+            if wait_s:
+                self._stop.wait(wait_s)
+            return
+        done, _ = concurrent.futures.wait(
+            list(self._futures), timeout=wait_s, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for future in done:
+            delivery = self._futures.pop(future)
+            self.window.finish(delivery.id)
+            table = self._tables.pop(delivery.id, None)
+            try:
+                self.target.outcome(future)
+            except HandlerFailed as exc:
+                self._failed(delivery, str(exc), gone=False, table=table)
+            except HandlerGone as exc:
+                self._failed(delivery, str(exc), gone=True, table=table)
+            else:
+                self.succeeded_batches += 1
+                self.source.succeeded(delivery)
+
+    def _failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table | None) -> None:
+        self.failed_batches += 1
+        logger.warning("push delivery of %d records failed: %s", delivery.records, error)
+        backoff = self.source.failed(delivery, error, gone, table)
+        self._pause_until = max(self._pause_until, time.monotonic() + backoff)
+        if gone and not self.target.alive():
+            self.error = BrokerNotRunning(f"the push handler's actor is gone for good: {error}")
+
+    def _drain(self) -> None:
+        """Wait (bounded) for batches still with the handler, answer them, close the source."""
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        with contextlib.suppress(Exception):
+            while self._futures and time.monotonic() < deadline and self.error is None:
+                self._answers(min(POLL_MS / 1000, max(deadline - time.monotonic(), 0)))
+        with contextlib.suppress(Exception):
+            self.source.close()  # unanswered share records are released; commits flushed
+        self.target.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "group_type": self.source.group_type,
+            "credits": self.window.credits,
+            "in_flight": len(self.window.outstanding),
+            "max_in_flight": self.window.max_held,
+            "delivered_batches": self.delivered_batches,
+            "delivered_records": self.delivered_records,
+            "succeeded_batches": self.succeeded_batches,
+            "failed_batches": self.failed_batches,
+            "error": None if self.error is None else str(self.error),
+        }
+
+
+# --- the subscription -------------------------------------------------------------------------
+
+
+class PushSubscription:
+    """A running push subscription: ``stats()``, ``error``, ``close()``; a context manager."""
+
+    def __init__(self, loop: PushLoop | None = None, dispatcher: Any = None) -> None:
+        self._loop = loop
+        self._dispatcher = dispatcher
+        self._thread: threading.Thread | None = None
+        if loop is not None:
+            self._thread = threading.Thread(target=loop.run, name="push-subscription", daemon=True)
+            self._thread.start()
+
+    @property
+    def error(self) -> BrokerError | None:
+        """Why the subscription stopped on its own (its handler actor is gone), else None."""
+        if self._loop is not None:
+            return self._loop.error
+        text = self.stats().get("error")
+        return None if text is None else BrokerError(text)
+
+    def stats(self) -> dict[str, Any]:
+        """Credits, batches in flight (never above credits), delivered/failed counts."""
+        if self._loop is not None:
+            return self._loop.stats()
+        from ray_broker._ray import call
+
+        return call(self._dispatcher.stats, timeout_s=30)
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Stop fetching, let the handler finish what it holds (up to ``timeout_s``), answer
+        it, and leave the group. Batches not finished in time are delivered again."""
+        if self._loop is not None:
+            self._loop.stop()
+            if self._thread is not None:
+                self._thread.join(timeout_s + 5)
+            return
+        if self._dispatcher is not None:
+            import ray
+
+            from ray_broker._ray import call
+
+            with contextlib.suppress(BrokerError):
+                call(self._dispatcher.close, timeout_s=timeout_s + 5)
+            with contextlib.suppress(Exception):
+                ray.kill(self._dispatcher)
+            self._dispatcher = None
+
+    def __enter__(self) -> PushSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _checked_options(group_type: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The consumer options checked here (typed errors in the caller's process), with the
+    filter compiled.
+
+    Raises:
+        InvalidConfig, InvalidFilter.
+    """
+    from ray_broker.config import ConsumerConfig, ShareConsumerConfig, client_config
+    from ray_broker.filter_syntax import compile_filter
+
+    options = dict(options)
+    if "filter" in options:
+        options["filter"] = compile_filter(options["filter"])
+    check = {k: v for k, v in options.items() if k not in ("filter", "max_delivery_attempts")}
+    if group_type == "share":
+        if "max_delivery_attempts" in options:
+            raise InvalidConfig(
+                "max_delivery_attempts is for consumer groups; share groups use the topic's "
+                "share.delivery.count.limit"
+            )
+        client_config(ShareConsumerConfig, check)
+    else:
+        client_config(ConsumerConfig, check)
+    return options
+
+
+def subscribe_push(
+    broker: Any,
+    topic: str,
+    handler: Any,
+    credits: int,
+    group_type: str,
+    options: dict[str, Any],
+) -> PushSubscription:
+    """See ``Broker.subscribe_push``."""
+    check_credits(credits)
+    if group_type not in GROUP_TYPES:
+        raise InvalidConfig(f"group_type is 'share' or 'consumer', got {group_type!r}")
+    if not options.get("group_id"):
+        raise InvalidConfig("a push subscription needs a group_id")
+    broker.admin().describe_topic(topic)  # TopicNotFound now, not in the loop
+    options = _checked_options(group_type, options)
+    target = actor_method(handler)
+    if target is not None:
+        from ray_broker.actors.push_dispatcher import start_dispatcher
+
+        dispatcher = start_dispatcher(broker, topic, target, credits, group_type, options)
+        return PushSubscription(dispatcher=dispatcher)
+    if not callable(handler):
+        raise InvalidConfig(
+            f"handler is a callable or a Ray actor method, got {type(handler).__name__}"
+        )
+    loop = PushLoop(broker, topic, CallableTarget(handler), credits, group_type, dict(options))
+    return PushSubscription(loop=loop)
+
+
+__all__ = ["PushSubscription", "subscribe_push"]
