@@ -26,12 +26,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_broker.storage.record_filter import header_column
+
 # Headers the producer adds to a delayed record; the delivered record keeps them (the due
 # time shows how late it came).
 TOPIC_HEADER = "delay.topic"
 PARTITION_HEADER = "delay.partition"
 DUE_HEADER = "delay.deliver.at"
 PRIORITY_HEADER = "delay.priority"
+TRACE_HEADER = "delay.trace"  # sent with trace=True: traced again when it reaches its topic
 FIRED_HEADER = "delay.fired"
 # A chunk is rebuilt from its pending rows when more than this share of it has fired.
 COMPACT_ABOVE = 0.5
@@ -50,17 +53,9 @@ def fired_ranges(offsets: Iterable[int]) -> bytes:
 
 
 def _header_column(headers: pa.Array, name: str, n: int) -> pa.Array:
-    """Each row's value of header ``name`` (null where absent), with Arrow kernels."""
-    flat = pc.list_flatten(headers)
-    if len(flat) == 0:
-        return pa.nulls(n, pa.binary())
-    owners = pc.list_parent_indices(headers)
-    mask = pc.equal(flat.field("key"), name)
-    rows = pc.filter(owners, mask).to_numpy(zero_copy_only=False)
-    values = pc.filter(flat.field("value"), mask)
-    index = np.full(n, -1, dtype=np.int64)
-    index[rows] = np.arange(len(rows))
-    return pc.take(values, pa.array(index, mask=index < 0))
+    """Each row's value of header ``name`` (null where absent)."""
+    assert len(headers) == n
+    return header_column(headers, name)
 
 
 def _as_int(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +77,7 @@ class Chunk:
     topics: np.ndarray  # index into DelayIndex.topic_names
     targets: np.ndarray  # target partition, -1: none given
     priorities: np.ndarray  # -1: none given
+    traced: np.ndarray  # sent with trace=True
     alive: np.ndarray = field(init=False)
     cursor: int = 0  # rows before it are fired or in flight
 
@@ -164,6 +160,9 @@ class DelayIndex:
             np.array([self._topic_id(name) for name in names], dtype=np.int32),
             np.where(target_ok[rows], target[rows], -1),
             np.where(priority_ok[rows], priority[rows], -1),
+            _header_column(headers, TRACE_HEADER, n)
+            .is_valid()
+            .to_numpy(zero_copy_only=False)[rows],
         )
         chunk_id = self._next_chunk
         self._next_chunk += 1
@@ -265,13 +264,13 @@ class DelayIndex:
         keep = np.arange(chunk.cursor, len(chunk.due))
         index = pa.array(keep)
         chunk.table = chunk.table.take(index)
-        for name in ("offsets", "due", "topics", "targets", "priorities", "alive"):
+        for name in ("offsets", "due", "topics", "targets", "priorities", "traced", "alive"):
             setattr(chunk, name, getattr(chunk, name)[keep])
         chunk.cursor = 0
 
     def tables(self, done: Round) -> dict[str, pa.Table]:
         """The round's records per target topic, in firing order, as ``send_batch`` tables:
-        key, value, headers, partition (and priority where given)."""
+        key, value, headers, partition (and priority, trace where given)."""
         base, pieces, start = {}, [], 0
         for chunk_id, rows in done.taken.items():
             base[chunk_id] = {int(r): start + i for i, r in enumerate(rows)}
@@ -293,6 +292,9 @@ class DelayIndex:
                 table = table.append_column(
                     "priority", pa.array([max(p, 0) for p in priorities], pa.int8())
                 )
+            traced = [bool(self.chunks[c].traced[r]) for c, r in rows]
+            if any(traced):
+                table = table.append_column("trace", pa.array(traced, pa.bool_()))
             out[self.topic_names[topic_id]] = table
         return out
 

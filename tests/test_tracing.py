@@ -158,3 +158,18 @@ def test_the_trace_command_prints_the_trail_or_not_traced(shared_broker):
     missing = runner.invoke(app, ["trace", topic, "0", "99", *options])
     assert missing.exit_code == 0 and "Not traced" in missing.output
     assert runner.invoke(app, ["trace", *options]).exit_code != 0  # neither place nor id
+
+
+def test_a_delayed_traced_record_is_traced_where_it_is_delivered(shared_broker):
+    topic = new_topic(shared_broker)
+    with shared_broker.producer() as producer:
+        producer.send(
+            topic, value=b"later", headers=[("trace.id", b"late-1")], delay_ms=300, trace=True
+        ).result()
+    admin = shared_broker.admin()
+    deadline, events = time.monotonic() + 60, []
+    while time.monotonic() < deadline and "committed" not in [e.event for e in events]:
+        events = admin.trace_by_id("late-1")
+        time.sleep(0.3)
+    assert [e.event for e in events][:3] == ["produced", "appended", "committed"]
+    assert {e.topic for e in events} == {topic}  # not the schedule topic

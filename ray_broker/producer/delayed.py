@@ -21,6 +21,7 @@ from ray_broker.actors.delay_index import (
     PARTITION_HEADER,
     PRIORITY_HEADER,
     TOPIC_HEADER,
+    TRACE_HEADER,
 )
 from ray_broker.errors import InvalidRecord
 from ray_broker.producer.partitioner import partition_for_key
@@ -82,12 +83,16 @@ def delay_route(topic: str, partition: int, schedule_partitions: int) -> DelayRo
     )
 
 
-def delay_headers(route: DelayRoute, due_ms: int, priority: int | None) -> list[dict[str, Any]]:
+def delay_headers(
+    route: DelayRoute, due_ms: int, priority: int | None, trace: bool = False
+) -> list[dict[str, Any]]:
     """The headers a delayed record carries to the schedule topic (in the producer's
     header-dict form)."""
     extra = [*route.headers, {"key": DUE_HEADER, "value": str(due_ms).encode()}]
     if priority is not None:
         extra.append({"key": PRIORITY_HEADER, "value": str(priority).encode()})
+    if trace:
+        extra.append({"key": TRACE_HEADER, "value": b"1"})
     return extra
 
 

@@ -202,7 +202,7 @@ class Producer:
                     route = self._delay_routes[(topic, target)] = delay_route(
                         topic, target, schedule_partitions
                     )
-                extra = delay_headers(route, due, priority)
+                extra = delay_headers(route, due, priority, trace)
                 header_dicts = (header_dicts or []) + extra
                 size += headers_size(extra)
                 partition = route.schedule_partition
@@ -225,7 +225,7 @@ class Producer:
                 header_dicts,
                 partition,
                 priority,
-                trace is True,
+                trace and delayed is None,  # a delayed record is traced when it is delivered
             )
             if wake:
                 self._cond.notify_all()
