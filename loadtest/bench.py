@@ -14,7 +14,8 @@ Figures (100-byte values):
 
 Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--sweeps``
 (partitions and value sizes), ``--transactions`` (transactional produce, read_committed),
-``--queues`` (share groups, priorities, delayed delivery),
+``--queues`` (share groups, priorities, delayed delivery), ``--filters`` (server-side filters
+on a 10M-record backlog, push consumption with credits),
 ``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_backlog  # loadtest/ is this script's directory
+import bench_filters
 import bench_peers
 import bench_plots
 import bench_queues
@@ -372,6 +374,11 @@ def main() -> None:
         help="also share groups, priorities and delayed delivery (bench_queues.py)",
     )
     parser.add_argument(
+        "--filters",
+        action="store_true",
+        help="also server-side filters and push consumption (bench_filters.py)",
+    )
+    parser.add_argument(
         "--transactions",
         action="store_true",
         help="also transactional produce and read_committed consume (bench_transactions.py)",
@@ -445,6 +452,15 @@ def main() -> None:
                 extra_rows.append(
                     {"figure": "queues", **share, **(delays or {}), "machine": machine()}
                 )
+            if args.filters:
+                filters, push = bench_filters.run(
+                    broker,
+                    200_000 if args.quick else 10_000_000,
+                    20_000 if args.quick else 200_000,
+                )
+                bench_filters.print_filters(filters, push)
+                extra_rows.append({"figure": "filters", **filters, "machine": machine()})
+                extra_rows.append({"figure": "push", **push, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)

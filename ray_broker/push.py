@@ -39,7 +39,6 @@ import pyarrow as pa
 
 from ray_broker.errors import BrokerError, BrokerNotRunning, ConsumerClosed, InvalidConfig
 from ray_broker.push_window import CreditWindow, Delivery, GroupProgress, check_credits
-from ray_broker.storage.schema import HEADER_TYPE
 from ray_broker.structs import TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,8 @@ POLL_MS = 200
 # this many attempts (share groups use the topic's share.delivery.count.limit instead).
 MAX_DELIVERY_ATTEMPTS = 5
 RETRY_BACKOFF_MS = 100
+# A consumer-group push subscription commits finished batches at most this often.
+COMMIT_INTERVAL_MS = 200
 MAX_RETRY_BACKOFF_MS = 5_000
 # How long close() waits for batches still with the handler before giving them back.
 CLOSE_TIMEOUT_S = 30.0
@@ -161,21 +162,28 @@ def _nothing(_actor: Any) -> None:
 
 
 def _ranges(table: pa.Table) -> dict[TopicPartition, tuple[int, int]]:
-    out: dict[TopicPartition, tuple[int, int]] = {}
-    for topic, partition, offset in zip(
-        table.column("topic").to_pylist(),
-        table.column("partition").to_pylist(),
-        table.column("offset").to_pylist(),
-        strict=True,
-    ):
-        tp = TopicPartition(topic, partition)
-        first, _ = out.get(tp, (offset, offset))
-        out[tp] = (min(first, offset), offset)
-    return out
+    """Per partition of a batch, its first and last offset (one Arrow group-by)."""
+    keyed = table.select(["topic", "partition", "offset"]).cast(
+        pa.schema([("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64())])
+    )
+    grouped = keyed.group_by(["topic", "partition"]).aggregate(
+        [("offset", "min"), ("offset", "max")]
+    )
+    return {
+        TopicPartition(topic, partition): (first, last)
+        for topic, partition, first, last in zip(
+            grouped.column("topic").to_pylist(),
+            grouped.column("partition").to_pylist(),
+            grouped.column("offset_min").to_pylist(),
+            grouped.column("offset_max").to_pylist(),
+            strict=True,
+        )
+    }
 
 
 class ShareSource:
-    """Batches from a share consumer in explicit mode; answers become acknowledgements."""
+    """Batches from a share consumer in explicit mode (``poll_arrow``: no Python object per
+    record); answers become acknowledgements of the whole batch."""
 
     group_type = "share"
 
@@ -185,25 +193,8 @@ class ShareSource:
         )
 
     def poll(self) -> tuple[pa.Table, Any] | None:
-        records = [r for rs in self.consumer.poll(timeout_ms=POLL_MS).values() for r in rs]
-        if not records:
-            return None
-        table = pa.table(
-            {
-                "topic": pa.array([r.topic for r in records], pa.string()),
-                "partition": pa.array([r.partition for r in records], pa.int32()),
-                "offset": pa.array([r.offset for r in records], pa.int64()),
-                "timestamp": pa.array([r.timestamp for r in records], pa.int64()),
-                "key": pa.array([r.key for r in records], pa.binary()),
-                "value": pa.array([r.value for r in records], pa.binary()),
-                "headers": pa.array(
-                    [[{"key": k, "value": v} for k, v in r.headers] for r in records],
-                    HEADER_TYPE,
-                ),
-                "delivery_count": pa.array([r.delivery_count for r in records], pa.int32()),
-            }
-        )
-        return table, records
+        table = self.consumer.poll_arrow(timeout_ms=POLL_MS)
+        return (table, None) if table.num_rows else None
 
     def attempt_of(self, ranges: dict[TopicPartition, tuple[int, int]]) -> int:
         return 1  # the broker counts share deliveries
@@ -211,16 +202,17 @@ class ShareSource:
     def delivered(self, delivery: Delivery) -> None:
         pass
 
-    def succeeded(self, delivery: Delivery) -> None:
-        for record in delivery.token:
-            self.consumer.acknowledge(record, "accept")
+    def idle(self) -> None:
+        pass
+
+    def succeeded(self, delivery: Delivery, table: pa.Table) -> None:
+        self.consumer.acknowledge_batch(table, "accept")
         self.consumer.commit_async()
 
-    def failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table | None) -> float:
+    def failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table) -> float:
         """Release the batch (delivered again); returns no back-off: the broker spaces
         redeliveries (``share.release.backoff.ms``) and counts them."""
-        for record in delivery.token:
-            self.consumer.acknowledge(record, "release", error=error[:200])
+        self.consumer.acknowledge_batch(table, "release", error=error[:200])
         self.consumer.commit_async()
         return 0.0
 
@@ -240,6 +232,8 @@ class GroupSource:
         if not 1 <= self.max_attempts <= 100:
             raise InvalidConfig(f"max_delivery_attempts is 1..100, got {self.max_attempts}")
         self.progress = GroupProgress()
+        self._dirty = False
+        self._next_commit = 0.0
         self._retry: dict[tuple[TopicPartition, int], int] = {}  # rewound batch -> attempt
         self._max_records = int(options.get("max_poll_records", 500))
         from ray_broker.consumer.group_member import ConsumerRebalanceListener
@@ -268,16 +262,18 @@ class GroupSource:
     def delivered(self, delivery: Delivery) -> None:
         self.progress.delivered(delivery)
 
-    def succeeded(self, delivery: Delivery) -> None:
+    def succeeded(self, delivery: Delivery, table: pa.Table) -> None:
         if self.progress.succeeded(delivery):
+            self._dirty = True
+        if self._dirty and time.monotonic() >= self._next_commit:
             self._commit()
 
-    def failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table | None) -> float:
+    def failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table) -> float:
         """Rewind to the batch (delivered again after a back-off), or — after
         ``max_attempts`` failures of the handler — copy it to the dead-letter topic."""
-        if not gone and delivery.attempt >= self.max_attempts and table is not None:
+        if not gone and delivery.attempt >= self.max_attempts:
             self._dead_letter(table, delivery.attempt, error)
-            self.succeeded(delivery)
+            self.succeeded(delivery, table)
             return 0.0
         rewind = self.progress.failed(delivery)
         for tp, offset in rewind.items():
@@ -288,10 +284,19 @@ class GroupSource:
         return min(backoff, MAX_RETRY_BACKOFF_MS) / 1000
 
     def _commit(self) -> None:
+        """Commit what finished, at most every ``COMMIT_INTERVAL_MS`` (a commit per batch
+        would cost a coordinator call per batch; a crash re-reads at most that much more)."""
         offsets = self.progress.committable()
+        self._dirty = False
+        self._next_commit = time.monotonic() + COMMIT_INTERVAL_MS / 1000
         if offsets:
             with contextlib.suppress(BrokerError):  # the next finished batch commits again
                 self.consumer.commit_async(offsets)
+
+    def idle(self) -> None:
+        """Nothing new: commit what finished since the last commit."""
+        if self._dirty and time.monotonic() >= self._next_commit:
+            self._commit()
 
     def _revoked(self, revoked: set[TopicPartition]) -> None:
         """Before giving partitions up, commit what finished on them (batches still with the
@@ -393,13 +398,13 @@ class PushLoop:
             return
         polled = self.source.poll()
         if polled is None:
+            self.source.idle()
             return
         table, token = polled
         ranges = _ranges(table)
         delivery = self.window.start(ranges, table.num_rows, token, self.source.attempt_of(ranges))
         self.source.delivered(delivery)
-        if isinstance(self.source, GroupSource):
-            self._tables[delivery.id] = table  # kept for a dead-letter copy
+        self._tables[delivery.id] = table  # to answer it (share) or dead-letter it (consumer)
         self._futures[self.target.deliver(table)] = delivery
         self.delivered_batches += 1
         self.delivered_records += table.num_rows
@@ -415,7 +420,7 @@ class PushLoop:
         for future in done:
             delivery = self._futures.pop(future)
             self.window.finish(delivery.id)
-            table = self._tables.pop(delivery.id, None)
+            table = self._tables.pop(delivery.id)
             try:
                 self.target.outcome(future)
             except HandlerFailed as exc:
@@ -424,9 +429,9 @@ class PushLoop:
                 self._failed(delivery, str(exc), gone=True, table=table)
             else:
                 self.succeeded_batches += 1
-                self.source.succeeded(delivery)
+                self.source.succeeded(delivery, table)
 
-    def _failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table | None) -> None:
+    def _failed(self, delivery: Delivery, error: str, gone: bool, table: pa.Table) -> None:
         self.failed_batches += 1
         logger.warning("push delivery of %d records failed: %s", delivery.records, error)
         backoff = self.source.failed(delivery, error, gone, table)

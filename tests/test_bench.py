@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,16 @@ def test_quick_bench_reports_every_figure(tmp_path: Path, import_loadtest) -> No
     assert groups["group_consume"] > 0 and groups["single_consume"] > 0
     assert groups["rebalance_after_leave_s"] > 0 and groups["rebalance_after_kill_s"] > 0
     assert "ray-broker vs ray.util.queue.Queue" in done.stdout
+
+
+def test_filter_and_push_benchmarks_report_their_figures(shared_broker, import_loadtest) -> None:
+    bench_filters = import_loadtest("bench_filters")
+    filters = bench_filters.run_filters(shared_broker, 20_000)  # asserts the match counts
+    for name in ("server_key_filter", "server_header_filter", "client_poll_filter"):
+        assert filters[f"{name}_rec_per_s"] > 0
+    # Filtered reads receive the 1% that match, not the whole topic.
+    assert filters["server_key_filter_bytes"] * 20 < filters["client_arrow_filter_bytes"]
+    topic = f"pb-{uuid.uuid4().hex[:6]}"
+    shared_broker.admin().create_topic(topic, partitions=bench_filters.PARTITIONS)
+    bench_filters._fill(shared_broker, topic, 5_000)
+    assert bench_filters._push_rate(shared_broker, topic, 5_000, 2, "consumer_callable") > 0

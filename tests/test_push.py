@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 import ray
 
-from ray_broker.errors import InvalidConfig, InvalidFilter, TopicNotFound
+from ray_broker.errors import GroupNotFound, InvalidConfig, InvalidFilter, TopicNotFound
 
 
 def new_topic(broker, records: int, partitions: int = 2) -> str:
@@ -37,6 +37,15 @@ def wait_until(condition, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out")
         time.sleep(0.1)
+
+
+def caught_up(broker, group: str) -> bool:
+    """Whether the group committed every partition to its end (it may not exist yet)."""
+    try:
+        partitions = broker.admin().describe_group(group).partitions
+    except GroupNotFound:
+        return False
+    return bool(partitions) and all(p.lag == 0 for p in partitions)
 
 
 @ray.remote(max_concurrency=16)
@@ -181,8 +190,7 @@ def test_a_consumer_group_subscription_commits_what_finished(shared_broker):
         max_poll_records=25,
     ):
         wait_until(lambda: set(range(200)) <= set(seen))
-        admin = shared_broker.admin()
-        wait_until(lambda: all(p.lag == 0 for p in admin.describe_group("logsync").partitions))
+        wait_until(lambda: caught_up(shared_broker, "logsync"))
 
 
 def test_a_consumer_group_batch_that_keeps_failing_goes_to_the_dead_letter_topic(shared_broker):
@@ -203,7 +211,7 @@ def test_a_consumer_group_batch_that_keeps_failing_goes_to_the_dead_letter_topic
         max_delivery_attempts=2,
     ) as subscription:
         admin = shared_broker.admin()
-        wait_until(lambda: admin.describe_group("strict").partitions[0].lag == 0)
+        wait_until(lambda: caught_up(shared_broker, "strict"))
         assert subscription.stats()["failed_batches"] == 2
     letters = admin.list_dead_letters(f"{topic}.strict.dlq")
     assert 7 in [int(d.value) for d in letters]

@@ -19,11 +19,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import pyarrow as pa
 import ray
 
 from ray_broker._ray import classify, resolve, submit
 from ray_broker.config import ShareConsumerConfig, client_config, validate_group_id
-from ray_broker.consumer.records import decode
+from ray_broker.consumer.records import decode, to_arrow
 from ray_broker.errors import BrokerError, ConsumerClosed, InvalidConfig, InvalidRecordState
 from ray_broker.filter_syntax import compile_filter
 from ray_broker.metadata import MetadataCache
@@ -110,6 +111,27 @@ class ShareConsumer:
         Raises:
             ConsumerClosed; InvalidConfig (not subscribed); a non-retriable BrokerError.
         """
+        out: dict[TopicPartition, list[ShareRecord]] = {}
+        for tp, table in self._poll_slices(timeout_ms):
+            self._decode(tp, table, out)
+        return out
+
+    def poll_arrow(self, timeout_ms: int = 0) -> pa.Table:
+        """``poll()`` as one ``pyarrow.Table`` (``topic, partition, offset, timestamp, key,
+        value, headers, delivery_count``) without a Python object per record; deserializers
+        are not applied. Answer with ``acknowledge_batch``.
+
+        Raises:
+            as ``poll()``.
+        """
+        slices = self._poll_slices(timeout_ms)
+        table = to_arrow(slices)
+        counts = [piece.column("delivery_count") for _, piece in slices]
+        column = pa.chunked_array([c for part in counts for c in part.chunks], pa.int32())
+        return table.append_column("delivery_count", column)
+
+    def _poll_slices(self, timeout_ms: int) -> list[tuple[TopicPartition, pa.Table]]:
+        """The tables delivered to this member, per partition, waiting up to ``timeout_ms``."""
         self._check_open()
         if not self._topics:
             raise InvalidConfig("subscribe() to a topic before poll()")
@@ -117,13 +139,15 @@ class ShareConsumer:
         self._send_acknowledgements()
         self._collect_acknowledgements(wait_s=0)
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
-        out: dict[TopicPartition, list[ShareRecord]] = {}
+        out: list[tuple[TopicPartition, pa.Table]] = []
         while True:
             self._send_fetches()
             remaining = deadline - time.monotonic()
             ready = self._wait(max(remaining, 0))
             for ref in ready:
-                self._complete(ref, out)
+                received = self._receive(ref)
+                if received is not None:
+                    out.append(received)
             if out or remaining <= 0:
                 return out
 
@@ -169,24 +193,34 @@ class ShareConsumer:
         self._fetches.pop(ref, None)
         self._fetching.discard(tp)
 
-    def _complete(self, ref: Any, out: dict[TopicPartition, list[ShareRecord]]) -> None:
+    def _receive(self, ref: Any) -> tuple[TopicPartition, pa.Table] | None:
+        """A share fetch's records (now held by this member), or None."""
         tp = self._fetches[ref]
         self._forget_fetch(ref, tp)
         try:
             response = resolve(ref)
         except BrokerError as exc:
             self._failed(tp, exc)
-            return
+            return None
         if not response.num_records:
-            return
+            return None
         table = from_ipc(response.records_ipc)
+        self._delivered[tp].update(
+            zip(
+                table.column("offset").to_pylist(),
+                table.column("delivery_count").to_pylist(),
+                strict=True,
+            )
+        )
+        return tp, table
+
+    def _decode(
+        self, tp: TopicPartition, table: pa.Table, out: dict[TopicPartition, list[ShareRecord]]
+    ) -> None:
         counts = table.column("delivery_count").to_pylist()
         records, failed_at = decode(
             tp, table, self.config.key_deserializer, self.config.value_deserializer
         )
-        delivered = self._delivered[tp]
-        for record, count in zip(records, counts, strict=False):
-            delivered[record.offset] = count
         out.setdefault(tp, []).extend(
             ShareRecord(*record, count) for record, count in zip(records, counts, strict=False)
         )
@@ -199,6 +233,9 @@ class ShareConsumer:
             rest = table.column("offset").to_pylist()[len(records) + 1 :]
             if rest:
                 self._acks[tp][(AcknowledgeType.RELEASE, None)].extend(rest)
+            delivered = self._delivered[tp]
+            for answered in (offset, *rest):  # answered here, never by the application
+                delivered.pop(answered, None)
             logger.warning("%s; rejected it", error)
 
     def _failed(self, tp: TopicPartition, error: BrokerError) -> None:
@@ -223,12 +260,7 @@ class ShareConsumer:
             InvalidRecordState: the record was not delivered to this member, or was answered.
             InvalidConfig: an unknown acknowledgement type.
         """
-        try:
-            kind = type if type.__class__ is AcknowledgeType else AcknowledgeType(type)
-        except ValueError:
-            raise InvalidConfig(
-                f"acknowledge type is accept, release or reject, got {type!r}"
-            ) from None
+        kind = _acknowledge_type(type)
         tp = TopicPartition(record.topic, record.partition)
         if self._delivered[tp].pop(record.offset, None) is None:
             raise InvalidRecordState(
@@ -240,6 +272,46 @@ class ShareConsumer:
                 offsets=[record.offset],
             )
         self._acks[tp][(kind, error)].append(record.offset)
+
+    def acknowledge_batch(
+        self,
+        table: pa.Table,
+        type: AcknowledgeType | str = AcknowledgeType.ACCEPT,  # noqa: A002 - Kafka's name
+        error: str | None = None,
+    ) -> None:
+        """``acknowledge`` every record of a ``poll_arrow()`` table (its ``topic``,
+        ``partition`` and ``offset`` columns) with one answer.
+
+        Raises:
+            InvalidRecordState: a record not held by this member (none is answered then).
+            InvalidConfig: an unknown acknowledgement type.
+        """
+        kind = _acknowledge_type(type)
+        places = zip(
+            table.column("topic").to_pylist(),
+            table.column("partition").to_pylist(),
+            table.column("offset").to_pylist(),
+            strict=True,
+        )
+        by_partition: dict[TopicPartition, list[int]] = defaultdict(list)
+        for topic, partition, offset in places:
+            by_partition[TopicPartition(topic, partition)].append(offset)
+        for tp, offsets in by_partition.items():
+            missing = [o for o in offsets if o not in self._delivered[tp]]
+            if missing:
+                raise InvalidRecordState(
+                    f"{tp.topic}-{tp.partition} offsets {missing[:10]} are not held by this "
+                    "member (never delivered to it, or already acknowledged)",
+                    group_id=self.config.group_id,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offsets=missing,
+                )
+        for tp, offsets in by_partition.items():
+            delivered = self._delivered[tp]
+            for offset in offsets:
+                del delivered[offset]
+            self._acks[tp][(kind, error)].extend(offsets)
 
     def _acknowledge_implicitly(self) -> None:
         if self.config.share_acknowledgement_mode != "implicit":
@@ -376,3 +448,13 @@ class ShareConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _acknowledge_type(value: AcknowledgeType | str) -> AcknowledgeType:
+    """Raises InvalidConfig for an unknown acknowledgement type."""
+    try:
+        return value if value.__class__ is AcknowledgeType else AcknowledgeType(value)
+    except ValueError:
+        raise InvalidConfig(
+            f"acknowledge type is accept, release or reject, got {value!r}"
+        ) from None
