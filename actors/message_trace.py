@@ -136,6 +136,9 @@ class TraceRecorder:
         self.record("produced", offsets, ids, stamps, producer_id=producer)
         self.record("appended", offsets, ids, **details)
         self._uncommitted.extend(zip(offsets, ids, strict=True))
+        while len(self._uncommitted) > self.limit:  # replication stalled: bounded all the same
+            self._uncommitted.popleft()
+            self.dropped += 1
 
     def committed(self, high_watermark: int, **details: Any) -> None:
         """``committed`` for traced offsets the high watermark has passed."""

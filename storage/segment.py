@@ -333,7 +333,11 @@ class SealedSegment:
             size = filesystem.get_file_info(str(path)).size
         return cls(path, base, next_offset, max_ts, size, row_groups, filesystem)
 
-    def _read_row_group(self, index: int, columns: list[str] | None = None) -> pa.Table:
+    def _read_row_group(
+        self, index: int, columns: list[str] | None = None, keep: bool = True
+    ) -> pa.Table:
+        """Row group ``index`` (only ``columns`` if given). A whole one is kept for the next
+        read unless ``keep`` is False (a filtered scan passes once over each)."""
         if columns is None and self._cached_row_group and self._cached_row_group[0] == index:
             return self._cached_row_group[1]
         try:
@@ -343,8 +347,10 @@ class SealedSegment:
         except (OSError, pa.ArrowException) as exc:
             raise CorruptSegment(f"sealed segment {self.path} row group {index}: {exc}") from None
         if columns is None:
-            table = table.replace_schema_metadata(RECORD_SCHEMA.metadata).combine_chunks()
-            self._cached_row_group = (index, table)
+            table = table.replace_schema_metadata(RECORD_SCHEMA.metadata)
+            if keep:
+                table = table.combine_chunks()
+                self._cached_row_group = (index, table)
         return table
 
     def release(self) -> None:
@@ -385,6 +391,7 @@ class SealedSegment:
         index = bisect.bisect_left(self._row_group_last, offset)
         found: list[pa.RecordBatch] = []
         position, examined = offset, 0
+        hit_last = False
         while index < len(self.row_groups) and examined < limit and position < end:
             group = self.row_groups[index]
             if group.first_offset >= end:
@@ -393,17 +400,23 @@ class SealedSegment:
                 position = min(group.last_offset + 1, end)
                 index += 1
                 continue
-            part = self._read_row_group(index, columns=flt.columns)
+            # Matches in the last group suggest matches in this one: then decode it whole
+            # once; otherwise only the filter's columns first (most groups have none).
+            whole = self._read_row_group(index, keep=False) if hit_last else None
+            part = whole if whole is not None else self._read_row_group(index, flt.columns)
             offsets = part.column("offset").to_numpy()
             low = int(np.searchsorted(offsets, position))
             high = min(int(np.searchsorted(offsets, end)), low + limit - examined)
             hits = flt.mask(part.slice(low, high - low)) + low
             examined += high - low
+            hit_last = len(hits) > 0
             # Past the rows examined; past the whole group (and any compaction gap) when done.
             done = high == len(offsets)
             position = min(group.last_offset + 1, end) if done else int(offsets[high])
             if len(hits):
-                matched = self._read_row_group(index).take(pa.array(hits))
+                if whole is None:
+                    whole = self._read_row_group(index, keep=False)
+                matched = whole.take(pa.array(hits))
                 taken = _take_matches(matched, budget, position, examined)
                 found.extend(taken.batches)
                 if taken.truncated:  # the budget ran out inside the matches
