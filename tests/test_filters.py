@@ -40,7 +40,7 @@ def backlog(shared_broker) -> tuple[str, int]:
             )
     for partition in range(2):  # seal what rolled, so both segment kinds are read
         leader = shared_broker._metadata.topic(topic).leader(partition)
-        ray.get(leader.__ray_call__.remote(lambda actor: actor.core.log.seal_pending()))
+        ray.get(leader.maintain.remote())  # seals what rolled (one sealer at a time)
         plan = ray.get(leader.read_plan.remote(0, 3_000))
         assert plan["files"] and plan["memory_from"] < 3_000
     return topic, 6_000
