@@ -23,6 +23,7 @@ from ray_broker.structs import (
     ShareRecord,
     TopicDescription,
     TopicPartition,
+    TraceEvent,
 )
 
 # Ray rewrites loopback addresses to another interface unless this is set before Ray is
@@ -40,6 +41,8 @@ _LAZY = {
     "BatchFuture": "ray_broker.producer",
     "Consumer": "ray_broker.consumer",
     "ShareConsumer": "ray_broker.consumer.share_consumer",
+    "PushSubscription": "ray_broker.push",
+    "RecordFilter": "ray_broker.storage.record_filter",
     "Admin": "ray_broker.admin",
     # Subclassed by applications: importable without reaching into private modules.
     "ConsumerRebalanceListener": "ray_broker.consumer",
@@ -56,6 +59,8 @@ if TYPE_CHECKING:
     from ray_broker.consumer.share_consumer import ShareConsumer
     from ray_broker.data import TopicDatasink, read_topic, write_topic
     from ray_broker.producer import BatchFuture, Producer, RecordFuture
+    from ray_broker.push import PushSubscription
+    from ray_broker.storage.record_filter import RecordFilter
 
 
 def __getattr__(name: str) -> Any:
@@ -81,7 +86,9 @@ __all__ = [
     "PartitionInfo",
     "PartitionLag",
     "Producer",
+    "PushSubscription",
     "Record",
+    "RecordFilter",
     "RecordFuture",
     "RecordMetadata",
     "ShareConsumer",
@@ -89,6 +96,7 @@ __all__ = [
     "TopicDatasink",
     "TopicDescription",
     "TopicPartition",
+    "TraceEvent",
     "connect",
     "errors",
     "read_topic",

@@ -24,7 +24,8 @@ def _matches(i: int) -> bool:
 
 @pytest.fixture(scope="module")
 def backlog(shared_broker) -> tuple[str, int]:
-    """A two-partition topic of 6,000 records, most of it in sealed Parquet segments."""
+    """A two-partition topic of 6,600 records: most in sealed Parquet segments, the newest in
+    memory."""
     topic = f"f-{uuid.uuid4().hex[:8]}"
     admin = shared_broker.admin()
     admin.create_topic(
@@ -32,18 +33,22 @@ def backlog(shared_broker) -> tuple[str, int]:
         partitions=2,
         config={"segment.bytes": 64 * 1024, "segment.row.group.records": 500},
     )
-    with shared_broker.producer() as producer:
-        for i in range(6_000):
+    _produce(shared_broker, topic, range(6_000))
+    for partition in range(2):  # seal what rolled, so both segment kinds are read
+        leader = shared_broker._metadata.topic(topic).leader(partition)
+        ray.get(leader.maintain.remote())  # seals what rolled (one sealer at a time)
+        assert ray.get(leader.read_plan.remote(0, 3_000))["files"]
+    _produce(shared_broker, topic, range(6_000, 6_600))  # these stay in memory
+    return topic, 6_600
+
+
+def _produce(broker, topic: str, numbers: range) -> None:
+    with broker.producer() as producer:
+        for i in numbers:
             key = b"vip%d" % i if i % 5 == 0 else b"k%d" % i
             producer.send(
                 topic, value=b"%d" % i, key=key, headers=[("type", KINDS[i % 3])], partition=i % 2
             )
-    for partition in range(2):  # seal what rolled, so both segment kinds are read
-        leader = shared_broker._metadata.topic(topic).leader(partition)
-        ray.get(leader.maintain.remote())  # seals what rolled (one sealer at a time)
-        plan = ray.get(leader.read_plan.remote(0, 3_000))
-        assert plan["files"] and plan["memory_from"] < 3_000
-    return topic, 6_000
 
 
 def _drain(consumer, idle_polls: int = 4) -> list:

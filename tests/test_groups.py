@@ -268,6 +268,8 @@ def test_static_member_restart_gets_its_partitions_back_without_rebalance(broker
             and b.poll(timeout_ms=50) is not None
             and len(a.assignment()) == 2
             and len(b.assignment()) == 2
+            # Both members own their partitions and the rebalance is over: no bump pending.
+            and broker.admin().describe_group("static").state == "Stable"
         )
     )
     generation = broker.admin().describe_group("static").generation
