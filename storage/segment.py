@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -434,6 +433,10 @@ class SealedSegment:
         cached = self._pruned.get(flt.text)
         if cached is not None:
             return cached
+        # Imported here: pyarrow.dataset imports pandas (~0.5 s), which every partition actor
+        # would otherwise pay at start-up, filters or not.
+        import pyarrow.dataset as ds
+
         try:
             fragment = ds.ParquetFileFormat().make_fragment(
                 str(self.path), filesystem=self.filesystem or pafs.LocalFileSystem()

@@ -127,6 +127,7 @@ def test_members_share_partitions_disjointly_and_cover_all(broker, tmp_path):
     ray.get([m.close.remote() for m in members])
 
 
+@pytest.mark.chaos  # a long kill run: pytest -m chaos
 def test_killed_member_partitions_move_without_skipping_records(broker, tmp_path):
     topic = make_topic(broker, 12)
     group, members = workers(broker, topic, tmp_path, 3)
@@ -296,6 +297,7 @@ def test_pattern_subscription_and_new_partitions_trigger_rebalance(broker):
     consumer.close()
 
 
+@pytest.mark.chaos  # a long kill run: pytest -m chaos
 def test_offsets_survive_coordinator_kill_and_broker_restart(ray_session, tmp_path):
     namespace = f"offsets-{uuid.uuid4().hex[:6]}"
     broker = rb.connect(data_dir=tmp_path, namespace=namespace)

@@ -70,6 +70,7 @@ def test_a_parked_fetch_returns_soon_after_an_append(broker) -> None:
     producer.close()
 
 
+@pytest.mark.slow  # bench.py --quick covers the latency figures; this runs the matrix
 def test_quick_latency_bench_reports_every_cell(broker, latency: ModuleType) -> None:
     args = argparse.Namespace(
         rates=list(latency.RATES),

@@ -240,6 +240,7 @@ def test_acked_records_survive_leader_node_loss(cluster):
     wait_until(lambda: len(partition_info(broker, topic, 0).isr) == 3, timeout_s=60)
 
 
+@pytest.mark.chaos  # a long kill run: pytest -m chaos
 def test_killed_replica_processes_lose_nothing(cluster):
     _, broker = cluster
     topic = "payments"
@@ -438,6 +439,7 @@ def test_a_new_leader_keeps_open_transactions_hidden_and_their_markers(cluster):
         client.close()
 
 
+@pytest.mark.chaos  # a long kill run: pytest -m chaos
 def test_share_state_and_delayed_records_survive_leader_node_loss(shared_cluster, tmp_path):
     """A worker node dies holding the leader of a share-group topic's partition: what was
     accepted before is never delivered again, everything else is. Then (the cluster topped up)

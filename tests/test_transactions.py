@@ -285,6 +285,7 @@ class EtlWorker:
         return done
 
 
+@pytest.mark.chaos  # a long kill run: pytest -m chaos
 def test_exactly_once_while_the_loop_process_and_the_coordinator_are_killed(broker) -> None:
     """Kafka TransactionsTest's assertion: the sink, read with read_committed, holds every input
     exactly once, in order per key, though loop processes die mid-transaction (twice here, ten

@@ -192,7 +192,7 @@ def _filtered_read_all(log: Any, flt: RecordFilter, **limits: int) -> list[int]:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(rows=rows_strategy, condition=conditions(), seal=st.booleans(), data=st.data())
 def test_filtered_reads_equal_a_client_side_filter(make_log, rows, condition, seal, data) -> None:
