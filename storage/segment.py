@@ -391,7 +391,12 @@ class SealedSegment:
         found: list[pa.RecordBatch] = []
         position, examined = offset, 0
         hit_last = False
-        while index < len(self.row_groups) and examined < limit and position < end:
+        while (
+            index < len(self.row_groups)
+            and examined < limit
+            and position < end
+            and not budget.exhausted
+        ):
             group = self.row_groups[index]
             if group.first_offset >= end:
                 break
