@@ -192,9 +192,9 @@ class ShareSource:
             topic, share_acknowledgement_mode="explicit", **options
         )
 
-    def poll(self) -> tuple[pa.Table, Any] | None:
+    def poll(self) -> pa.Table | None:
         table = self.consumer.poll_arrow(timeout_ms=POLL_MS)
-        return (table, None) if table.num_rows else None
+        return table if table.num_rows else None
 
     def attempt_of(self, ranges: dict[TopicPartition, tuple[int, int]]) -> int:
         return 1  # the broker counts share deliveries
@@ -248,11 +248,9 @@ class GroupSource:
         self.consumer.subscribe([topic], listener=_Listener())
         self._dead_letters: Any = None
 
-    def poll(self) -> tuple[pa.Table, Any] | None:
+    def poll(self) -> pa.Table | None:
         table = self.consumer.poll_arrow(timeout_ms=POLL_MS, max_records=self._max_records)
-        if table.num_rows == 0:
-            return None
-        return table, None
+        return table if table.num_rows else None
 
     def attempt_of(self, ranges: dict[TopicPartition, tuple[int, int]]) -> int:
         return max(
@@ -357,7 +355,6 @@ class PushLoop:
         self.delivered_batches = self.delivered_records = 0
         self.succeeded_batches = self.failed_batches = 0
         self.error: BrokerError | None = None
-        self._tables: dict[int, pa.Table] = {}
         self._futures: dict[concurrent.futures.Future[Any], Delivery] = {}
         self._pause_until = 0.0
         self._stop = threading.Event()
@@ -396,15 +393,15 @@ class PushLoop:
             if self.window.has_credit:  # backing off: stay responsive to answers and stop()
                 self._stop.wait(min(self._pause_until - time.monotonic(), POLL_MS / 1000))
             return
-        polled = self.source.poll()
-        if polled is None:
+        table = self.source.poll()
+        if table is None:
             self.source.idle()
             return
-        table, token = polled
         ranges = _ranges(table)
-        delivery = self.window.start(ranges, table.num_rows, token, self.source.attempt_of(ranges))
+        delivery = self.window.start(
+            ranges, table.num_rows, self.source.attempt_of(ranges), batch=table
+        )
         self.source.delivered(delivery)
-        self._tables[delivery.id] = table  # to answer it (share) or dead-letter it (consumer)
         self._futures[self.target.deliver(table)] = delivery
         self.delivered_batches += 1
         self.delivered_records += table.num_rows
@@ -420,7 +417,7 @@ class PushLoop:
         for future in done:
             delivery = self._futures.pop(future)
             self.window.finish(delivery.id)
-            table = self._tables.pop(delivery.id)
+            table = delivery.batch
             try:
                 self.target.outcome(future)
             except HandlerFailed as exc:

@@ -40,16 +40,14 @@ def check_credits(credits: object) -> int:
 
 @dataclass
 class Delivery:
-    """One batch with the handler: its offset ranges per partition and the source's token
-    (the share records to acknowledge, for a share group)."""
+    """One batch with the handler: its offset ranges per partition, and the batch itself
+    (opaque here) to acknowledge or dead-letter once the handler answered."""
 
     id: int
     ranges: dict[TopicPartition, tuple[int, int]]  # first, last offset
     records: int
     attempt: int = 1
-    token: Any = None
-    # The handler's answer, once it came (a future or Ray reference, opaque here).
-    pending: Any = None
+    batch: Any = None
 
 
 @dataclass
@@ -70,11 +68,11 @@ class CreditWindow:
         self,
         ranges: dict[TopicPartition, tuple[int, int]],
         records: int,
-        token: Any = None,
         attempt: int = 1,
+        batch: Any = None,
     ) -> Delivery:
         assert self.has_credit, "a batch was delivered without a credit"
-        delivery = Delivery(next(self._ids), ranges, records, attempt, token)
+        delivery = Delivery(next(self._ids), ranges, records, attempt, batch)
         self.outstanding[delivery.id] = delivery
         self.max_held = max(self.max_held, len(self.outstanding))
         return delivery
@@ -82,9 +80,6 @@ class CreditWindow:
     def finish(self, delivery_id: int) -> Delivery:
         """The handler answered: the credit returns."""
         return self.outstanding.pop(delivery_id)
-
-    def on(self, tp: TopicPartition) -> list[Delivery]:
-        return [d for d in self.outstanding.values() if tp in d.ranges]
 
 
 class GroupProgress:

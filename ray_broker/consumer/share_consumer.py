@@ -263,14 +263,7 @@ class ShareConsumer:
         kind = _acknowledge_type(type)
         tp = TopicPartition(record.topic, record.partition)
         if self._delivered[tp].pop(record.offset, None) is None:
-            raise InvalidRecordState(
-                f"{tp.topic}-{tp.partition} offset {record.offset} is not held by this member "
-                "(never delivered to it, or already acknowledged)",
-                group_id=self.config.group_id,
-                topic=tp.topic,
-                partition=tp.partition,
-                offsets=[record.offset],
-            )
+            raise self._not_held(tp, [record.offset])
         self._acks[tp][(kind, error)].append(record.offset)
 
     def acknowledge_batch(
@@ -299,19 +292,22 @@ class ShareConsumer:
         for tp, offsets in by_partition.items():
             missing = [o for o in offsets if o not in self._delivered[tp]]
             if missing:
-                raise InvalidRecordState(
-                    f"{tp.topic}-{tp.partition} offsets {missing[:10]} are not held by this "
-                    "member (never delivered to it, or already acknowledged)",
-                    group_id=self.config.group_id,
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    offsets=missing,
-                )
+                raise self._not_held(tp, missing)
         for tp, offsets in by_partition.items():
             delivered = self._delivered[tp]
             for offset in offsets:
                 del delivered[offset]
             self._acks[tp][(kind, error)].extend(offsets)
+
+    def _not_held(self, tp: TopicPartition, offsets: list[int]) -> InvalidRecordState:
+        return InvalidRecordState(
+            f"{tp.topic}-{tp.partition} offsets {offsets[:10]} are not held by this member "
+            "(never delivered to it, or already acknowledged)",
+            group_id=self.config.group_id,
+            topic=tp.topic,
+            partition=tp.partition,
+            offsets=offsets,
+        )
 
     def _acknowledge_implicitly(self) -> None:
         if self.config.share_acknowledgement_mode != "implicit":
