@@ -46,17 +46,21 @@ def test_members_split_the_records_and_each_is_accepted_once(shared_broker):
     topic = new_topic(shared_broker)
     produce(shared_broker, topic, 2_000)
     results: dict[str, list] = {}
+    both_joined = threading.Barrier(2, timeout=60)
 
     def member(name: str) -> None:
         consumer = shared_broker.share_consumer(
             topic, group_id="workers", auto_offset_reset="earliest", max_poll_records=100
         )
+        both_joined.wait()  # a slow CI start of one thread must not let the other take all
         got = []
         idle = 0
         while idle < 6:
             batch = consumer.poll(timeout_ms=300)
             idle = 0 if batch else idle + 1
             got.extend((r.partition, r.offset) for records in batch.values() for r in records)
+            if batch:
+                time.sleep(0.02)  # work on the batch, as a queue worker does
         consumer.close()  # implicit mode: accepts the last poll's records
         results[name] = got
 
