@@ -294,10 +294,24 @@ class InvalidRecordState(BrokerError):
     fields = ("group_id", "topic", "partition", "offsets")
 
 
-class Unauthorized(BrokerError, PermissionError):
-    """The principal lacks the ACL for this operation."""
+class AuthenticationFailed(BrokerError, PermissionError):
+    """The credentials or the session token were refused: a wrong password, an unknown user
+    (the two are indistinguishable on purpose), a forged, expired or revoked token, or too many
+    failed attempts (``retry_after_ms`` says when the next attempt is heard)."""
 
-    fields = ("operation",)
+    fields = ("retry_after_ms",)
+
+
+class Unauthorized(BrokerError, PermissionError):
+    """The principal lacks the ACL for ``operation`` on ``resource`` (``"topic:pay"``). An
+    unauthorized describe says this whether or not the resource exists."""
+
+    fields = ("principal", "operation", "resource")
+
+
+class InvalidAcl(InvalidConfig):
+    """A malformed ACL, user or quota specification, or an ACL that reaches outside its
+    principal's tenant."""
 
 
 class QuotaExceeded(BrokerError):

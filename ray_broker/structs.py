@@ -264,3 +264,44 @@ class DeadLetter:
     reason: str
     error: str
     group_id: str
+
+
+@dataclass(frozen=True)
+class Acl:
+    """One Kafka-style access rule: ``principal`` (``"User:alice"``, ``"User:*"``) may
+    (``permission="allow"``) or may not (``"deny"``, which wins) perform ``operation`` on the
+    resources of ``resource_type`` named ``name`` (``pattern="literal"``; ``"*"`` is every
+    name) or starting with ``name`` (``pattern="prefixed"``).
+
+    resource_type: topic, group, share_group, transactional_id, cluster (name ``"cluster"``).
+    operation: read, write, create, delete, alter, describe, describe_configs, alter_configs,
+    idempotent_write, all.
+    """
+
+    principal: str
+    resource_type: str
+    name: str
+    operation: str
+    permission: str = "allow"
+    pattern: str = "literal"
+
+
+@dataclass(frozen=True)
+class UserDescription:
+    """A user as ``admin.list_users()`` shows it (never its credentials)."""
+
+    name: str
+    tenant: str | None
+    superuser: bool
+    mechanisms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuotaEntity:
+    """Who a quota applies to (Kafka's quota entity): a user, a client id, a user's client id,
+    or every user of a tenant. A user's own quota wins over its tenant's; (user, client id)
+    wins over both."""
+
+    user: str | None = None
+    client_id: str | None = None
+    tenant: str | None = None
