@@ -237,6 +237,7 @@ def with_session(handle: Any, session: Callable[[], str] | None) -> Any:
     return SessionHandle(handle, session)
 
 
-def internal_session(token: str) -> Callable[[], str]:
-    """The session of the broker's own actors calling each other."""
+def fixed_session(token: str) -> Callable[[], str]:
+    """A session that is always ``token`` (the broker's internal one, or a user token handed
+    to a worker)."""
     return _FixedToken(token)

@@ -26,6 +26,7 @@ from ray.exceptions import ActorDiedError, ActorUnschedulableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_broker._ray import await_ref, submit
+from ray_broker.actors.access_guard import SecurityPolicy
 from ray_broker.actors.data_dir import (
     DataDirLock,
     claim_topic_dir,
@@ -38,11 +39,15 @@ from ray_broker.actors.failover import plan_partition
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
 from ray_broker.actors.partition_state import PartitionState
+from ray_broker.actors.security_admin import SecurityAdmin
+from ray_broker.actors.security_registry import SecurityRegistry
 from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
 from ray_broker.config import (
     CONTROLLER_NAME,
+    DELAY_TOPIC,
     GROUP_COORDINATOR_NAME,
     HEAD_NODE_RESOURCE,
+    INTERNAL_DIR,
     TRANSACTION_COORDINATOR_NAME,
     BrokerConfig,
     parse_config,
@@ -72,8 +77,9 @@ def live_nodes() -> dict[str, bool]:
     }
 
 
-class Controller:
-    """Topic metadata, replica placement and leader election for one broker namespace."""
+class Controller(SecurityAdmin):
+    """Topic metadata, replica placement and leader election for one broker namespace; the
+    owner of the security rules (``security_admin.py``)."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
@@ -89,11 +95,24 @@ class Controller:
             self._dir_lock = DataDirLock(self.data_dir, namespace)
         except DataDirInUse as exc:
             self._refusal = exc
+            self._init_guard("", lambda: self)  # no keys: every checked call is refused
+            self._guard.apply(SecurityPolicy(version=0, enabled=True))
             return
         self._token = internal_token(self.data_dir)
         self.registry = TopicRegistry(
             MetadataStore(internal_dir(self.data_dir, "cluster_metadata"))
         )
+        self.security = SecurityRegistry(
+            MetadataStore(internal_dir(self.data_dir, "security")),
+            self.data_dir / INTERNAL_DIR / "session.keys",
+            enable=self.config.security_enabled,
+            superusers=self.config.super_users,
+            session_lifetime_ms=self.config.session_lifetime_ms,
+            quota_window_ms=self.config.quota_window_size_ms,
+            quota_windows=self.config.quota_window_num,
+        )
+        self._init_guard(self._token, lambda: self)
+        self._guard.apply(self.security.policy())
         self._actors: dict[tuple[str, int, str], Any] = {}  # (topic id, partition, slot)
         self._unanswered: dict[tuple[str, int], float] = {}  # leader probes: first miss time
         self._silent: dict[tuple[str, int, str], float] = {}  # any replica: first miss time
@@ -223,7 +242,8 @@ class Controller:
         for p, slot in fresh:
             self._actor(record, p, slot)
         readiness = [
-            asyncio.ensure_future(self._actor(record, p, slot).ready.remote()) for p, slot in fresh
+            asyncio.ensure_future(self._actor(record, p, slot).ready.remote(session=self._token))
+            for p, slot in fresh
         ]
         await asyncio.wait(readiness, timeout=REPLICA_START_TIMEOUT_S)
         for p in sorted({p for p, _ in fresh}):
@@ -307,7 +327,7 @@ class Controller:
         probes = {}
         for (topic_id, p, slot), handle in list(self._actors.items()):
             try:
-                probes[(topic_id, p, slot)] = submit(handle.ready)
+                probes[(topic_id, p, slot)] = submit(handle.ready, session=self._token)
             except BrokerError:
                 continue  # cannot even submit (its node is leaving): the next round sees it
         timeout = self.config.controller_check_interval_ms / 1000
@@ -427,13 +447,14 @@ class Controller:
             logger.info("stopping %s: %s", what, exc)
 
     async def replica_state(
-        self, topic: str, partition: int, slot: str, restarted: bool = False
+        self, topic: str, partition: int, slot: str, restarted: bool = False, *, session: str = ""
     ) -> dict[str, Any] | None:
         """A (re)started replica asks what it is. None if it is no longer a replica.
 
         A *restarted* leader leads a new epoch: its high watermark is relearned from its
         followers and must not move back within the epoch consumers already read.
         """
+        await self._internal(session, "replica_state")
         record = self.registry.topics.get(topic)
         if record is None or partition >= len(record.states):
             return None
@@ -458,13 +479,16 @@ class Controller:
         role = "leader" if slot == state.leader else "follower"
         return {"role": role, "epoch": state.epoch, "replicas": replicas, "isr": state.isr}
 
-    async def alter_isr(self, topic: str, partition: int, epoch: int, isr: list[str]) -> list[str]:
+    async def alter_isr(
+        self, topic: str, partition: int, epoch: int, isr: list[str], *, session: str = ""
+    ) -> list[str]:
         """The leader of ``epoch`` reports a new in-sync set; recorded if it is still leader.
 
         Raises:
             FencedLeaderEpoch: the caller is not the current leader.
             UnknownTopicOrPartition: no such partition.
         """
+        await self._internal(session, "alter_isr")
         async with self._mutex():
             record = self.registry.topics.get(topic)
             if record is None or partition >= len(record.states):
@@ -490,6 +514,8 @@ class Controller:
             "data_dir": str(self.data_dir),
             "namespace": self.namespace,
             "topics": len(self.registry.topics),
+            "security_enabled": self.security.enabled,
+            "has_users": bool(self.security.users),
         }
 
     def _nudge_group_coordinator(self) -> None:
@@ -499,7 +525,7 @@ class Controller:
             coordinator = ray.get_actor(GROUP_COORDINATOR_NAME, namespace=self.namespace)
         except ValueError:
             return
-        coordinator.topics_changed.remote()
+        coordinator.topics_changed.remote(session=self._token)
 
     def _nudge_transaction_coordinator(self) -> None:
         """Wake a restarted transaction coordinator that no producer calls any more: it must
@@ -508,7 +534,7 @@ class Controller:
             coordinator = ray.get_actor(TRANSACTION_COORDINATOR_NAME, namespace=self.namespace)
         except ValueError:
             return  # no transactional producer ever ran
-        coordinator.tick.remote()
+        coordinator.tick.remote(session=self._token)
 
     async def create_topic(
         self,
@@ -517,7 +543,18 @@ class Controller:
         replication_factor: int | None = None,
         config: dict[str, Any] | None = None,
         internal: bool = False,
+        *,
+        session: str = "",
     ) -> TopicDescription:
+        """Kafka's rule: ``create`` on the topic or on the cluster. Internal topics are the
+        broker's to create, but for the delay schedule, which a user's first delayed send
+        creates."""
+        if internal and name != DELAY_TOPIC:
+            await self._internal(session, "create_topic(internal)")
+        elif internal:
+            await self._who(session)
+        else:
+            await self._may_create(session, name)
         await self._refresh_nodes()
         async with self._mutex():
             validate_topic_name(name, internal)
@@ -542,9 +579,15 @@ class Controller:
                 raise
             await self._start_partitions(record)
         self._nudge_group_coordinator()
-        return await self.describe_topic(name)
+        return await self.describe_topic(name, session=self._token)
 
-    async def delete_topic(self, name: str) -> None:
+    async def _may_create(self, session: object, name: str) -> None:
+        claims = await self._who(session)
+        if not self._guard.permits(claims, "create", "cluster", "cluster"):
+            await self._access(session, "create", "topic", name)
+
+    async def delete_topic(self, name: str, *, session: str = "") -> None:
+        await self._access(session, "delete", "topic", name)
         validate_topic_name(name)  # the broker's internal topics are not the user's to delete
         async with self._mutex():
             record = self.registry.get(name)
@@ -564,24 +607,36 @@ class Controller:
             release_topic_dir(self.data_dir, record.name)  # the broker's files only
         self._nudge_group_coordinator()
 
-    async def list_topics(self, include_internal: bool = False) -> list[str]:
+    async def list_topics(self, include_internal: bool = False, *, session: str = "") -> list[str]:
+        """The topics the caller may describe."""
+        claims = await self._who(session)
         return sorted(
-            name for name in self.registry.topics if include_internal or not name.startswith("__")
+            name
+            for name in self.registry.topics
+            if (include_internal or not name.startswith("__"))
+            and self._guard.permits(claims, "describe", "topic", name)
         )
 
-    async def topic_partitions(self) -> dict[str, int]:
+    async def topic_partitions(self, *, session: str = "") -> dict[str, int]:
         """Partition count of every topic (what group assignment works from)."""
+        await self._internal(session, "topic_partitions")
         return {name: record.partitions for name, record in self.registry.topics.items()}
 
-    async def create_partitions(self, name: str, total: int) -> TopicDescription:
+    async def create_partitions(
+        self, name: str, total: int, *, session: str = ""
+    ) -> TopicDescription:
+        await self._access(session, "alter", "topic", name)
         validate_topic_name(name)
         async with self._mutex():
             record = self.registry.add_partitions(name, total)
             await self._start_partitions(record)
         self._nudge_group_coordinator()
-        return await self.describe_topic(name)
+        return await self.describe_topic(name, session=self._token)
 
-    async def alter_topic_config(self, name: str, updates: dict[str, Any]) -> TopicDescription:
+    async def alter_topic_config(
+        self, name: str, updates: dict[str, Any], *, session: str = ""
+    ) -> TopicDescription:
+        await self._access(session, "alter_configs", "topic", name)
         validate_topic_name(name)
         async with self._mutex():
             record = self.registry.alter_config(name, updates)
@@ -598,9 +653,11 @@ class Controller:
                 ),
                 return_exceptions=True,
             )
-        return await self.describe_topic(name)
+        return await self.describe_topic(name, session=self._token)
 
-    async def describe_topic(self, name: str) -> TopicDescription:
+    async def describe_topic(self, name: str, *, session: str = "") -> TopicDescription:
+        """Raises Unauthorized (whether or not the topic exists), UnknownTopicOrPartition."""
+        await self._access(session, "describe", "topic", name)
         record = self.registry.get(name)
         async with self._mutex():
             await self._start_partitions(self._current(record))
@@ -609,7 +666,7 @@ class Controller:
             info: dict[str, Any] = {}
             if state.leader is not None:
                 try:
-                    ref = submit(self._actor(record, p, state.leader).info)
+                    ref = submit(self._actor(record, p, state.leader).info, session=self._token)
                     info = await await_ref(ref, DESCRIBE_TIMEOUT_S)
                 except BrokerError as exc:  # described without offsets (shown as -1)
                     logger.info("%s-%d: leader did not describe itself: %s", name, p, exc)
@@ -629,16 +686,28 @@ class Controller:
             )
         return TopicDescription(name, record.topic_id, record.config.to_kafka_dict(), partitions)
 
-    async def metadata(self, name: str, auto_create: bool = False) -> TopicMetadata:
+    async def metadata(
+        self, name: str, auto_create: bool = False, *, session: str = ""
+    ) -> TopicMetadata:
         """Handles of a topic's partition leaders (None while a partition has no leader);
-        creates the topic if allowed and asked."""
+        creates the topic if allowed and asked.
+
+        Raises:
+            Unauthorized: the caller may not describe the topic (whether or not it exists).
+            UnknownTopicOrPartition.
+        """
+        if name == DELAY_TOPIC:  # every user's delayed sends go through it
+            await self._who(session)
+        else:
+            await self._access(session, "describe", "topic", name)
         if (
             auto_create
             and self.config.auto_create_topics_enable
             and name not in self.registry.topics
         ):
             try:
-                await self.create_topic(name)
+                await self._may_create(session, name)
+                await self.create_topic(name, session=self._token)
             except Exception:
                 if name not in self.registry.topics:  # lost a race with another creator: fine
                     raise
@@ -652,7 +721,13 @@ class Controller:
         return TopicMetadata(record.name, record.topic_id, leaders, record.config.to_kafka_dict())
 
     async def reassign_partition(
-        self, name: str, partition: int, nodes: list[str], timeout_s: float = 120.0
+        self,
+        name: str,
+        partition: int,
+        nodes: list[str],
+        timeout_s: float = 120.0,
+        *,
+        session: str = "",
     ) -> list[str]:
         """Move a partition's replicas onto ``nodes`` (the first becomes the preferred leader):
         new replicas are added and caught up from the leader while writes go on; once they are
@@ -664,6 +739,7 @@ class Controller:
             BrokerTimeoutError: the new replicas did not catch up in ``timeout_s`` (they stay as
                 extra followers; call again to finish).
         """
+        await self._access(session, "alter", "cluster", "cluster")
         record = self.registry.get(name)
         if not 0 <= partition < record.partitions:
             raise UnknownTopicOrPartition(f"{name}-{partition} does not exist")
@@ -714,12 +790,13 @@ class Controller:
             await self._push_roles(record, partition)
             return list(state.replicas)
 
-    async def shutdown(self) -> int:
+    async def shutdown(self, *, session: str = "") -> int:
         """Stop every partition actor (their data stays on disk); returns how many were stopped.
 
         The caller then kills this Controller; the next ``connect()`` starts a fresh one that
         recovers everything from the data directory.
         """
+        await self._access(session, "alter", "cluster", "cluster")
         async with self._mutex():
             if self._monitor is not None:
                 self._monitor.cancel()
@@ -734,7 +811,9 @@ class Controller:
             self._dir_lock.release()  # the next broker on this directory may start at once
         return len(handles)
 
-    async def broker_config(self) -> dict[str, Any]:
+    async def broker_config(self, *, session: str = "") -> dict[str, Any]:
+        """Any authenticated caller: clients read limits from it (delay.max.ms)."""
+        await self._who(session)
         return self.config.model_dump(by_alias=True)
 
 

@@ -18,10 +18,13 @@ import logging
 import os
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
+from ray_broker.actors.access_guard import AccessGuard
+from ray_broker.actors.data_dir import internal_token
 from ray_broker.actors.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
 from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
 from ray_broker.errors import TopicExists, TopicNotFound
@@ -74,10 +77,40 @@ class DelayScheduler:
         self._lateness: deque[int] = deque(maxlen=LATENESS_SAMPLES)
         self._restarts = 0
         self._failures = 0  # rounds failed in a row (see _serve)
+        self._token = internal_token(Path(self._config.data_dir))
+        self._guard = AccessGuard(self._token)
         self._thread = threading.Thread(target=self._run, name="delay-scheduler", daemon=True)
         self._thread.start()
 
-    def ready(self) -> bool:
+    def _check(self, session: object, operation: str | None) -> None:
+        """Authenticate (and with ``operation``, authorize on the cluster) a caller.
+
+        Raises:
+            AuthenticationFailed, Unauthorized.
+        """
+        import ray
+
+        from ray_broker.config import CONTROLLER_NAME
+
+        if self._guard.policy is None:
+            controller = ray.get_actor(CONTROLLER_NAME, namespace=self._namespace)
+            policy = ray.get(controller.security_policy.remote(session=self._token), timeout=30)
+            self._guard.apply(policy)
+        if operation is None:
+            self._guard.authenticate(session)
+        else:
+            self._guard.check(session, operation, "cluster", "cluster")
+
+    def apply_policy(self, policy: Any, *, session: str = "") -> bool:
+        """The Controller's newest rules. Raises Unauthorized for anyone else."""
+        if session != self._token:
+            from ray_broker.errors import Unauthorized
+
+            raise Unauthorized("apply_policy is the Controller's call", operation="alter")
+        return self._guard.apply(policy)
+
+    def ready(self, *, session: str = "") -> bool:
+        self._check(session, None)  # any user whose delayed sends started this scheduler
         return self._thread.is_alive()
 
     def _run(self) -> None:
@@ -95,7 +128,9 @@ class DelayScheduler:
         import ray_broker as rb
         from ray_broker.structs import TopicPartition
 
-        broker = rb.connect(namespace=self._namespace, data_dir=self._settings.get("log.dirs"))
+        broker = rb.connect(
+            namespace=self._namespace, data_dir=self._settings.get("log.dirs"), token=self._token
+        )
         try:
             ensure_schedule_topic(broker._controller, self._config)
             consumer = broker.consumer(
@@ -184,9 +219,10 @@ class DelayScheduler:
             )
         producer.commit_transaction()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, *, session: str = "") -> dict[str, Any]:
         """Pending records, the next due time, how many fired, lateness percentiles and the
         index's memory (for ``Admin.describe_delayed`` and the benchmark)."""
+        self._check(session, "describe")
         with self._lock:
             lateness = sorted(self._lateness)
             index = self._index
@@ -202,7 +238,8 @@ class DelayScheduler:
                 "lateness_ms": _percentiles(lateness),
             }
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, session: str = "") -> None:
+        self._check(session, "alter")
         self._stop.set()
         self._thread.join(timeout=10)
 

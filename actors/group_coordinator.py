@@ -22,8 +22,9 @@ from typing import Any
 import ray
 
 from ray_broker._ray import await_ref, classify, submit
-from ray_broker.actors.data_dir import internal_dir, make_private
+from ray_broker.actors.data_dir import internal_dir, internal_token, make_private
 from ray_broker.actors.group import Group, Heartbeat, compile_pattern
+from ray_broker.actors.guarded import GuardedActor
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.share_state_store import ShareStateStore, decode_share_key
 from ray_broker.config import (
@@ -151,7 +152,7 @@ def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
-class GroupCoordinator:
+class GroupCoordinator(GuardedActor):
     """All consumer groups of one broker namespace."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
@@ -184,6 +185,8 @@ class GroupCoordinator:
         self._store_lock: asyncio.Lock | None = None
         self._metrics = GroupMetrics()
         self._generations: dict[str, int] = {}  # last seen, to count rebalances
+        self._token = internal_token(Path(self.config.data_dir))
+        self._init_guard(self._token, self._controller)
 
     async def _write(self, documents: dict[str, Any]) -> None:
         """Durably write offsets on a worker thread (each write is fsynced, and every
@@ -199,7 +202,7 @@ class GroupCoordinator:
         return ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
 
     async def _refresh_topics(self) -> None:
-        partitions = await self._controller().topic_partitions.remote()
+        partitions = await self._controller().topic_partitions.remote(session=self._token)
         if partitions != self.partitions:
             self._topics = {
                 name: meta
@@ -213,7 +216,9 @@ class GroupCoordinator:
     async def _topic(self, name: str) -> TopicMetadata:
         meta = self._topics.get(name)
         if meta is None:
-            ref = submit(self._controller().metadata, name, unavailable=BrokerNotRunning)
+            ref = submit(
+                self._controller().metadata, name, unavailable=BrokerNotRunning, session=self._token
+            )
             meta = await await_ref(ref, LEADER_CALL_TIMEOUT_S, BrokerNotRunning)
             self._topics[name] = meta
         return meta
@@ -257,7 +262,7 @@ class GroupCoordinator:
     async def _leader_call(
         self, meta: TopicMetadata, partition: int, method: str, *args: Any
     ) -> Any:
-        ref = submit(getattr(meta.leader(partition), method), *args)
+        ref = submit(getattr(meta.leader(partition), method), *args, session=self._token)
         return await await_ref(ref, LEADER_CALL_TIMEOUT_S)
 
     def _start(self) -> None:
@@ -350,10 +355,13 @@ class GroupCoordinator:
         pattern: str | None,
         strategy: str,
         session_timeout_ms: int,
+        *,
+        session: str = "",
     ) -> Heartbeat:
         """Add a member. Raises InvalidConfig / InvalidGroupId for malformed arguments (the
         client validates them; a direct caller gets the same answer) and
-        InconsistentGroupProtocol."""
+        InconsistentGroupProtocol; Unauthorized without read on the group."""
+        await self._access(session, "read", "group", str(group_id))
         self._start()
         _check_join_arguments(
             member_id, instance_id, client_id, topics, pattern, strategy, session_timeout_ms
@@ -372,17 +380,20 @@ class GroupCoordinator:
         )
 
     async def heartbeat(
-        self, group_id: str, member_id: str, owned: list[tuple[str, int]]
+        self, group_id: str, member_id: str, owned: list[tuple[str, int]], *, session: str = ""
     ) -> Heartbeat:
+        await self._access(session, "read", "group", str(group_id))
         self._start()
         return self._group(group_id).heartbeat(member_id, owned, _now_ms())
 
-    async def leave(self, group_id: str, member_id: str) -> bool:
+    async def leave(self, group_id: str, member_id: str, *, session: str = "") -> bool:
+        await self._access(session, "read", "group", str(group_id))
         group = self.groups.get(group_id)
         return group.leave(member_id) if group else False
 
-    async def topics_changed(self) -> None:
+    async def topics_changed(self, *, session: str = "") -> None:
         """The Controller's nudge after a topic was created, deleted or grown."""
+        await self._internal(session, "topics_changed")
         await self._refresh_topics()
 
     # --- offsets --------------------------------------------------------------------------------
@@ -392,17 +403,24 @@ class GroupCoordinator:
         group_id: str,
         member_id: str | None,
         offsets: dict[tuple[str, int], tuple[int, str]],
+        *,
+        session: str = "",
     ) -> None:
-        """Durably record (offset, metadata) per partition for the group.
+        """Durably record (offset, metadata) per partition for the group (Kafka's rule: read
+        on the group and on each topic).
 
         Raises:
             IllegalGeneration: the member is not in the group any more (fenced zombie).
             CommitFailed: a partition is not assigned to the member.
             OffsetOutOfRange: an offset is negative or beyond the partition's log end.
+            Unauthorized.
         """
+        await self._access(session, "read", "group", str(group_id))
         self._start()
         group = self._group(group_id)
         _check_offsets(offsets)
+        for topic in {tp[0] for tp in offsets}:
+            await self._access(session, "read", "topic", str(topic))
         group.check_commit(member_id, list(offsets))
         marks = await self._high_watermarks(list(offsets))
         # Again after the await: the member may have been expired or the partitions moved
@@ -440,6 +458,8 @@ class GroupCoordinator:
         member_id: str | None,
         producer_id: int,
         offsets: dict[tuple[str, int], tuple[int, str]],
+        *,
+        session: str = "",
     ) -> None:
         """Stage offsets sent in a transaction: durable now, visible when the transaction
         coordinator's commit marker arrives (``end_txn``), dropped on abort.
@@ -447,6 +467,7 @@ class GroupCoordinator:
         Raises:
             IllegalGeneration, CommitFailed, OffsetOutOfRange: as ``commit``.
         """
+        await self._access(session, "read", "group", str(group_id))
         self._start()
         group = self._group(group_id)
         _check_offsets(offsets)
@@ -469,9 +490,12 @@ class GroupCoordinator:
         await self._write({_pending_key(*key): staged})
         self.pending[key] = staged
 
-    async def end_txn(self, group_id: str, producer_id: int, commit: bool) -> None:
+    async def end_txn(
+        self, group_id: str, producer_id: int, commit: bool, *, session: str = ""
+    ) -> None:
         """The transaction marker for the group's offsets: apply the staged offsets (commit)
         or drop them (abort). Idempotent: the coordinator repeats it after a restart."""
+        await self._internal(session, "end_txn")
         key = (group_id, int(producer_id))
         staged = self.pending.get(key)
         if staged is None:
@@ -488,9 +512,14 @@ class GroupCoordinator:
                     self.offsets[decoded] = document
 
     async def committed(
-        self, group_id: str, partitions: list[tuple[str, int]] | None = None
+        self,
+        group_id: str,
+        partitions: list[tuple[str, int]] | None = None,
+        *,
+        session: str = "",
     ) -> dict[tuple[str, int], int]:
         """Committed offsets of the group (for ``partitions`` or all)."""
+        await self._access(session, "describe", "group", str(group_id))
         found = {
             (topic, partition): doc["offset"]
             for (group, topic, partition), doc in self.offsets.items()
@@ -502,21 +531,26 @@ class GroupCoordinator:
 
     # --- administration -------------------------------------------------------------------------
 
-    async def list_groups(self) -> list[GroupListing]:
+    async def list_groups(self, *, session: str = "") -> list[GroupListing]:
+        """The groups the caller may describe."""
+        claims = await self._who(session)
         ids = {key[0] for key in self.offsets} | {
             g for g, grp in self.groups.items() if grp.members
         }
+        ids = {g for g in ids if self._guard.permits(claims, "describe", "group", g)}
         return [
             GroupListing(gid, self._group(gid).state.value, len(self._group(gid).members))
             for gid in sorted(ids)
         ]
 
-    async def describe_group(self, group_id: str) -> GroupDescription:
+    async def describe_group(self, group_id: str, *, session: str = "") -> GroupDescription:
+        """Raises Unauthorized (whether or not the group exists), GroupNotFound."""
+        await self._access(session, "describe", "group", str(group_id))
         group = self._known(group_id)
         if group is None:
             raise GroupNotFound(f"consumer group {group_id!r} does not exist")
         owner = {tp: m.member_id for m in group.members.values() for tp in m.target}
-        committed = await self.committed(group_id)
+        committed = await self.committed(group_id, session=self._token)
         partitions = sorted(set(committed) | set(owner))
         marks = await self._high_watermarks([tp for tp in partitions if tp[0] in self.partitions])
         lags = []
@@ -549,8 +583,9 @@ class GroupCoordinator:
             )
         return group
 
-    async def delete_group(self, group_id: str) -> None:
+    async def delete_group(self, group_id: str, *, session: str = "") -> None:
         """Delete an empty group's committed offsets. Raises GroupNotFound, GroupNotEmpty."""
+        await self._access(session, "delete", "group", str(group_id))
         self._require_empty(group_id)
         keys = [key for key in self.offsets if key[0] == group_id]
         await self._write({_offset_key(*key): None for key in keys})
@@ -561,15 +596,18 @@ class GroupCoordinator:
             group.generation = -1
 
     async def reset_offsets(
-        self, group_id: str, topic: str, to: str, value: int | None = None
+        self, group_id: str, topic: str, to: str, value: int | None = None, *, session: str = ""
     ) -> dict[tuple[str, int], int]:
         """Move an empty group's committed offsets on ``topic``.
 
         ``to`` is "earliest", "latest", "datetime" (``value`` = ms timestamp) or "offset".
 
         Raises:
-            GroupNotEmpty, TopicNotFound, InvalidConfig, OffsetOutOfRange.
+            GroupNotEmpty, TopicNotFound, InvalidConfig, OffsetOutOfRange; Unauthorized
+            without read on the group and the topic.
         """
+        await self._access(session, "read", "group", str(group_id))
+        await self._access(session, "read", "topic", str(topic))
         if to not in ("earliest", "latest", "datetime", "offset"):
             raise InvalidConfig(
                 f"reset to must be earliest, latest, datetime or offset; got {to!r}"
@@ -605,13 +643,13 @@ class GroupCoordinator:
                 hit = await self._leader_call(meta, tp[1], "offset_for_time", value)
                 offset = mark.high_watermark if hit is None else hit[0]
             new[tp] = (offset, "")
-        await self.commit(group_id, None, new)
+        await self.commit(group_id, None, new, session=self._token)
         return {tp: offset for tp, (offset, _) in new.items()}
 
     # --- share groups (their state is decided by partition leaders, kept here) -----------------
 
     async def share_load(
-        self, group_id: str, topic: str, partition: int, epoch: int
+        self, group_id: str, topic: str, partition: int, epoch: int, *, session: str = ""
     ) -> tuple[int, dict[str, Any] | None]:
         """A share partition's snapshot for its leader of ``epoch`` (None: a new one), and the
         epoch of the leader that held it before (-1: none).
@@ -619,30 +657,49 @@ class GroupCoordinator:
         Raises:
             FencedLeaderEpoch: a newer leader of the partition holds it.
         """
+        await self._internal(session, "share_load")
         return self.shares.load((group_id, topic, partition), epoch)
 
     async def share_save(
-        self, group_id: str, topic: str, partition: int, epoch: int, state: dict[str, Any]
+        self,
+        group_id: str,
+        topic: str,
+        partition: int,
+        epoch: int,
+        state: dict[str, Any],
+        *,
+        session: str = "",
     ) -> None:
         """Durably store a share partition's snapshot (fsynced before this returns).
 
         Raises:
             FencedLeaderEpoch: a newer leader of the partition holds it.
         """
+        await self._internal(session, "share_save")
         await self.shares.save((group_id, topic, partition), epoch, state)
 
-    async def list_share_groups(self) -> list[str]:
-        return self.shares.groups()
+    async def list_share_groups(self, *, session: str = "") -> list[str]:
+        claims = await self._who(session)
+        return [
+            g
+            for g in self.shares.groups()
+            if self._guard.permits(claims, "describe", "share_group", g)
+        ]
 
-    async def share_group_partitions(self, group_id: str) -> list[tuple[str, int]]:
+    async def share_group_partitions(
+        self, group_id: str, *, session: str = ""
+    ) -> list[tuple[str, int]]:
         """Raises GroupNotFound for an unknown share group."""
+        await self._access(session, "describe", "share_group", str(group_id))
         return self.shares.partitions(group_id)
 
-    async def delete_share_group(self, group_id: str) -> None:
+    async def delete_share_group(self, group_id: str, *, session: str = "") -> None:
         """Forget a share group's state (its members must be gone). Raises GroupNotFound."""
+        await self._access(session, "delete", "share_group", str(group_id))
         await self.shares.delete(group_id)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, session: str = "") -> None:
+        await self._access(session, "alter", "cluster", "cluster")
         if self._background is not None:
             self._background.cancel()
         self.store.close()

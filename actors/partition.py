@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -28,16 +29,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ray_broker._ray import await_ref, classify, submit
+from ray_broker.actors.access_guard import DISABLED
 from ray_broker.actors.data_dir import make_private
+from ray_broker.actors.delay_index import TOPIC_HEADER
+from ray_broker.actors.guarded import GuardedActor
 from ray_broker.actors.message_trace import traced_rows
 from ray_broker.actors.partition_core import Partition
 from ray_broker.actors.priority import serve_at_normal_priority
 from ray_broker.actors.replica import Replica, Role
+from ray_broker.actors.session_tokens import SessionClaims
 from ray_broker.actors.share_groups import ShareGroups
 from ray_broker.actors.trace_shipper import TraceShipper
-from ray_broker.config import TopicConfig, parse_config
+from ray_broker.config import DELAY_TOPIC, TopicConfig, parse_config
 from ray_broker.errors import (
     BrokerBusy,
     BrokerError,
@@ -53,7 +59,7 @@ from ray_broker.errors import (
 from ray_broker.hops import STAMPS
 from ray_broker.metrics import PartitionMetrics
 from ray_broker.storage.ipc import from_ipc, to_ipc
-from ray_broker.storage.record_filter import RecordFilter, checked_filter
+from ray_broker.storage.record_filter import RecordFilter, checked_filter, header_column
 from ray_broker.structs import FetchResponse, PartitionOffsets, ProduceResult
 
 logger = logging.getLogger(__name__)
@@ -123,7 +129,7 @@ def _was_restarted() -> bool:
         return False
 
 
-class PartitionActor:
+class PartitionActor(GuardedActor):
     """The Ray actor around ``Partition``. Created by the Controller with ``max_restarts=-1`` and
     pinned to its node: a restarted actor rebuilds its log from its files and asks the
     Controller for its role."""
@@ -170,7 +176,10 @@ class PartitionActor:
         self._restarted = _was_restarted()
         self.metrics = PartitionMetrics(topic, partition)
         self.shares = ShareGroups(self)
-        self.traces = TraceShipper(self.core.trace, controller, self._trace_replication)
+        self.traces = TraceShipper(self.core.trace, controller, self._trace_replication, token)
+        self._init_guard(token, lambda: self._controller)
+        if controller is None:  # a stand-alone partition (tests): nobody to ask for rules
+            self._guard.apply(DISABLED)
 
     # --- start-up and roles ---------------------------------------------------------------------
 
@@ -199,6 +208,7 @@ class PartitionActor:
                     self.core.partition,
                     self.slot,
                     self._restarted,
+                    session=self._token,
                 ),
                 ALTER_ISR_TIMEOUT_S,
             )
@@ -286,14 +296,16 @@ class PartitionActor:
 
     # --- introspection --------------------------------------------------------------------------
 
-    async def ready(self) -> PartitionOffsets:
+    async def ready(self, *, session: str = "") -> PartitionOffsets:
+        await self._access(session, "describe", "topic", self.core.topic)
         self._start_background()
         return self.core.offsets()
 
-    async def info(self) -> dict[str, Any]:
+    async def info(self, *, session: str = "") -> dict[str, Any]:
         """Where this replica runs and what it is; for describe and fault tests."""
         import ray
 
+        await self._access(session, "describe", "topic", self.core.topic)
         await self._ensure_role()
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
@@ -317,6 +329,9 @@ class PartitionActor:
         acks: int = -1,
         predecessors_in_flight: bool = True,
         transactional: bool = False,
+        client_id: str = "",
+        *,
+        session: str = "",
     ) -> ProduceResult:
         """Append a producer batch (a Table, or the IPC stream of one as clients send it) as
         the leader.
@@ -339,14 +354,24 @@ class PartitionActor:
             InvalidTxnState: a transactional batch from a producer epoch whose transaction the
                 coordinator has not added this partition to (KIP-890: a late write of an
                 ended transaction never lands in the next one).
+            AuthenticationFailed, Unauthorized: the session may not write this topic.
+
+        Over the caller's produce quota the answer is held back (``throttle_time_ms``).
         """
         received_ns = time.monotonic_ns() if STAMPS.enabled else 0
+        schedule = self.core.topic == DELAY_TOPIC
+        if schedule:  # what matters is the topics the delayed records are for (below)
+            claims = await self._who(session)
+        else:
+            claims = await self._access(session, "write", "topic", self.core.topic)
         started = time.perf_counter()
         _check_produce_arguments(producer_id, producer_epoch, base_sequence, acks)
         ipc_bytes = None
         if isinstance(batch, (pa.Buffer, bytes)):
             ipc_bytes = len(batch) if isinstance(batch, bytes) else batch.size
             batch = from_ipc(batch)
+        if schedule and self._guard.enabled:
+            self._check_delay_targets(session, batch)
         await self._ensure_role()
         self._check_leader()
         min_isr = self.core.log.config.min_insync_replicas
@@ -384,12 +409,31 @@ class PartitionActor:
                     f"in-sync replicas shrank to {len(self.replica.isr)}, fewer than "
                     f"min.insync.replicas={min_isr}; retry (idempotence deduplicates)"
                 )
+        size = batch.get_total_buffer_size() if ipc_bytes is None else ipc_bytes
         if not result.duplicate:
-            size = batch.get_total_buffer_size() if ipc_bytes is None else ipc_bytes
             self.metrics.produced(
                 result.last_offset - result.base_offset + 1, size, time.perf_counter() - started
             )
+        throttle_ms = self._guard.throttle_ms(claims, client_id, "producer_byte_rate", size)
+        if throttle_ms:
+            await asyncio.sleep(throttle_ms / 1000)
+            return dataclasses.replace(result, throttle_time_ms=throttle_ms)
         return result
+
+    def _check_delay_targets(self, session: object, batch: pa.Table) -> None:
+        """A delayed record is written to its topic later by the scheduler (the broker
+        itself): the sender must be allowed to write that topic now.
+
+        Raises:
+            Unauthorized: the caller may not write one of the records' target topics.
+            InvalidRecord: the batch is not a table of records.
+        """
+        if not isinstance(batch, pa.Table) or "headers" not in batch.column_names:
+            raise InvalidRecord(f"{self.core.name}: a batch of records has a headers column")
+        targets = pc.unique(header_column(batch.column("headers"), TOPIC_HEADER))
+        for target in targets.to_pylist():
+            name = target.decode("utf-8", "replace") if isinstance(target, bytes) else ""
+            self._guard.check(session, "write", "topic", name)
 
     async def _verify_transaction(self, producer_id: int | None, epoch: int) -> None:
         """The first transactional write of a producer epoch here asks the transaction
@@ -423,6 +467,7 @@ class PartitionActor:
                 epoch,
                 self.core.topic,
                 self.core.partition,
+                session=self._token,
             )
             verified = await await_ref(ref, LEADER_CALL_TIMEOUT_S)
         except BrokerError:
@@ -436,13 +481,16 @@ class PartitionActor:
             )
         self._check_leader()
 
-    async def write_marker(self, producer_id: int, marker_epoch: int, commit: bool) -> int:
+    async def write_marker(
+        self, producer_id: int, marker_epoch: int, commit: bool, *, session: str = ""
+    ) -> int:
         """Write a transaction marker (the coordinator's call) and wait until the in-sync
         replicas have it; returns its offset.
 
         Raises:
             NotLeader, NotEnoughReplicas (retriable: the coordinator writes it again).
         """
+        await self._internal(session, "write_marker")
         await self._ensure_role()
         self._check_leader()
         offset = self.core.write_marker(producer_id, marker_epoch, bool(commit))
@@ -532,6 +580,9 @@ class PartitionActor:
         read_committed: bool = False,
         flt: RecordFilter | None = None,
         consumer: str = "",
+        client_id: str = "",
+        *,
+        session: str = "",
     ) -> FetchResponse:
         """Committed records from ``offset``; waits up to ``max_wait_ms`` for the first one.
         ``consumer`` names the reader in the trail of traced records.
@@ -551,8 +602,9 @@ class PartitionActor:
 
         Raises:
             NotLeader, OffsetOutOfRange; InvalidConfig for arguments of the wrong type;
-            InvalidFilter.
+            InvalidFilter; AuthenticationFailed, Unauthorized.
         """
+        claims = await self._access(session, "read", "topic", self.core.topic)
         flt = checked_filter(flt)
         for name, value, low in (
             ("offset", offset, 0),
@@ -595,7 +647,18 @@ class PartitionActor:
         self.metrics.fetched(
             table.num_rows, response.records_ipc.size, time.perf_counter() - started
         )
-        return response
+        return await self._throttled(response, claims, client_id)
+
+    async def _throttled(
+        self, response: FetchResponse, claims: SessionClaims, client_id: str
+    ) -> FetchResponse:
+        """The answer, held back as long as the caller's fetch quota says."""
+        size = response.records_ipc.size
+        throttle_ms = self._guard.throttle_ms(claims, client_id, "consumer_byte_rate", size)
+        if not throttle_ms:
+            return response
+        await asyncio.sleep(throttle_ms / 1000)
+        return dataclasses.replace(response, throttle_time_ms=throttle_ms)
 
     async def _read_waiting(
         self,
@@ -639,6 +702,9 @@ class PartitionActor:
         max_wait_ms: int = 0,
         reset: str = "latest",
         flt: RecordFilter | None = None,
+        client_id: str = "",
+        *,
+        session: str = "",
     ) -> FetchResponse:
         """Deliver up to ``max_records`` records to a share-group member under a lock; waits up
         to ``max_wait_ms`` for the first. ``reset`` places a group new to this partition
@@ -646,8 +712,11 @@ class PartitionActor:
         ``flt`` is the group's filter (see ``ShareGroups.fetch``).
 
         Raises:
-            NotLeader, InvalidGroupId, InvalidConfig, InvalidFilter.
+            NotLeader, InvalidGroupId, InvalidConfig, InvalidFilter; Unauthorized without read
+            on the topic and on the share group.
         """
+        await self._access(session, "read", "share_group", str(group_id))
+        claims = await self._access(session, "read", "topic", self.core.topic)
         await self._ensure_role()
         self._check_leader()
         if self._parked >= PARKED_FETCHES_MAX:
@@ -660,35 +729,40 @@ class PartitionActor:
         finally:
             self._parked -= 1
         self.metrics.fetched(response.num_records, response.records_ipc.size, 0.0)
-        return response
+        return await self._throttled(response, claims, client_id)
 
     async def share_acknowledge(
-        self, group_id: str, member_id: str, acknowledgements: list[Any]
+        self, group_id: str, member_id: str, acknowledgements: list[Any], *, session: str = ""
     ) -> list[int]:
         """Apply a member's answers (``[(offsets, "accept"|"release"|"reject", error text)]``);
         durable when this returns. Returns the offsets not held by the member (see
         ``InvalidRecordState``); the rest are applied.
 
         Raises:
-            NotLeader, InvalidGroupId, InvalidConfig.
+            NotLeader, InvalidGroupId, InvalidConfig; Unauthorized.
         """
+        await self._access(session, "read", "share_group", str(group_id))
         await self._ensure_role()
         self._check_leader()
         return await self.shares.acknowledge(group_id, member_id, acknowledgements)
 
-    async def share_describe(self, group_id: str) -> dict[str, Any]:
+    async def share_describe(self, group_id: str, *, session: str = "") -> dict[str, Any]:
         """The share group's state on this partition (members, in flight, lag)."""
+        await self._access(session, "describe", "share_group", str(group_id))
         await self._ensure_role()
         self._check_leader()
         return await self.shares.describe(group_id)
 
-    async def share_reset(self, group_id: str, to: str, value: int | None = None) -> int:
+    async def share_reset(
+        self, group_id: str, to: str, value: int | None = None, *, session: str = ""
+    ) -> int:
         """Start the share group over here; raises GroupNotEmpty while records are locked."""
+        await self._access(session, "read", "share_group", str(group_id))
         await self._ensure_role()
         self._check_leader()
         return await self.shares.reset(group_id, to, value)
 
-    async def read_plan(self, start: int, end: int) -> dict[str, Any]:
+    async def read_plan(self, start: int, end: int, *, session: str = "") -> dict[str, Any]:
         """Where committed records in ``[start, end)`` are, for bulk readers
         (``ray_broker.data``): sealed Parquet files on this node, and the offset from which only
         ``fetch`` has them. ``end`` is capped at the high watermark.
@@ -698,6 +772,7 @@ class PartitionActor:
         """
         import ray
 
+        await self._access(session, "read", "topic", self.core.topic)
         await self._ensure_role()
         self._check_leader()
         self.core.log.check_offset(start)
@@ -709,17 +784,20 @@ class PartitionActor:
             "memory_from": self.core.log.memory_start_offset,
         }
 
-    async def hop_stamps(self, enable: bool) -> list[tuple[str, int, int]]:
+    async def hop_stamps(self, enable: bool, *, session: str = "") -> list[tuple[str, int, int]]:
         """Switch this actor process's latency stamps (``ray_broker.hops``) on or off and hand
         over those taken so far — a diagnostic for ``loadtest/latency.py --breakdown``."""
+        await self._access(session, "alter", "cluster", "cluster")
         STAMPS.enabled = bool(enable)
         return STAMPS.drain()
 
-    async def offsets(self) -> PartitionOffsets:
+    async def offsets(self, *, session: str = "") -> PartitionOffsets:
+        await self._access(session, "describe", "topic", self.core.topic)
         await self._ensure_role()
         return self.core.offsets()
 
-    async def offset_for_time(self, timestamp: int) -> tuple[int, int] | None:
+    async def offset_for_time(self, timestamp: int, *, session: str = "") -> tuple[int, int] | None:
+        await self._access(session, "describe", "topic", self.core.topic)
         return self.core.offset_for_time(timestamp)
 
     # --- follower side --------------------------------------------------------------------------
@@ -922,6 +1000,7 @@ class PartitionActor:
                     self.core.partition,
                     epoch,
                     sorted(isr),
+                    session=self._token,
                 ),
                 ALTER_ISR_TIMEOUT_S,
             )
@@ -941,9 +1020,10 @@ class PartitionActor:
         self.core.log.config = parse_config(TopicConfig, config)
         self.shares.update_settings()
 
-    async def maintain(self) -> dict[str, int]:
+    async def maintain(self, *, session: str = "") -> dict[str, int]:
         """Run housekeeping now (the background loop runs it every retention check interval):
         roll, retention, compaction, sealing, then moving old segments to remote storage."""
+        await self._internal(session, "maintain")
         report = self.core.maintain()
         sealing = self._seal_in_background()
         if sealing is not None:

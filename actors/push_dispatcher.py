@@ -29,6 +29,7 @@ class PushDispatcher:
         credits: int,
         group_type: str,
         options: dict[str, Any],
+        login: dict[str, str] | None = None,
     ) -> None:
         import ray_broker as rb
 
@@ -36,7 +37,8 @@ class PushDispatcher:
         # whose constructor raises only says that it died).
         self._error: BrokerError | None = None
         self._loop: PushLoop | None = None
-        self._broker = rb.connect(namespace=namespace, data_dir=data_dir)
+        # On a secured broker it logs in as the subscriber (whose credentials ``login`` holds).
+        self._broker = rb.connect(namespace=namespace, data_dir=data_dir, **(login or {}))
         try:
             self._loop = PushLoop(
                 self._broker, topic, ActorTarget(*target), credits, group_type, options
@@ -83,7 +85,18 @@ def start_dispatcher(
     dispatcher = (
         ray.remote(PushDispatcher)
         .options(num_cpus=0, max_concurrency=4, namespace=broker.namespace)
-        .remote(broker.namespace, str(broker.data_dir), topic, target, credits, group_type, options)
+        .remote(
+            broker.namespace,
+            str(broker.data_dir),
+            topic,
+            target,
+            credits,
+            group_type,
+            options,
+            # A secured broker: the dispatcher logs in as the subscriber (a token-only
+            # connection lends its token, which expires with it).
+            broker._login or ({"token": broker.session_token()} if broker.secured else None),
+        )
     )
     try:
         call(dispatcher.stats, timeout_s=120, unavailable=BrokerNotRunning)

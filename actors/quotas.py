@@ -29,6 +29,10 @@ from ray_broker.structs import QuotaEntity
 QUOTA_KINDS = ("producer_byte_rate", "consumer_byte_rate", "request_rate")
 WINDOW_S = 1.0
 WINDOWS = 11
+# One answer is held back at most this long (Kafka bounds it by its 11 s of windows): long
+# enough that a 1 MB request can be throttled down to 100 kB/s, short of the clients' 30 s
+# request timeout.
+MAX_THROTTLE_S = 11.0
 MAX_QUOTA = 1e15  # bytes or requests per second; beyond this a quota means nothing
 
 
@@ -110,7 +114,15 @@ def _candidates(user: str | None, tenant: str | None, client_id: str) -> Iterabl
 
 
 class RateMeter:
-    """Per-bucket rates over ``WINDOWS`` sampled windows; ``record()`` answers the throttle."""
+    """Per-bucket rates over ``windows`` sampled windows; ``record()`` answers the delay.
+
+    Kafka also *mutes* a throttled client's connection: the requests it pipelined behind the
+    throttled one are not read until the throttle ends. A Ray caller has no connection to mute,
+    so the meter keeps a virtual clock per bucket instead: a request arriving while its bucket
+    is throttled counts as arriving when the throttle ends, and waits until then plus its own
+    throttle. Without this, five pipelined requests would each wait one throttle at once and
+    the rate would settle at five times the quota.
+    """
 
     def __init__(
         self,
@@ -122,33 +134,38 @@ class RateMeter:
         self._windows = windows
         self._clock = clock
         self._samples: dict[str, list[tuple[float, float]]] = {}  # key → [(window start, sum)]
+        self._muted_until: dict[str, float] = {}
 
     def record(self, key: str, amount: float, quota: float) -> int:
-        """Count ``amount`` for ``key``; the milliseconds to delay the response so the rate
-        comes back to ``quota`` (0 when within it)."""
+        """Count ``amount`` for ``key``; the milliseconds to hold the answer back (0 when the
+        bucket is within ``quota`` and not throttled)."""
         now = self._clock()
+        at = max(now, self._muted_until.get(key, now))
         samples = self._samples.setdefault(key, [])
-        oldest_kept = now - self._window_s * self._windows
+        oldest_kept = at - self._window_s * self._windows
         while samples and samples[0][0] <= oldest_kept:
             samples.pop(0)
-        if samples and now - samples[-1][0] < self._window_s:
+        if samples and at - samples[-1][0] < self._window_s:
             start, total = samples[-1]
             samples[-1] = (start, total + amount)
         else:
-            samples.append((now, amount))
+            samples.append((at, amount))
         total = sum(s for _, s in samples)
         # Kafka's measured window: the samples' span, at least (windows − 1) full windows, so a
         # first burst is not judged over a few milliseconds.
-        elapsed = max(now - samples[0][0], self._window_s * (self._windows - 1))
+        elapsed = max(at - samples[0][0], self._window_s * (self._windows - 1))
         rate = total / elapsed
-        if rate <= quota:
-            return 0
-        cap_ms = self._window_s * self._windows * 1000
-        return int(min((rate - quota) / quota * elapsed * 1000, cap_ms))
+        throttle_s = 0.0
+        if rate > quota:
+            cap_s = max(self._window_s * self._windows, MAX_THROTTLE_S)
+            throttle_s = min((rate - quota) / quota * elapsed, cap_s)
+        self._muted_until[key] = at + throttle_s
+        return int((at + throttle_s - now) * 1000)
 
     def forget(self, keep: Iterable[str]) -> None:
-        """Drop buckets whose quota was removed."""
+        """Drop the buckets (``<kind>:<entity>``) of entities without quotas any more."""
         keep = set(keep)
         for key in list(self._samples):
-            if key not in keep:
+            if key.partition(":")[2] not in keep:
                 del self._samples[key]
+                self._muted_until.pop(key, None)

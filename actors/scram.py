@@ -29,6 +29,7 @@ DEFAULT_ITERATIONS = 8192
 MAX_ITERATIONS = 1_000_000
 NONCE_BYTES = 24
 MAX_MESSAGE_CHARS = 4096
+MAX_PASSWORD_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,44 @@ def make_credential(
         hashlib.new(digest, client_key).digest(),
         _hmac(digest, salted, b"Server Key"),
     )
+
+
+def credentials_for(
+    password: str,
+    mechanisms: tuple[str, ...] = tuple(MECHANISMS),
+    iterations: int = DEFAULT_ITERATIONS,
+) -> dict[str, dict[str, Any]]:
+    """The stored form of ``password`` for each mechanism — computed by the client, so the
+    password itself never leaves the process that knows it.
+
+    Raises:
+        InvalidAcl: an empty or oversized password, an unknown mechanism, bad iterations.
+    """
+    if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
+        raise InvalidAcl(f"a password is a string of 1..{MAX_PASSWORD_CHARS} characters")
+    if not mechanisms or any(m not in MECHANISMS for m in mechanisms):
+        raise InvalidAcl(f"mechanisms must be among {sorted(MECHANISMS)}, not {mechanisms!r}")
+    return {m: make_credential(password, m, iterations).to_json() for m in mechanisms}
+
+
+def checked_credentials(credentials: object) -> dict[str, dict[str, Any]]:
+    """Raises InvalidAcl: not a mechanism → credential mapping the broker can use."""
+    if not isinstance(credentials, dict) or not credentials:
+        raise InvalidAcl("credentials map a SCRAM mechanism to its stored credential")
+    for mechanism, doc in credentials.items():
+        try:
+            credential = ScramCredential.from_json(doc)
+            valid = (
+                credential.mechanism == mechanism
+                and mechanism in MECHANISMS
+                and MIN_ITERATIONS <= credential.iterations <= MAX_ITERATIONS
+                and len(credential.stored_key) == len(credential.server_key) >= 32
+            )
+        except (KeyError, TypeError, ValueError, AuthenticationFailed):
+            valid = False
+        if not valid:
+            raise InvalidAcl(f"malformed {mechanism!r} credential")
+    return credentials
 
 
 class ScramClient:

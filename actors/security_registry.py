@@ -23,20 +23,13 @@ from ray_broker.actors.access_guard import SecurityPolicy
 from ray_broker.actors.acl import acl_matches, checked_acl, checked_user_name, tenant_of
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.quotas import checked_quota_values, entity_key
-from ray_broker.actors.scram import (
-    DEFAULT_ITERATIONS,
-    MECHANISMS,
-    ScramCredential,
-    ScramServer,
-    make_credential,
-)
+from ray_broker.actors.scram import ScramCredential, ScramServer, checked_credentials
 from ray_broker.actors.session_tokens import TokenSigner
 from ray_broker.errors import AuthenticationFailed, InvalidAcl
 from ray_broker.structs import Acl, QuotaEntity, UserDescription
 
 LOGIN_EXCHANGE_TIMEOUT_S = 30.0
 MAX_PENDING_LOGINS = 10_000
-MAX_PASSWORD_CHARS = 1024
 FREE_FAILURES = 5  # failed logins per user before back-off starts
 MAX_LOCKOUT_S = 60.0
 KEEP_OLD_KEYS = 1
@@ -152,32 +145,21 @@ class SecurityRegistry:
     # --- users ------------------------------------------------------------------------------
 
     def create_user(
-        self,
-        name: str,
-        password: str,
-        *,
-        superuser: bool = False,
-        mechanisms: Iterable[str] = tuple(MECHANISMS),
-        iterations: int = DEFAULT_ITERATIONS,
+        self, name: str, credentials: dict[str, dict[str, Any]], *, superuser: bool = False
     ) -> None:
-        """Create ``name`` or change its password (which ends its sessions).
+        """Create ``name`` or replace its credentials (which ends its sessions).
+        ``credentials`` come from ``scram.credentials_for`` on the client.
 
         Raises:
-            InvalidAcl: a bad name, an empty or oversized password, an unknown mechanism.
+            InvalidAcl: a bad name or malformed credentials; a tenant's user as superuser.
         """
         checked_user_name(name)
-        if not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD_CHARS:
-            raise InvalidAcl(f"a password is 1..{MAX_PASSWORD_CHARS} characters")
-        mechanisms = tuple(mechanisms)
-        if not mechanisms or any(m not in MECHANISMS for m in mechanisms):
-            raise InvalidAcl(f"mechanisms must be among {sorted(MECHANISMS)}")
+        checked_credentials(credentials)
         if superuser and tenant_of(name) is not None:
             raise InvalidAcl("a tenant's user cannot be a superuser")
         old = self.users.get(name)
         doc = {
-            "credentials": {
-                m: make_credential(password, m, iterations).to_json() for m in mechanisms
-            },
+            "credentials": dict(credentials),
             "generation": (old["generation"] + 1) if old else 1,
             "superuser": superuser or bool(old and old.get("superuser")),
         }

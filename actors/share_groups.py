@@ -139,7 +139,7 @@ class ShareGroups:
 
                 raise BrokerNotRunning("the group coordinator is not running") from None
         try:
-            ref = submit(getattr(self._coordinator, method), *args)
+            ref = submit(getattr(self._coordinator, method), *args, session=self.actor._token)
             return await await_ref(ref, COORDINATOR_CALL_TIMEOUT_S)
         except BrokerError as exc:
             if exc.retriable:
@@ -511,6 +511,7 @@ class ShareGroups:
                 share.dlq_next_sequence,
                 -1,
                 False,
+                session=self.actor._token,
             )
             await await_ref(ref, COORDINATOR_CALL_TIMEOUT_S)
 
@@ -521,13 +522,16 @@ class ShareGroups:
         if target is None:
             raise InvalidConfig("share.dlq.topic is empty: no dead-letter topic")
         controller = self.actor._controller
+        token = self.actor._token
         replication = max(len(self.actor.replica.followers) + 1, 1)
         with contextlib.suppress(TopicExists):
             await await_ref(
-                submit(controller.create_topic, target, 1, replication, None),
+                submit(controller.create_topic, target, 1, replication, None, session=token),
                 COORDINATOR_CALL_TIMEOUT_S,
             )
-        meta = await await_ref(submit(controller.metadata, target), COORDINATOR_CALL_TIMEOUT_S)
+        meta = await await_ref(
+            submit(controller.metadata, target, session=token), COORDINATOR_CALL_TIMEOUT_S
+        )
         leader = meta.leader(self.core.partition % meta.num_partitions)
         self._dlq_leaders[group] = leader
         return leader

@@ -26,9 +26,14 @@ class TraceShipper:
     the partition actor's event loop; any failure is logged and retried on the next tick)."""
 
     def __init__(
-        self, recorder: TraceRecorder, controller: Any, replication: Callable[[], int]
+        self,
+        recorder: TraceRecorder,
+        controller: Any,
+        replication: Callable[[], int],
+        token: str = "",
     ) -> None:
         self.recorder = recorder
+        self._token = token  # the broker's internal session
         self._controller = controller
         self._replication = replication
         self._leader: Any = None
@@ -61,7 +66,7 @@ class TraceShipper:
         shipped = 0
         while (batch := self.recorder.take()) is not None:
             leader = await self._trace_leader()
-            ref = submit(leader.produce, batch, None, 0, 0, -1, False)
+            ref = submit(leader.produce, batch, None, 0, 0, -1, False, session=self._token)
             await await_ref(ref, TRACE_CALL_TIMEOUT_S)
             self.recorder.shipped(batch.num_rows)
             shipped += batch.num_rows
@@ -81,9 +86,13 @@ class TraceShipper:
                     self._replication(),
                     None,
                     True,
+                    session=self._token,
                 ),
                 TRACE_CALL_TIMEOUT_S,
             )
-        meta = await await_ref(submit(self._controller.metadata, TRACE_TOPIC), TRACE_CALL_TIMEOUT_S)
+        meta = await await_ref(
+            submit(self._controller.metadata, TRACE_TOPIC, session=self._token),
+            TRACE_CALL_TIMEOUT_S,
+        )
         self._leader = meta.leader(0)
         return self._leader

@@ -26,7 +26,8 @@ from typing import Any
 import ray
 
 from ray_broker._ray import await_ref, classify, submit
-from ray_broker.actors.data_dir import internal_dir, make_private
+from ray_broker.actors.data_dir import internal_dir, internal_token, make_private
+from ray_broker.actors.guarded import GuardedActor
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.transaction_state import MarkerPlan, TransactionStates
 from ray_broker.config import (
@@ -60,7 +61,7 @@ def _txn_key(transactional_id: str) -> str:
     return "txn:" + transactional_id
 
 
-class TransactionCoordinator:
+class TransactionCoordinator(GuardedActor):
     """All transactional ids of one broker namespace."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
@@ -80,6 +81,10 @@ class TransactionCoordinator:
         self._background: asyncio.Task[None] | None = None
         self._topics: dict[str, Any] = {}
         self._group_coordinator: Any = None
+        self._token = internal_token(Path(self.config.data_dir))
+        self._init_guard(
+            self._token, lambda: ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
+        )
 
     # --- producer ids ---------------------------------------------------------------------------
 
@@ -148,13 +153,17 @@ class TransactionCoordinator:
 
     # --- the producer's calls -------------------------------------------------------------------
 
-    async def init_producer_id(self, transactional_id: str, timeout_ms: int) -> tuple[int, int]:
+    async def init_producer_id(
+        self, transactional_id: str, timeout_ms: int, *, session: str = ""
+    ) -> tuple[int, int]:
         """(producer id, epoch) for ``transactional_id``, fencing its earlier incarnations and
         aborting a transaction they left open.
 
         Raises:
             InvalidTxnState: an empty id or a bad timeout.
+            Unauthorized: without write on the transactional id.
         """
+        await self._access(session, "write", "transactional_id", str(transactional_id))
         self._start()
         if not isinstance(transactional_id, str) or not transactional_id:
             raise InvalidTxnState(
@@ -178,13 +187,16 @@ class TransactionCoordinator:
         producer_id: int,
         epoch: int,
         partitions: list[tuple[str, int]],
+        *,
+        session: str = "",
     ) -> None:
         """Add partitions to the open transaction (starting it) before their first write.
 
         Raises:
             ProducerFenced, TransactionTimedOut, TransactionalIdNotFound, TopicNotFound,
-            ConcurrentTransactions (retriable).
+            ConcurrentTransactions (retriable); Unauthorized.
         """
+        await self._access(session, "write", "transactional_id", str(transactional_id))
         self._start()
         for topic, partition in partitions:
             meta = await self._topic(topic)
@@ -195,15 +207,23 @@ class TransactionCoordinator:
             await self._persist(transactional_id)
 
     async def add_offsets(
-        self, transactional_id: str, producer_id: int, epoch: int, group_id: str
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        group_id: str,
+        *,
+        session: str = "",
     ) -> None:
         """Add a consumer group's offsets to the open transaction (its commit marker will
         make them visible).
 
         Raises:
             ProducerFenced, TransactionTimedOut, TransactionalIdNotFound, InvalidTxnState,
-            ConcurrentTransactions (retriable).
+            ConcurrentTransactions (retriable); Unauthorized.
         """
+        await self._access(session, "write", "transactional_id", str(transactional_id))
+        await self._access(session, "read", "group", str(group_id))
         self._start()
         if not isinstance(group_id, str) or not group_id:
             raise InvalidTxnState(f"group_id must be a non-empty str, got {group_id!r}")
@@ -212,7 +232,13 @@ class TransactionCoordinator:
             await self._persist(transactional_id)
 
     async def end_txn(
-        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        *,
+        session: str = "",
     ) -> tuple[int, int]:
         """Commit or abort: returns (producer id, epoch) for the producer's next transaction
         once every marker is written.
@@ -221,7 +247,9 @@ class TransactionCoordinator:
             ProducerFenced, TransactionTimedOut, TransactionalIdNotFound, InvalidTxnState,
             ConcurrentTransactions: markers could not all be written yet (retriable: the
                 outcome is decided and the coordinator goes on writing them).
+            Unauthorized.
         """
+        await self._access(session, "write", "transactional_id", str(transactional_id))
         self._start()
         async with self._lock(transactional_id):
             meta = self.states.txns.get(transactional_id)
@@ -246,22 +274,28 @@ class TransactionCoordinator:
             meta = self.states.txns[transactional_id]
             return meta.producer_id, meta.epoch
 
-    async def tick(self) -> None:
+    async def tick(self, *, session: str = "") -> None:
         """The Controller's periodic nudge: a coordinator restarted after a crash starts its
         housekeeping (finish Prepare* transactions, abort expired ones) even if no producer
         calls it again."""
+        await self._internal(session, "tick")
         self._start()
 
-    async def verify(self, producer_id: int, epoch: int, topic: str, partition: int) -> bool:
+    async def verify(
+        self, producer_id: int, epoch: int, topic: str, partition: int, *, session: str = ""
+    ) -> bool:
         """A partition's KIP-890 check before a producer epoch's first transactional write."""
+        await self._internal(session, "verify")
         self._start()
         return self.states.verify(producer_id, epoch, topic, partition)
 
-    async def describe(self) -> list[dict[str, Any]]:
-        """Every transactional id and its state, for admin tools."""
+    async def describe(self, *, session: str = "") -> list[dict[str, Any]]:
+        """The transactional ids the caller may describe, and their state."""
+        claims = await self._who(session)
         return [
             {"transactional_id": tid, **meta.to_document()}
             for tid, meta in sorted(self.states.txns.items())
+            if self._guard.permits(claims, "describe", "transactional_id", tid)
         ]
 
     # --- markers --------------------------------------------------------------------------------
@@ -281,7 +315,9 @@ class TransactionCoordinator:
         meta = self._topics.get(topic)
         if meta is None:
             controller = ray.get_actor(CONTROLLER_NAME, namespace=self.namespace)
-            ref = submit(controller.metadata, topic, unavailable=BrokerNotRunning)
+            ref = submit(
+                controller.metadata, topic, unavailable=BrokerNotRunning, session=self._token
+            )
             meta = self._topics[topic] = await await_ref(ref, 30.0, BrokerNotRunning)
         return meta
 
@@ -296,6 +332,7 @@ class TransactionCoordinator:
                     plan.producer_id,
                     plan.marker_epoch,
                     plan.commit,
+                    session=self._token,
                 )
                 await await_ref(ref, MARKER_CALL_TIMEOUT_S)
                 return
@@ -317,7 +354,13 @@ class TransactionCoordinator:
                     self._group_coordinator = ray.get_actor(
                         GROUP_COORDINATOR_NAME, namespace=self.namespace
                     )
-                ref = submit(self._group_coordinator.end_txn, group, plan.producer_id, plan.commit)
+                ref = submit(
+                    self._group_coordinator.end_txn,
+                    group,
+                    plan.producer_id,
+                    plan.commit,
+                    session=self._token,
+                )
                 await await_ref(ref, MARKER_CALL_TIMEOUT_S)
                 return
             except (BrokerError, ValueError) as exc:
@@ -329,7 +372,8 @@ class TransactionCoordinator:
                     ) from None
                 await asyncio.sleep(MARKER_RETRY_BACKOFF_S)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, session: str = "") -> None:
+        await self._access(session, "alter", "cluster", "cluster")
         if self._background is not None:
             self._background.cancel()
         self.store.close()

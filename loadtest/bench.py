@@ -15,7 +15,8 @@ Figures (100-byte values):
 Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--sweeps``
 (partitions and value sizes), ``--transactions`` (transactional produce, read_committed),
 ``--queues`` (share groups, priorities, delayed delivery), ``--filters`` (server-side filters
-on a 10M-record backlog, push consumption with credits),
+on a 10M-record backlog, push consumption with credits), ``--security`` (authentication and
+ACL checks on vs off),
 ``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
@@ -42,6 +43,7 @@ import bench_filters
 import bench_peers
 import bench_plots
 import bench_queues
+import bench_security
 import bench_sweeps
 import bench_transactions
 import latency
@@ -379,6 +381,11 @@ def main() -> None:
         help="also server-side filters and push consumption (bench_filters.py)",
     )
     parser.add_argument(
+        "--security",
+        action="store_true",
+        help="also throughput with authentication + ACL checks on vs off (bench_security.py)",
+    )
+    parser.add_argument(
         "--transactions",
         action="store_true",
         help="also transactional produce and read_committed consume (bench_transactions.py)",
@@ -461,6 +468,12 @@ def main() -> None:
                 bench_filters.print_filters(filters, push)
                 extra_rows.append({"figure": "filters", **filters, "machine": machine()})
                 extra_rows.append({"figure": "push", **push, "machine": machine()})
+            if args.security:
+                security = bench_security.run(
+                    100_000 if args.quick else args.records, 20_000 if args.quick else 200_000
+                )
+                bench_security.print_security(security)
+                extra_rows.append({"figure": "security", **security, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)

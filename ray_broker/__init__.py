@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ray_broker import errors
 from ray_broker.structs import (
     AcknowledgeType,
+    Acl,
     BatchMetadata,
     GroupDescription,
     GroupListing,
@@ -18,12 +19,14 @@ from ray_broker.structs import (
     OffsetAndTimestamp,
     PartitionInfo,
     PartitionLag,
+    QuotaEntity,
     Record,
     RecordMetadata,
     ShareRecord,
     TopicDescription,
     TopicPartition,
     TraceEvent,
+    UserDescription,
 )
 
 # Ray rewrites loopback addresses to another interface unless this is set before Ray is
@@ -73,6 +76,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AcknowledgeType",
+    "Acl",
     "Admin",
     "BatchFuture",
     "BatchMetadata",
@@ -87,6 +91,7 @@ __all__ = [
     "PartitionLag",
     "Producer",
     "PushSubscription",
+    "QuotaEntity",
     "Record",
     "RecordFilter",
     "RecordFuture",
@@ -97,6 +102,7 @@ __all__ = [
     "TopicDescription",
     "TopicPartition",
     "TraceEvent",
+    "UserDescription",
     "connect",
     "errors",
     "read_topic",

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ray_broker._ray import call, resolve, retrying, submit
+from ray_broker.access_admin import AccessAdmin
+from ray_broker.actors.access_guard import with_session
 from ray_broker.errors import BrokerNotRunning, GroupNotEmpty, TopicNotFound
 from ray_broker.metadata import MetadataCache
 from ray_broker.structs import (
@@ -28,8 +30,9 @@ RETRY_BACKOFF_S = 0.1
 T = TypeVar("T")
 
 
-class Admin:
-    """Manage topics and consumer groups. Every method raises typed ``BrokerError``s."""
+class Admin(AccessAdmin):
+    """Manage topics, consumer groups, users, ACLs and quotas. Every method raises typed
+    ``BrokerError``s."""
 
     def __init__(
         self,
@@ -59,9 +62,10 @@ class Admin:
         import ray
 
         try:
-            return ray.get_actor(name, namespace=self._namespace)
+            handle = ray.get_actor(name, namespace=self._namespace)
         except ValueError:
             return None
+        return with_session(handle, getattr(self._broker, "_session", None))
 
     def _group_call(self, method: str, *args: Any) -> Any:
         return call(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ray_broker.actors.access_guard import with_session
 from ray_broker.config import (
     CONTROLLER_NAME,
     DEFAULT_NAMESPACE,
@@ -18,7 +20,7 @@ from ray_broker.config import (
     default_data_dir,
     parse_config,
 )
-from ray_broker.errors import BrokerNotRunning, DataDirInUse, InvalidConfig
+from ray_broker.errors import AuthenticationFailed, BrokerNotRunning, DataDirInUse, InvalidConfig
 from ray_broker.runtime import ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -37,21 +39,51 @@ class Broker:
         info: dict[str, Any],
         owns_ray: bool,
         settings: dict[str, Any] | None = None,
+        session: Callable[[], str] | None = None,
+        login: dict[str, str] | None = None,
     ) -> None:
         from ray_broker.metadata import MetadataCache
 
         self.namespace = namespace
         self._settings = dict(settings or {"log.dirs": info["data_dir"]})
         self.data_dir = Path(info["data_dir"])
-        self._controller = controller
-        self._coordinator = coordinator
+        # With security on, every handle given out carries the session (actors/access_guard).
+        self._session = session
+        self._login = login  # for actors this client starts that must log in themselves
+        self._controller = with_session(controller, session)
+        self._coordinator = with_session(coordinator, session)
         self._owns_ray = owns_ray
         import ray
 
         self._metadata = MetadataCache(
-            controller, lookup=lambda: ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+            self._controller,
+            lookup=lambda: with_session(
+                ray.get_actor(CONTROLLER_NAME, namespace=namespace), session
+            ),
+            session=session,
         )
         self._clients: list[Any] = []
+
+    @property
+    def secured(self) -> bool:
+        return self._session is not None
+
+    def session_token(self) -> str:
+        """The current session token, for a worker that should act as this user without the
+        password (``rb.connect(token=...)``); it expires with the session.
+
+        Raises:
+            AuthenticationFailed: this connection has no session (security is off).
+        """
+        if self._session is None:
+            raise AuthenticationFailed("this broker is not secured: there is no session token")
+        return self._session()
+
+    def whoami(self) -> str:
+        """The principal this connection acts as (``User:ANONYMOUS`` with security off)."""
+        from ray_broker._ray import call
+
+        return call(self._controller.whoami, timeout_s=30, unavailable=BrokerNotRunning)
 
     def admin(self) -> Any:
         from ray_broker.admin import Admin
@@ -143,8 +175,14 @@ class Broker:
         producer (brokers that never use transactions run no such actor)."""
         from ray_broker.actors.transaction_coordinator import TransactionCoordinator
 
-        return singleton(
-            TransactionCoordinator, TRANSACTION_COORDINATOR_NAME, self._settings, self.namespace
+        return with_session(
+            singleton(
+                TransactionCoordinator,
+                TRANSACTION_COORDINATOR_NAME,
+                self._settings,
+                self.namespace,
+            ),
+            self._session,
         )
 
     def _delay_scheduler(self) -> tuple[int, int]:
@@ -162,7 +200,10 @@ class Broker:
             call(self._controller.broker_config, timeout_s=60, unavailable=BrokerNotRunning),
         )
         ensure_schedule_topic(self._controller, config)
-        scheduler = singleton(DelayScheduler, DELAY_SCHEDULER_NAME, self._settings, self.namespace)
+        scheduler = with_session(
+            singleton(DelayScheduler, DELAY_SCHEDULER_NAME, self._settings, self.namespace),
+            self._session,
+        )
         call(scheduler.ready, timeout_s=120, unavailable=BrokerNotRunning)
         partitions = self._metadata.topic(DELAY_TOPIC).num_partitions
         return config.delay_max_ms, partitions
@@ -181,15 +222,15 @@ class Broker:
         # client of the transaction coordinator).
         for name in (DELAY_SCHEDULER_NAME, TRANSACTION_COORDINATOR_NAME):
             try:
-                actor = ray.get_actor(name, namespace=self.namespace)
+                actor = with_session(ray.get_actor(name, namespace=self.namespace), self._session)
             except ValueError:
                 continue
             call(actor.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
-            ray.kill(actor, no_restart=True)
+            ray.kill(_unwrapped(actor), no_restart=True)
         call(self._coordinator.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
-        ray.kill(self._coordinator, no_restart=True)
+        ray.kill(_unwrapped(self._coordinator), no_restart=True)
         call(self._controller.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
-        ray.kill(self._controller, no_restart=True)
+        ray.kill(_unwrapped(self._controller), no_restart=True)
         self.close()
 
     def close_clients(self) -> None:
@@ -222,6 +263,10 @@ def connect(
     data_dir: str | Path | None = None,
     namespace: str = DEFAULT_NAMESPACE,
     config: dict[str, Any] | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    mechanism: str = "SCRAM-SHA-256",
+    token: str | None = None,
 ) -> Broker:
     """Attach to the broker in ``namespace``, starting its Controller if none runs yet.
 
@@ -229,10 +274,17 @@ def connect(
     single-node Ray on 127.0.0.1; ``Broker.close()`` stops it again. Data lives under
     ``data_dir`` (default ``~/.ray_broker/<namespace>``; the root is ``RAY_BROKER_DATA_DIR``).
 
+    A secured broker (``config={"security.enabled": True}`` when it is first started) needs
+    ``username``/``password`` (SCRAM, ``mechanism`` SCRAM-SHA-256 or -512) or a ``token`` from
+    another connection's ``session_token()``. The first ``username``/``password`` given to a
+    secured broker without users becomes its first superuser.
+
     Raises:
         InvalidConfig: a bad broker setting, or ``data_dir`` differs from the running broker's.
         DataDirInUse: another broker namespace owns ``data_dir``.
         BrokerNotRunning: the Controller could not be started or reached.
+        AuthenticationFailed: a secured broker without credentials, wrong credentials, or
+            credentials for a broker without security.
     """
     settings = dict(config or {})
     if data_dir is not None:
@@ -269,7 +321,66 @@ def connect(
     # The running broker's directory, whatever this caller passed (the transaction
     # coordinator this connection may start keeps its state there).
     settings["log.dirs"] = info["data_dir"]
-    return Broker(controller, coordinator, namespace, info, owns_ray, settings)
+    try:
+        session = _open_session(controller, namespace, info, username, password, mechanism, token)
+    except BaseException:
+        if owns_ray:
+            ray.shutdown()
+        raise
+    login = (
+        {"username": username, "password": password, "mechanism": mechanism}
+        if session is not None and username is not None
+        else None
+    )
+    return Broker(controller, coordinator, namespace, info, owns_ray, settings, session, login)
+
+
+def _open_session(
+    controller: Any,
+    namespace: str,
+    info: dict[str, Any],
+    username: str | None,
+    password: str | None,
+    mechanism: str,
+    token: str | None,
+) -> Callable[[], str] | None:
+    """The session calls will carry: None with security off.
+
+    Raises:
+        AuthenticationFailed: see ``connect``.
+    """
+    from ray_broker._ray import call
+    from ray_broker.actors.scram import credentials_for
+    from ray_broker.session import UserSession, token_session
+
+    if (username is None) != (password is None):
+        raise AuthenticationFailed("give both username and password, or neither")
+    if not info.get("security_enabled"):
+        if username is not None:
+            raise AuthenticationFailed(
+                f"the broker in namespace {namespace!r} is not secured: connect without a "
+                "password, or start a new one with config={'security.enabled': True}"
+            )
+        return None
+    if token is not None and username is None:
+        return token_session(token)
+    if username is None:
+        raise AuthenticationFailed(
+            f"the broker in namespace {namespace!r} is secured: connect(username=..., password=...)"
+        )
+    if not info.get("has_users"):
+        call(
+            controller.bootstrap_superuser,
+            username,
+            credentials_for(password),  # type: ignore[arg-type]
+            timeout_s=60,
+            unavailable=BrokerNotRunning,
+        )
+    return UserSession(lambda: controller, username, password, mechanism)  # type: ignore[arg-type]
+
+
+def _unwrapped(handle: Any) -> Any:
+    return getattr(handle, "unwrapped", handle)
 
 
 def singleton(cls: type, name: str, settings: dict[str, Any], namespace: str) -> Any:

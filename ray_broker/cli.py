@@ -10,6 +10,7 @@ works as ``ray-broker --namespace x topic list`` does.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from rich.table import Table
 from ray_broker.config import DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError
 
-GLOBAL_OPTIONS = ("--address", "--data-dir", "--namespace", "--output")
+GLOBAL_OPTIONS = ("--address", "--data-dir", "--namespace", "--output", "--user")
 
 
 def hoist_global_options(args: list[str]) -> list[str]:
@@ -89,6 +90,14 @@ NamespaceOption = Annotated[
 OutputOption = Annotated[
     str, typer.Option("--output", "-o", help="table (for people) or json (for scripts).")
 ]
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--user",
+        envvar="RAY_BROKER_USER",
+        help="User of a secured broker; the password comes from $RAY_BROKER_PASSWORD or a prompt.",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -99,10 +108,25 @@ class Target:
     data_dir: Path | None = None
     namespace: str = DEFAULT_NAMESPACE
     output: str = "table"
+    user: str | None = None
 
     @property
     def json(self) -> bool:
         return self.output == "json"
+
+    def credentials(self) -> dict[str, str]:
+        """``username``/``password`` for ``connect`` (none without ``--user``)."""
+        if self.user is None:
+            return {}
+        return {"username": self.user, "password": password_from_env_or_prompt(self.user)}
+
+
+def password_from_env_or_prompt(user: str) -> str:
+    """Never a command-line argument: those show up in ``ps`` and shell history."""
+    password = os.environ.get("RAY_BROKER_PASSWORD")
+    if password is None:
+        password = typer.prompt(f"password for {user}", hide_input=True)
+    return password
 
 
 @app.callback()
@@ -112,6 +136,7 @@ def _root(
     data_dir: DataDirOption = None,
     namespace: NamespaceOption = None,
     output: OutputOption = "table",
+    user: UserOption = None,
 ) -> None:
     """A Kafka-class message broker on Ray.
 
@@ -123,7 +148,7 @@ def _root(
     record = ServiceRecord.load() if address is None else None
     if record is not None and namespace in (None, record.namespace):
         address = record.address
-    ctx.obj = Target(address, data_dir, namespace or DEFAULT_NAMESPACE, output)
+    ctx.obj = Target(address, data_dir, namespace or DEFAULT_NAMESPACE, output, user)
 
 
 def _target(ctx: typer.Context) -> Target:
@@ -151,7 +176,10 @@ def _broker(ctx: typer.Context) -> Any:
     target = _target(ctx)
     try:
         with rb.connect(
-            target.address, data_dir=target.data_dir, namespace=target.namespace
+            target.address,
+            data_dir=target.data_dir,
+            namespace=target.namespace,
+            **target.credentials(),
         ) as broker:
             yield broker
     except BrokerError as exc:
@@ -718,14 +746,36 @@ if __name__ == "__main__":
 
 
 @app.command()
-def start(ctx: typer.Context) -> None:
+def start(
+    ctx: typer.Context,
+    superuser: Annotated[
+        str | None,
+        typer.Option(
+            "--superuser",
+            help="Secure the broker (SCRAM users, ACLs) with this first superuser; the "
+            "password comes from $RAY_BROKER_PASSWORD or a prompt.",
+        ),
+    ] = None,
+) -> None:
     """Start the broker service: attach to Ray (--address, RAY_ADDRESS) or start a local Ray on
     127.0.0.1, then the broker's actors. Running it again changes nothing."""
     from ray_broker import service
 
     target = _target(ctx)
+    credentials = target.credentials()
+    if superuser is not None:
+        credentials = {
+            "username": superuser,
+            "password": password_from_env_or_prompt(superuser),
+        }
     try:
-        started = service.start(target.address, target.namespace, target.data_dir)
+        started = service.start(
+            target.address,
+            target.namespace,
+            target.data_dir,
+            secure=superuser is not None,
+            **credentials,
+        )
     except BrokerError as exc:
         raise _fail(exc) from None
     verb = "already running" if started["already_running"] else "started"
@@ -746,7 +796,7 @@ def stop(ctx: typer.Context) -> None:
 
     target = _target(ctx)
     try:
-        stopped = service.stop(target.address, target.namespace)
+        stopped = service.stop(target.address, target.namespace, **target.credentials())
     except BrokerError as exc:
         raise _fail(exc) from None
     _emit(ctx, stopped, lambda: console.print(f"ray-broker stopped: namespace {target.namespace}"))
@@ -832,3 +882,12 @@ def validate_config(
         "node_types": sorted(prepared.get("available_node_types", {})),
     }
     _emit(ctx, summary, lambda: console.print(f"{file}: valid for ray up ({summary['provider']})"))
+
+
+# --- security: registered last, its commands use the helpers above ---------------------------
+
+from ray_broker.cli_security import acl_app, quota_app, user_app  # noqa: E402
+
+app.add_typer(user_app, name="user")
+app.add_typer(acl_app, name="acl")
+app.add_typer(quota_app, name="quota")

@@ -160,6 +160,29 @@ class BrokerConfig(BaseModel):
     # records this long plus a day, so a scheduler outage of up to a day loses nothing.
     delay_max_ms: int = Field(7 * DAY_MS, alias="delay.max.ms", ge=1_000, le=365 * DAY_MS)
     delay_schedule_partitions: int = Field(1, alias="delay.schedule.partitions", ge=1, le=64)
+    # --- security (ray_broker/security docs in README § Security) ---
+    # Off: anyone who reaches Ray may do anything (the embedded demo). On: every call needs a
+    # session from connect(username=, password=); once on for a data directory it stays on.
+    security_enabled: bool = Field(False, alias="security.enabled")
+    # Principals' user names that may do anything (besides users created as superusers).
+    super_users: tuple[str, ...] = Field((), alias="super.users")
+    # How long a session token lives; clients log in again (SCRAM) before it runs out.
+    session_lifetime_ms: int = Field(
+        900_000, alias="security.session.lifetime.ms", ge=10_000, le=DAY_MS
+    )
+    # Quotas are measured over quota.window.num windows of quota.window.size.ms (Kafka: 11 × 1 s).
+    quota_window_size_ms: int = Field(1_000, alias="quota.window.size.ms", ge=10, le=60_000)
+    quota_window_num: int = Field(11, alias="quota.window.num", ge=2, le=100)
+
+    @field_validator("super_users", mode="before")
+    @classmethod
+    def _user_list(cls, value: Any) -> Any:
+        """Kafka writes ``super.users`` as ``User:a;User:b``; plain names and lists work too."""
+        if isinstance(value, str):
+            value = [part for part in value.replace(";", ",").split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v).strip().removeprefix("User:") for v in value)
+        return value
 
 
 Acks = Literal[0, 1, -1]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -175,15 +175,18 @@ def _shape(table: pa.Table, r: PartitionRange, columns: list[str] | None, where:
 class _Leader:
     """Calls to a partition's current leader from a read task, following failovers."""
 
-    def __init__(self, namespace: str, topic: str, partition: int) -> None:
+    def __init__(
+        self, namespace: str, topic: str, partition: int, session: Callable[[], str] | None
+    ) -> None:
         import ray
 
+        from ray_broker.actors.access_guard import with_session
         from ray_broker.metadata import MetadataCache
 
         def lookup() -> Any:
-            return ray.get_actor(CONTROLLER_NAME, namespace=namespace)
+            return with_session(ray.get_actor(CONTROLLER_NAME, namespace=namespace), session)
 
-        self._metadata = MetadataCache(lookup(), lookup=lookup)
+        self._metadata = MetadataCache(lookup(), lookup=lookup, session=session)
         self._topic, self._partition = topic, partition
 
     def call(self, method: str, *args: Any) -> Any:
@@ -202,7 +205,11 @@ class _Leader:
 
 
 def read_partition_range(
-    namespace: str, r: PartitionRange, columns: list[str] | None, where_filter: Any
+    namespace: str,
+    r: PartitionRange,
+    columns: list[str] | None,
+    where_filter: Any,
+    session: Callable[[], str] | None = None,
 ) -> Iterator[pa.Table]:
     """The records of one range: sealed files first (remote ones from anywhere, local ones on
     their node), then fetches from the leader."""
@@ -210,7 +217,7 @@ def read_partition_range(
 
     from ray_broker.storage.ipc import from_ipc
 
-    leader = _Leader(namespace, r.topic, r.partition)
+    leader = _Leader(namespace, r.topic, r.partition, session)
     plan = leader.call("read_plan", r.start, r.end)
     position = r.start
     local = plan["node_id"] == ray.get_runtime_context().get_node_id()
@@ -265,10 +272,12 @@ def _topic_datasource_class() -> type:
             ranges: list[PartitionRange],
             columns: list[str] | None,
             where: Any,
+            session: Callable[[], str] | None = None,
         ) -> None:
             super().__init__()
             self._namespace, self._ranges = namespace, ranges
             self._columns, self._where = columns, where
+            self._session = session  # pickled into read tasks as the current token only
 
         def estimate_inmemory_data_size(self) -> int | None:
             return sum(r.records for r in self._ranges) * ESTIMATED_RECORD_BYTES
@@ -277,6 +286,7 @@ def _topic_datasource_class() -> type:
             self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
         ) -> list[ReadTask]:
             namespace, columns, where = self._namespace, self._columns, self._where
+            session = self._session
             tasks = []
             for r in _split(self._ranges, parallelism):
                 metadata = BlockMetadata(
@@ -287,7 +297,7 @@ def _topic_datasource_class() -> type:
                 )
                 tasks.append(
                     ReadTask(
-                        lambda r=r: read_partition_range(namespace, r, columns, where),
+                        lambda r=r: read_partition_range(namespace, r, columns, where, session),
                         metadata,
                         schema=_output_schema(columns),
                         per_task_row_limit=per_task_row_limit,
@@ -333,7 +343,9 @@ def read_topic(
         ranges = plan_ranges(
             broker, topic, start=start, end=end, start_time=start_time, end_time=end_time
         )
-        source = _topic_datasource_class()(broker.namespace, ranges, columns, filter)
+        source = _topic_datasource_class()(
+            broker.namespace, ranges, columns, filter, broker._session
+        )
     finally:
         if owned:
             broker.close()
@@ -379,9 +391,11 @@ def _topic_datasink_class() -> type:
             value_column: str = "value",
             namespace: str = DEFAULT_NAMESPACE,
             producer_options: dict[str, Any] | None = None,
+            token: str | None = None,
         ) -> None:
             self.topic, self.key_column, self.value_column = topic, key_column, value_column
             self.namespace = namespace
+            self.token = token  # a secured broker's session token (Broker.session_token())
             self.producer_options = {"acks": "all", **(producer_options or {})}
             self.written = 0
 
@@ -389,7 +403,7 @@ def _topic_datasink_class() -> type:
             import ray_broker as rb
 
             written = 0
-            with rb.connect(namespace=self.namespace) as broker:
+            with rb.connect(namespace=self.namespace, token=self.token) as broker:
                 producer = broker.producer(**self.producer_options)
                 futures = []
                 for block in blocks:
@@ -414,7 +428,8 @@ def TopicDatasink(topic: str, **options: Any) -> Any:  # noqa: N802 - a class to
     """A ``ray.data.Datasink`` producing to ``topic``: ``ds.write_datasink(TopicDatasink(...))``.
 
     Options: ``key_column``, ``value_column`` (default "value"), ``namespace``,
-    ``producer_options`` (default ``acks="all"``, idempotent)."""
+    ``producer_options`` (default ``acks="all"``, idempotent), ``token`` (for a secured
+    broker: ``broker.session_token()``)."""
     return _topic_datasink_class()(topic, **options)
 
 

@@ -9,12 +9,14 @@ producer's sender or a consumer's poll never sees a raw Ray failure from a metad
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ray_broker._ray import call, retrying
+from ray_broker.actors.access_guard import with_session
 from ray_broker.errors import BrokerError, BrokerNotRunning
 from ray_broker.structs import TopicMetadata
 
@@ -31,7 +33,9 @@ class MetadataCache:
         max_age_ms: int = 300_000,
         lookup: Callable[[], Any] | None = None,
         request_timeout_ms: int = METADATA_REQUEST_TIMEOUT_MS,
+        session: Callable[[], str] | None = None,
     ) -> None:
+        self._session = session  # leaders' handles carry it (actors/access_guard.py)
         self._controller = controller
         self._lookup = lookup
         self._max_age_s = max_age_ms / 1000
@@ -93,6 +97,10 @@ class MetadataCache:
 
     def refresh(self, name: str, *, auto_create: bool = False) -> TopicMetadata:
         metadata = self.controller_call("metadata", name, auto_create)
+        if self._session is not None:
+            metadata = dataclasses.replace(
+                metadata, leaders=[with_session(h, self._session) for h in metadata.leaders]
+            )
         with self._lock:
             self._topics[name] = (time.monotonic(), metadata)
         return metadata

@@ -148,12 +148,21 @@ def require_broker(address: str, namespace: str) -> None:
 
 
 def start(
-    address: str | None, namespace: str = DEFAULT_NAMESPACE, data_dir: Path | None = None
+    address: str | None,
+    namespace: str = DEFAULT_NAMESPACE,
+    data_dir: Path | None = None,
+    *,
+    secure: bool = False,
+    username: str | None = None,
+    password: str | None = None,
 ) -> dict[str, Any]:
     """Start the broker service (idempotent); returns what runs and whether it already did.
+    ``secure`` switches security on for a new broker, ``username`` becoming its first
+    superuser (see ``connect``).
 
     Raises:
-        BrokerNotRunning: Ray could not be started or reached; InvalidConfig, DataDirInUse.
+        BrokerNotRunning: Ray could not be started or reached; InvalidConfig, DataDirInUse;
+        AuthenticationFailed.
     """
     import ray_broker as rb
     from ray_broker.runtime import ensure_ray
@@ -176,7 +185,14 @@ def start(
         started_ray = True
         ensure_ray(address, namespace)
     already = broker_is_running(namespace)
-    with rb.connect(address, data_dir=None if already else data_dir, namespace=namespace) as broker:
+    with rb.connect(
+        address,
+        data_dir=None if already else data_dir,
+        namespace=namespace,
+        config={"security.enabled": True} if secure else None,
+        username=username,
+        password=password,
+    ) as broker:
         data_dir_used = str(broker.data_dir)
     previous = ServiceRecord.load()
     started_ray = started_ray or bool(
@@ -192,7 +208,12 @@ def start(
     }
 
 
-def stop(address: str | None, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+def stop(
+    address: str | None,
+    namespace: str = DEFAULT_NAMESPACE,
+    username: str | None = None,
+    password: str | None = None,
+) -> dict[str, Any]:
     """Stop the broker's actors (data is kept) and the local Ray ``start`` started, if any.
 
     Raises:
@@ -212,7 +233,7 @@ def stop(address: str | None, namespace: str = DEFAULT_NAMESPACE) -> dict[str, A
             SERVICE_RECORD.unlink(missing_ok=True)  # its cluster is gone: nothing to stop
         raise
     require_broker(address, namespace)
-    rb.connect(address, namespace=namespace).shutdown()
+    rb.connect(address, namespace=namespace, username=username, password=password).shutdown()
     stopped_ray = False
     if record is not None and record.namespace == namespace:
         SERVICE_RECORD.unlink(missing_ok=True)

@@ -73,6 +73,8 @@ class ProduceResult:
     log_append_time: int
     log_start_offset: int
     duplicate: bool = False
+    # How long the broker held this answer back for the caller's quota (Kafka's field).
+    throttle_time_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class FetchResponse:
     # records and aborted transactions' records (so positions and lag move past them).
     next_offset: int = -1
     last_stable_offset: int = -1
+    throttle_time_ms: int = 0
 
 
 @dataclass(frozen=True)

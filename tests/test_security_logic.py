@@ -14,7 +14,7 @@ from ray_broker.actors.access_guard import AccessGuard, SecurityPolicy, SessionH
 from ray_broker.actors.acl import INTERNAL_PRINCIPAL, Authorizer, checked_acl
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.quotas import QuotaBook, RateMeter, checked_quota_values, entity_key
-from ray_broker.actors.scram import ScramClient, ScramServer, make_credential
+from ray_broker.actors.scram import ScramClient, ScramServer, credentials_for, make_credential
 from ray_broker.actors.security_registry import SecurityRegistry
 from ray_broker.actors.session_tokens import TokenSigner
 from ray_broker.errors import AuthenticationFailed, InvalidAcl, Unauthorized
@@ -126,7 +126,7 @@ def test_tokens_verify_expire_and_refuse_forgery():
 
 def test_a_rotated_key_still_verifies_tokens_of_the_previous_one(tmp_path):
     registry = SecurityRegistry(MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True)
-    registry.create_user("alice", "pw", superuser=True)
+    registry.create_user("alice", credentials_for("pw"), superuser=True)
     token = _login(registry, "alice", "pw")["token"]
     registry.rotate_key()
     guard = AccessGuard("internal", registry.policy())
@@ -154,7 +154,7 @@ def test_login_replay_and_password_change(tmp_path):
     registry = SecurityRegistry(
         MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True, clock=clock
     )
-    registry.create_user("alice", "secret-1")
+    registry.create_user("alice", credentials_for("secret-1"))
     client = ScramClient("alice", "secret-1")
     final = client.final(registry.login_first("SCRAM-SHA-256", client.first()))
     token = registry.login_final(final)["token"]
@@ -162,7 +162,7 @@ def test_login_replay_and_password_change(tmp_path):
         registry.login_final(final)
     guard = AccessGuard("internal", registry.policy())
     assert guard.authenticate(token).user == "alice"
-    registry.create_user("alice", "secret-2")  # a new password ends the old sessions
+    registry.create_user("alice", credentials_for("secret-2"))  # ends the old sessions
     guard.apply(registry.policy())
     with pytest.raises(AuthenticationFailed, match="password changed"):
         guard.authenticate(token)
@@ -178,8 +178,8 @@ def test_brute_force_is_slowed_per_user_and_unknown_users_are_treated_alike(tmp_
     registry = SecurityRegistry(
         MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True, clock=clock
     )
-    registry.create_user("alice", "pw")
-    registry.create_user("bob", "pw")
+    registry.create_user("alice", credentials_for("pw"))
+    registry.create_user("bob", credentials_for("pw"))
     for user in ("alice", "ghost"):
         for _ in range(5):
             with pytest.raises(AuthenticationFailed, match="wrong user name or password"):
@@ -196,7 +196,7 @@ def test_brute_force_is_slowed_per_user_and_unknown_users_are_treated_alike(tmp_
 
 def test_users_acls_and_quotas_survive_a_restart(tmp_path):
     registry = SecurityRegistry(MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True)
-    registry.create_user("acme/bob", "pw")
+    registry.create_user("acme/bob", credentials_for("pw"))
     registry.create_acls([Acl("User:acme/bob", "topic", "acme.", "read", pattern="prefixed")])
     registry.alter_quotas(QuotaEntity(user="acme/bob"), {"producer_byte_rate": 1000})
     reopened = SecurityRegistry(MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=False)
@@ -214,7 +214,17 @@ def test_users_acls_and_quotas_survive_a_restart(tmp_path):
 def test_bad_user_specs_are_refused(tmp_path, name, password):
     registry = SecurityRegistry(MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True)
     with pytest.raises(InvalidAcl):
-        registry.create_user(name, password)
+        registry.create_user(name, credentials_for(password))
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{}, {"SCRAM-SHA-256": {}}, {"MD5": {"mechanism": "MD5"}}, "pw", {"SCRAM-SHA-256": 1}],
+)
+def test_malformed_credentials_are_refused(tmp_path, credentials):
+    registry = SecurityRegistry(MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True)
+    with pytest.raises(InvalidAcl):
+        registry.create_user("alice", credentials)
 
 
 # --- ACLs -----------------------------------------------------------------------------------
@@ -316,7 +326,7 @@ def test_deny_always_wins(rules, name, operation):
 
 def test_the_guard_refuses_forged_expired_and_missing_sessions_and_says_who_and_what(tmp_path):
     registry = SecurityRegistry(MetadataStore(tmp_path / "s"), tmp_path / "keys", enable=True)
-    registry.create_user("alice", "pw")
+    registry.create_user("alice", credentials_for("pw"))
     registry.create_acls([Acl("User:alice", "topic", "pay", "write")])
     token = _login(registry, "alice", "pw")["token"]
     guard = AccessGuard("internal-token", registry.policy())
@@ -381,6 +391,37 @@ def test_a_throttled_stream_converges_to_its_quota():
         clock.now += 0.001 + delay / 1000
     rate = sent / (clock.now - start)
     assert quota * 0.8 <= rate <= quota * 1.2, rate
+
+
+@pytest.mark.parametrize("in_flight", [1, 5, 50])
+def test_pipelined_requests_converge_to_the_quota_too(in_flight):
+    """Requests sent while earlier ones are held back (a producer's max.in.flight) must not
+    multiply the rate: each waits for the throttle of the ones before it, as Kafka's muted
+    channel makes them."""
+    clock = FakeClock()
+    meter = RateMeter(window_s=0.1, windows=11, clock=clock)
+    quota, size = 100_000.0, 10_000
+    answers: list[float] = []  # when each in-flight request is answered
+    acknowledged = 0
+    start = clock.now
+    while clock.now - start < 20:
+        while len(answers) < in_flight:
+            answers.append(clock.now + 0.0005 + meter.record("p:user=a", size, quota) / 1000)
+        answers.sort()
+        clock.now = max(clock.now, answers.pop(0))
+        acknowledged += size
+    rate = acknowledged / (clock.now - start)
+    assert quota * 0.8 <= rate <= quota * 1.2, rate
+
+
+def test_quota_buckets_survive_a_policy_change_and_go_with_their_quota():
+    clock = FakeClock()
+    meter = RateMeter(window_s=0.1, windows=11, clock=clock)
+    first = meter.record("producer_byte_rate:user=a", 10_000, 1000.0)
+    meter.forget(["user=a"])
+    assert meter.record("producer_byte_rate:user=a", 10_000, 1000.0) > first
+    meter.forget([])
+    assert meter.record("producer_byte_rate:user=a", 1, 1000.0) == 0
 
 
 def test_unthrottled_traffic_is_never_delayed():

@@ -108,6 +108,7 @@ class Fetcher:
                     config.isolation_level == "read_committed",
                     self._filter,
                     self._reader,
+                    config.client_id,
                 )
             except BrokerError as exc:
                 if not exc.retriable:

@@ -166,6 +166,7 @@ class ShareConsumer:
                     config.fetch_max_wait_ms,
                     config.auto_offset_reset,
                     self.filter,
+                    config.client_id,
                 )
             except BrokerError as exc:
                 self._failed(tp, exc)

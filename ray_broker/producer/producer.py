@@ -111,7 +111,13 @@ class Producer:
             else None
         )
         self._sender = Sender(
-            self._accumulator, self._cond, metadata, producer_id, self.config.acks, self._txn
+            self._accumulator,
+            self._cond,
+            metadata,
+            producer_id,
+            self.config.acks,
+            self._txn,
+            self.config.client_id,
         )
         self._sender.start()
 

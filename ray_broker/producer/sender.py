@@ -38,8 +38,10 @@ class Sender:
         producer_id: int | None,
         acks: Any,
         transactions: TransactionManager | None = None,
+        client_id: str = "",
     ) -> None:
         self._acc = accumulator
+        self._client_id = client_id  # quotas per client id (actors/quotas.py)
         self._txn = transactions
         self._cond = cond
         self._metadata = metadata
@@ -148,6 +150,7 @@ class Sender:
                 self._acks,
                 predecessors,
                 self._txn is not None,
+                self._client_id,
             )
         except Exception as exc:  # typed by classify(): retried or failed, never raised here
             self._failed(batch, classify(exc), None)
