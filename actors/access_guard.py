@@ -26,7 +26,7 @@ from typing import Any
 from ray_broker.actors.acl import INTERNAL_PRINCIPAL, Authorizer
 from ray_broker.actors.quotas import WINDOW_S, WINDOWS, QuotaBook, RateMeter
 from ray_broker.actors.session_tokens import SessionClaims, TokenSigner
-from ray_broker.errors import AuthenticationFailed, Unauthorized
+from ray_broker.errors import AuthenticationFailed, QuotaExceeded, Unauthorized
 from ray_broker.structs import Acl
 
 INTERNAL_CLAIMS = SessionClaims(INTERNAL_PRINCIPAL, "__broker", None, 0, 2**62, "internal")
@@ -173,6 +173,28 @@ class AccessGuard:
                 key, rate = limit
                 delay = max(delay, self._meter.record(f"{quota_kind}:{key}", used, rate))
         return delay
+
+    def admit_mutation(self, claims: SessionClaims, partitions: int) -> None:
+        """Topic and partition creations and deletions against the caller's
+        ``controller_mutation_rate`` (partitions a second).
+
+        Raises:
+            QuotaExceeded: over the quota (retriable after ``throttle_ms``); nothing was done.
+        """
+        if not self._book.quotas or claims is INTERNAL_CLAIMS:
+            return
+        user = None if claims is ANONYMOUS_CLAIMS else claims.user
+        limit = self._book.limit("controller_mutation_rate", user, claims.tenant, "")
+        if limit is None:
+            return
+        key, rate = limit
+        wait_ms = self._meter.admit(f"controller_mutation_rate:{key}", float(partitions), rate)
+        if wait_ms:
+            raise QuotaExceeded(
+                f"{claims.principal} is over its controller_mutation_rate quota of {rate:g} "
+                f"partitions/s; retry in {wait_ms} ms",
+                throttle_ms=wait_ms,
+            )
 
 
 class SessionHandle:

@@ -555,6 +555,8 @@ class Controller(SecurityAdmin):
             await self._who(session)
         else:
             await self._may_create(session, name)
+        count = partitions if isinstance(partitions, int) and partitions > 0 else 1
+        self._guard.admit_mutation(await self._who(session), count)
         await self._refresh_nodes()
         async with self._mutex():
             validate_topic_name(name, internal)
@@ -587,10 +589,11 @@ class Controller(SecurityAdmin):
             await self._access(session, "create", "topic", name)
 
     async def delete_topic(self, name: str, *, session: str = "") -> None:
-        await self._access(session, "delete", "topic", name)
+        claims = await self._access(session, "delete", "topic", name)
         validate_topic_name(name)  # the broker's internal topics are not the user's to delete
         async with self._mutex():
             record = self.registry.get(name)
+            self._guard.admit_mutation(claims, record.partitions)
             handles = [
                 self._actor(record, p, slot)
                 for p, state in enumerate(record.states)
@@ -625,9 +628,12 @@ class Controller(SecurityAdmin):
     async def create_partitions(
         self, name: str, total: int, *, session: str = ""
     ) -> TopicDescription:
-        await self._access(session, "alter", "topic", name)
+        claims = await self._access(session, "alter", "topic", name)
         validate_topic_name(name)
         async with self._mutex():
+            current = self.registry.get(name).partitions
+            if isinstance(total, int) and total > current:
+                self._guard.admit_mutation(claims, total - current)
             record = self.registry.add_partitions(name, total)
             await self._start_partitions(record)
         self._nudge_group_coordinator()

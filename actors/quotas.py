@@ -26,7 +26,12 @@ from collections.abc import Callable, Iterable
 from ray_broker.errors import InvalidAcl
 from ray_broker.structs import QuotaEntity
 
-QUOTA_KINDS = ("producer_byte_rate", "consumer_byte_rate", "request_rate")
+QUOTA_KINDS = (
+    "producer_byte_rate",
+    "consumer_byte_rate",
+    "request_rate",
+    "controller_mutation_rate",
+)
 WINDOW_S = 1.0
 WINDOWS = 11
 # One answer is held back at most this long (Kafka bounds it by its 11 s of windows): long
@@ -161,6 +166,25 @@ class RateMeter:
             throttle_s = min((rate - quota) / quota * elapsed, cap_s)
         self._muted_until[key] = at + throttle_s
         return int((at + throttle_s - now) * 1000)
+
+    def admit(self, key: str, amount: float, quota: float) -> int:
+        """Kafka's controller mutation quota (KIP-599): count ``amount`` and answer 0 if the
+        rate stays within ``quota``; otherwise count nothing and answer the milliseconds after
+        which it would fit — the request is refused, not delayed (creating topics is not a
+        stream a client should be made to wait on)."""
+        now = self._clock()
+        samples = [
+            s for s in self._samples.get(key, []) if s[0] > now - self._window_s * self._windows
+        ]
+        total = sum(v for _, v in samples) + amount
+        elapsed = max(now - samples[0][0] if samples else 0.0, self._window_s * (self._windows - 1))
+        if total / elapsed <= quota:
+            self.record(key, amount, float("inf"))
+            return 0
+        # The rate fits once the samples span total/quota seconds (an upper bound: samples
+        # that age out meanwhile only shorten it).
+        first = samples[0][0] if samples else now
+        return max(int((first + total / quota - now) * 1000), 1)
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the buckets (``<kind>:<entity>``) of entities without quotas any more."""

@@ -71,8 +71,9 @@ class AccessAdmin:
         self, entity: QuotaEntity, values: dict[str, float | None]
     ) -> dict[str, float]:
         """Set quotas (``producer_byte_rate``, ``consumer_byte_rate``: bytes/s;
-        ``request_rate``: requests/s) of ``entity``; None removes one. Returns what the entity
-        has now. In force on every partition when this returns.
+        ``request_rate``: requests/s; ``controller_mutation_rate``: partitions created or
+        deleted a second) of ``entity``; None removes one. Returns what the entity has now. In
+        force on every actor when this returns.
 
         Raises:
             InvalidAcl: a malformed entity, an unknown quota, an absurd value; Unauthorized.

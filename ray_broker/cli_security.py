@@ -153,6 +153,9 @@ def quota_set(
     producer_byte_rate: Annotated[float | None, typer.Option("--producer-byte-rate")] = None,
     consumer_byte_rate: Annotated[float | None, typer.Option("--consumer-byte-rate")] = None,
     request_rate: Annotated[float | None, typer.Option("--request-rate")] = None,
+    controller_mutation_rate: Annotated[
+        float | None, typer.Option("--controller-mutation-rate", help="partitions/s")
+    ] = None,
     remove: Annotated[bool, typer.Option("--remove", help="Remove the named quotas.")] = False,
 ) -> None:
     """Set (or --remove) quotas of a user, a client id, both, or a tenant."""
@@ -160,6 +163,7 @@ def quota_set(
         "producer_byte_rate": producer_byte_rate,
         "consumer_byte_rate": consumer_byte_rate,
         "request_rate": request_rate,
+        "controller_mutation_rate": controller_mutation_rate,
     }
     values = {k: (None if remove else v) for k, v in given.items() if v is not None}
     with _broker(ctx) as broker:

@@ -18,7 +18,13 @@ import ray
 import ray_broker as rb
 from ray_broker.actors.session_tokens import TokenSigner
 from ray_broker.config import CONTROLLER_NAME, GROUP_COORDINATOR_NAME
-from ray_broker.errors import AuthenticationFailed, InvalidAcl, TopicNotFound, Unauthorized
+from ray_broker.errors import (
+    AuthenticationFailed,
+    InvalidAcl,
+    QuotaExceeded,
+    TopicNotFound,
+    Unauthorized,
+)
 from tests.conftest import start_local_ray
 
 ROOT = ("root", "root-password")
@@ -404,3 +410,50 @@ def test_users_and_acls_from_the_command_line(secured):
     assert len(json.loads(removed.output)) == 2
     deleted = runner.invoke(app, [*as_root, "user", "delete", "erin"], env=env)
     assert deleted.exit_code == 0, deleted.output
+
+
+def test_a_producer_held_back_blocks_up_to_max_block_ms_then_gets_a_typed_error(secured):
+    """Back-pressure end to end: a broker holding answers back (here, a quota) fills the
+    producer's buffer.memory; send() blocks for max.block.ms, then raises BrokerTimeoutError.
+    Every acknowledged record is in the log, once; nothing is dropped."""
+    from ray_broker.errors import BrokerTimeoutError
+
+    secured.admin.create_user("flood", "flood-pw")
+    topic = _topic(secured)
+    secured.admin.create_acls([rb.Acl("User:flood", "topic", topic, "write")])
+    secured.admin.alter_quotas(rb.QuotaEntity(user="flood"), {"producer_byte_rate": 20_000})
+    futures = []
+    with connect_as(secured, "flood") as flood:
+        producer = flood.producer(linger_ms=0, buffer_memory=20_000, max_block_ms=1_000)
+        started = time.monotonic()
+        with pytest.raises(BrokerTimeoutError, match="max.block.ms"):
+            for i in range(1_000):
+                futures.append(producer.send(topic, value=b"%06d" % i + b"x" * 4_994))
+        assert time.monotonic() - started >= 1.0
+        producer.close()  # flushes what was accepted: held back, not dropped
+    sent = [b"%06d" % i for i in range(len(futures))]
+    for future in futures:
+        future.result(timeout=60)
+    got = [v[:6] for v in _consume(secured.root, topic, len(futures), wait_s=30)]
+    assert got == sent  # all of them, once, in order
+    secured.admin.alter_quotas(rb.QuotaEntity(user="flood"), {"producer_byte_rate": None})
+
+
+def test_topic_creation_over_the_mutation_quota_is_refused_then_admitted(secured):
+    secured.admin.create_user("maker", "maker-pw")
+    secured.admin.create_acls([rb.Acl("User:maker", "topic", "maker.", "all", pattern="prefixed")])
+    secured.admin.alter_quotas(rb.QuotaEntity(user="maker"), {"controller_mutation_rate": 2})
+    with connect_as(secured, "maker") as maker:
+        admin = maker.admin()
+        admin.create_topic("maker.a")
+        admin.create_topic("maker.b")
+        with pytest.raises(QuotaExceeded) as refused:
+            admin.create_topic("maker.c")
+        assert refused.value.retriable and refused.value.throttle_ms > 0
+        with pytest.raises(Unauthorized):
+            admin.describe_topic("maker-c")  # (prefix is "maker.")
+        assert "maker.c" not in admin.list_topics()
+        time.sleep(refused.value.throttle_ms / 1000)
+        admin.create_topic("maker.c")
+        mine = [t for t in admin.list_topics() if t.startswith("maker.")]
+        assert mine == ["maker.a", "maker.b", "maker.c"]

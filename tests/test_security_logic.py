@@ -16,8 +16,8 @@ from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.quotas import QuotaBook, RateMeter, checked_quota_values, entity_key
 from ray_broker.actors.scram import ScramClient, ScramServer, credentials_for, make_credential
 from ray_broker.actors.security_registry import SecurityRegistry
-from ray_broker.actors.session_tokens import TokenSigner
-from ray_broker.errors import AuthenticationFailed, InvalidAcl, Unauthorized
+from ray_broker.actors.session_tokens import SessionClaims, TokenSigner
+from ray_broker.errors import AuthenticationFailed, InvalidAcl, QuotaExceeded, Unauthorized
 from ray_broker.structs import Acl, QuotaEntity
 
 
@@ -422,6 +422,31 @@ def test_quota_buckets_survive_a_policy_change_and_go_with_their_quota():
     assert meter.record("producer_byte_rate:user=a", 10_000, 1000.0) > first
     meter.forget([])
     assert meter.record("producer_byte_rate:user=a", 1, 1000.0) == 0
+
+
+def test_controller_mutations_over_quota_are_refused_and_not_counted(tmp_path):
+    clock = FakeClock()
+    guard = AccessGuard(
+        "i",
+        SecurityPolicy(
+            version=1,
+            enabled=True,
+            keys={"k": b"k" * 32},
+            current_key="k",
+            users={"a": 1},
+            quotas={"user=a": {"controller_mutation_rate": 1.0}},
+            quota_window_ms=1000,
+        ),
+        clock=clock,
+    )
+    claims = SessionClaims("User:a", "a", None, 1, 2**62, "s")
+    for _ in range(10):  # 10 windows' worth of one partition a second: the burst allowance
+        guard.admit_mutation(claims, 1)
+    with pytest.raises(QuotaExceeded) as refused:
+        guard.admit_mutation(claims, 5)
+    assert refused.value.retriable and refused.value.throttle_ms > 0
+    clock.now += refused.value.throttle_ms / 1000 + 0.01
+    guard.admit_mutation(claims, 5)  # the refused attempt was not counted against it
 
 
 def test_unthrottled_traffic_is_never_delayed():
