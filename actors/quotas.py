@@ -168,23 +168,34 @@ class RateMeter:
         return int((at + throttle_s - now) * 1000)
 
     def admit(self, key: str, amount: float, quota: float) -> int:
-        """Kafka's controller mutation quota (KIP-599): count ``amount`` and answer 0 if the
-        rate stays within ``quota``; otherwise count nothing and answer the milliseconds after
-        which it would fit — the request is refused, not delayed (creating topics is not a
-        stream a client should be made to wait on)."""
+        """Kafka's controller mutation quota (KIP-599): while the bucket's rate is above
+        ``quota`` a request is refused — 0 counted, the milliseconds until the rate is back
+        down answered; otherwise it is admitted and counted whole, even when it takes the rate
+        above (a request larger than the burst allowance must still get through once).
+        Refused, not delayed: creating topics is not a stream a client should wait on."""
         now = self._clock()
         samples = [
             s for s in self._samples.get(key, []) if s[0] > now - self._window_s * self._windows
         ]
-        total = sum(v for _, v in samples) + amount
+        total = sum(v for _, v in samples)
         elapsed = max(now - samples[0][0] if samples else 0.0, self._window_s * (self._windows - 1))
         if total / elapsed <= quota:
             self.record(key, amount, float("inf"))
             return 0
-        # The rate fits once the samples span total/quota seconds (an upper bound: samples
-        # that age out meanwhile only shorten it).
-        first = samples[0][0] if samples else now
-        return max(int((first + total / quota - now) * 1000), 1)
+        return max(int((self._back_within(samples, quota, now) - now) * 1000) + 1, 1)
+
+    def _back_within(self, samples: list[tuple[float, float]], quota: float, now: float) -> float:
+        """The first moment the rate is within ``quota`` again: either the samples span long
+        enough, or the oldest of them have aged out of the windows."""
+        horizon = self._window_s * self._windows
+        floor = self._window_s * (self._windows - 1)
+        for i, (start, _) in enumerate(samples):
+            aged = now if i == 0 else samples[i - 1][0] + horizon  # samples before i gone
+            span_needed = sum(v for _, v in samples[i:]) / quota
+            moment = aged if span_needed <= floor else max(aged, start + span_needed)
+            if moment < start + horizon:  # before sample i itself ages out
+                return moment
+        return samples[-1][0] + horizon
 
     def forget(self, keep: Iterable[str]) -> None:
         """Drop the buckets (``<kind>:<entity>``) of entities without quotas any more."""
