@@ -151,6 +151,21 @@ class AccessGuard:
                 resource="cluster:cluster",
             )
 
+    def accept(self, policy: SecurityPolicy, session: object) -> bool:
+        """A policy the Controller pushes; True if it was newer than the one held.
+
+        Raises:
+            Unauthorized: the session is not the broker's internal token (security on or off:
+                nobody else may change an actor's rules).
+        """
+        if not (isinstance(session, str) and hmac.compare_digest(session.encode(), self._internal)):
+            raise Unauthorized(
+                "security policies are the Controller's to push",
+                operation="cluster_action",
+                resource="cluster:cluster",
+            )
+        return self.apply(policy)
+
     def permits(self, claims: SessionClaims, operation: str, resource_type: str, name: str) -> bool:
         """For listings: show only what the caller may describe."""
         return not self.enabled or self._authorizer.allowed(

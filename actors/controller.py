@@ -41,6 +41,7 @@ from ray_broker.actors.partition import PartitionActor
 from ray_broker.actors.partition_state import PartitionState
 from ray_broker.actors.security_admin import SecurityAdmin
 from ray_broker.actors.security_registry import SecurityRegistry
+from ray_broker.actors.session_tokens import SessionClaims
 from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
 from ray_broker.config import (
     CONTROLLER_NAME,
@@ -551,12 +552,10 @@ class Controller(SecurityAdmin):
         creates."""
         if internal and name != DELAY_TOPIC:
             await self._internal(session, "create_topic(internal)")
-        elif internal:
-            await self._who(session)
-        else:
-            await self._may_create(session, name)
-        count = partitions if isinstance(partitions, int) and partitions > 0 else 1
-        self._guard.admit_mutation(await self._who(session), count)
+        claims = await self._who(session) if internal else await self._may_create(session, name)
+        default = self.config.num_partitions
+        count = partitions if isinstance(partitions, int) and partitions > 0 else default
+        self._guard.admit_mutation(claims, count)
         await self._refresh_nodes()
         async with self._mutex():
             validate_topic_name(name, internal)
@@ -583,10 +582,15 @@ class Controller(SecurityAdmin):
         self._nudge_group_coordinator()
         return await self.describe_topic(name, session=self._token)
 
-    async def _may_create(self, session: object, name: str) -> None:
+    async def _may_create(self, session: object, name: str) -> SessionClaims:
+        """Kafka's rule: ``create`` on the cluster, or else on the topic; the caller's claims.
+
+        Raises:
+            AuthenticationFailed, Unauthorized."""
         claims = await self._who(session)
         if not self._guard.permits(claims, "create", "cluster", "cluster"):
             await self._access(session, "create", "topic", name)
+        return claims
 
     async def delete_topic(self, name: str, *, session: str = "") -> None:
         claims = await self._access(session, "delete", "topic", name)

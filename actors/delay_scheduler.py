@@ -103,11 +103,7 @@ class DelayScheduler:
 
     def apply_policy(self, policy: Any, *, session: str = "") -> bool:
         """The Controller's newest rules. Raises Unauthorized for anyone else."""
-        if session != self._token:
-            from ray_broker.errors import Unauthorized
-
-            raise Unauthorized("apply_policy is the Controller's call", operation="alter")
-        return self._guard.apply(policy)
+        return self._guard.accept(policy, session)
 
     def ready(self, *, session: str = "") -> bool:
         self._check(session, None)  # any user whose delayed sends started this scheduler

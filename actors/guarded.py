@@ -14,7 +14,7 @@ from typing import Any
 from ray_broker._ray import await_ref, submit
 from ray_broker.actors.access_guard import AccessGuard, SecurityPolicy
 from ray_broker.actors.session_tokens import SessionClaims
-from ray_broker.errors import BrokerNotRunning, Unauthorized
+from ray_broker.errors import BrokerNotRunning
 
 POLICY_PULL_TIMEOUT_S = 30.0
 
@@ -72,10 +72,6 @@ class GuardedActor:
         """The Controller's newest rules (an older snapshot than the one held is ignored).
 
         Raises:
-            Unauthorized: the caller is not the broker itself (when security is on).
+            Unauthorized: the caller is not the broker itself.
         """
-        if self._guard.enabled:
-            self._guard.check_internal(session, "apply_policy")
-        elif session != self._guard_token:
-            raise Unauthorized("apply_policy is the Controller's call", operation="alter")
-        return self._guard.apply(policy)
+        return self._guard.accept(policy, session)

@@ -10,6 +10,8 @@ so a later ``connect()`` without ``security.enabled`` cannot open the broker aga
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -331,8 +333,5 @@ def _nonce_of(client_final: object) -> str:
 
 
 def _decoy_salt(keys: dict[str, bytes], user: str) -> bytes:
-    import hashlib
-    import hmac
-
     secret = next(iter(keys.values()), b"ray-broker")
     return hmac.new(secret, b"decoy-salt:" + user.encode(), hashlib.sha256).digest()

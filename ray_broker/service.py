@@ -72,8 +72,9 @@ def local_ray_temp_dir(address: str) -> Path:
     return Path(tempfile.gettempdir()) / f"rb-{address.rsplit(':', 1)[-1]}"
 
 
-def start_local_ray() -> str:
+def start_local_ray(extra_env: dict[str, str] | None = None) -> str:
     """Start a single-node Ray head on 127.0.0.1 in the background; returns its address.
+    ``extra_env`` adds to its environment (Ray's TLS and token settings, for instance).
 
     Raises:
         BrokerNotRunning: ``ray start`` failed (its output is in the message).
@@ -82,7 +83,7 @@ def start_local_ray() -> str:
     if ray_cli is None:
         raise BrokerNotRunning("the `ray` command is not on PATH; install ray")
     address = f"{LOOPBACK}:{_free_loopback_port()}"
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **(extra_env or {})}
     env.setdefault("RAY_worker_niceness", "0")  # broker actors serve: see actors/priority.py
     result = subprocess.run(
         [

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ray_broker.service import local_ray_temp_dir, stop_local_ray
+from ray_broker.service import start_local_ray, stop_local_ray
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -86,12 +86,6 @@ def _certificates(directory: Path) -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 CLIENT = textwrap.dedent(
     """
     import json, sys
@@ -123,34 +117,14 @@ CLIENT = textwrap.dedent(
 
 
 def test_the_broker_runs_on_a_ray_cluster_with_tls_and_token_authentication(tmp_path):
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    env = {
-        **os.environ,
+    ray_security = {
         **_certificates(tmp_path),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
-    started = subprocess.run(
-        [
-            shutil.which("ray") or "ray",
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            f"--temp-dir={local_ray_temp_dir(address)}",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            "--num-cpus=2",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert started.returncode == 0, started.stderr[-2000:]
+    address = start_local_ray(ray_security)  # what `ray-broker start` runs, on 127.0.0.1
+    port = int(address.rsplit(":", 1)[1])
+    env = {**os.environ, **ray_security, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     try:
         # The GCS port speaks TLS, with a certificate of the cluster's CA.
         context = ssl.create_default_context(cafile=env["RAY_TLS_CA_CERT"])

@@ -502,3 +502,15 @@ def test_every_operation_pair_is_decided(tmp_path):
     authorizer = Authorizer([Acl("User:a", "topic", "t", op) for op in OPS])
     for op, rtype in itertools.product(OPS, ["topic", "group"]):
         assert authorizer.allowed("User:a", op, rtype, "t") == (rtype == "topic")
+
+
+def test_only_the_broker_itself_may_push_rules_whether_security_is_on_or_off():
+    for enabled in (False, True):
+        guard = AccessGuard("internal-token", SecurityPolicy(version=1, enabled=enabled))
+        newer = SecurityPolicy(version=2, enabled=False)
+        for intruder in ("", None, "internal-token-not", 7):
+            with pytest.raises(Unauthorized):
+                guard.accept(newer, intruder)
+        assert guard.policy.version == 1
+        assert guard.accept(newer, "internal-token")
+        assert not guard.accept(SecurityPolicy(version=1, enabled=True), "internal-token")
