@@ -146,19 +146,13 @@ class RateMeter:
         bucket is within ``quota`` and not throttled)."""
         now = self._clock()
         at = max(now, self._muted_until.get(key, now))
-        samples = self._samples.setdefault(key, [])
-        oldest_kept = at - self._window_s * self._windows
-        while samples and samples[0][0] <= oldest_kept:
-            samples.pop(0)
+        samples = self._current(key, at)
         if samples and at - samples[-1][0] < self._window_s:
             start, total = samples[-1]
             samples[-1] = (start, total + amount)
         else:
             samples.append((at, amount))
-        total = sum(s for _, s in samples)
-        # Kafka's measured window: the samples' span, at least (windows − 1) full windows, so a
-        # first burst is not judged over a few milliseconds.
-        elapsed = max(at - samples[0][0], self._window_s * (self._windows - 1))
+        total, elapsed = self._measured(samples, at)
         rate = total / elapsed
         throttle_s = 0.0
         if rate > quota:
@@ -174,15 +168,28 @@ class RateMeter:
         above (a request larger than the burst allowance must still get through once).
         Refused, not delayed: creating topics is not a stream a client should wait on."""
         now = self._clock()
-        samples = [
-            s for s in self._samples.get(key, []) if s[0] > now - self._window_s * self._windows
-        ]
-        total = sum(v for _, v in samples)
-        elapsed = max(now - samples[0][0] if samples else 0.0, self._window_s * (self._windows - 1))
+        samples = self._current(key, now)
+        total, elapsed = self._measured(samples, now)
         if total / elapsed <= quota:
             self.record(key, amount, float("inf"))
             return 0
         return max(int((self._back_within(samples, quota, now) - now) * 1000) + 1, 1)
+
+    def _current(self, key: str, at: float) -> list[tuple[float, float]]:
+        """``key``'s samples, those aged out of the windows by ``at`` dropped."""
+        samples = self._samples.setdefault(key, [])
+        oldest_kept = at - self._window_s * self._windows
+        while samples and samples[0][0] <= oldest_kept:
+            samples.pop(0)
+        return samples
+
+    def _measured(self, samples: list[tuple[float, float]], at: float) -> tuple[float, float]:
+        """(amount, seconds) the rate is judged over: Kafka's measured window is the samples'
+        span, at least (windows − 1) full windows, so a first burst is not judged over a few
+        milliseconds."""
+        total = sum(v for _, v in samples)
+        first = samples[0][0] if samples else at
+        return total, max(at - first, self._window_s * (self._windows - 1))
 
     def _back_within(self, samples: list[tuple[float, float]], quota: float, now: float) -> float:
         """The first moment the rate is within ``quota`` again: either the samples span long
