@@ -470,3 +470,28 @@ def test_topic_creation_over_the_mutation_quota_is_refused_then_admitted(secured
         admin.create_topic(name, partitions=3)
         mine = [t for t in admin.list_topics() if t.startswith("maker.")]
         assert mine == ["maker.a", "maker.b"]
+
+
+def test_a_restarted_partition_actor_pulls_the_rules_before_serving(secured):
+    """A partition actor that crashes restarts without the pushed policy; it must fetch the
+    Controller's before it serves anyone (never serve as if security were off), and clients
+    retry through the crash with default settings."""
+    secured.admin.create_user("erin", "erin-pw")
+    topic = _topic(secured)
+    secured.admin.create_acls([rb.Acl("User:erin", "topic", topic, "write")])
+    erin, carol = connect_as(secured, "erin"), connect_as(secured, "carol")
+    try:
+        _produce(erin, topic, 2)
+        leader = secured.root._metadata.topic(topic).leader(0)
+        ray.kill(leader.unwrapped, no_restart=False)
+        _produce(erin, topic, 2)  # retried through the restart, then checked and accepted
+        with pytest.raises(Unauthorized):
+            _produce(carol, topic, 1)
+        raw = ray.get_actor(CONTROLLER_NAME, namespace=secured.namespace)
+        fresh = ray.get(raw.metadata.remote(topic, session=secured.root.session_token())).leaders[0]
+        with pytest.raises(AuthenticationFailed):
+            ray.get(fresh.offsets.remote(), timeout=30)  # no session: refused after restart
+    finally:
+        erin.close()
+        carol.close()
+    assert len(_consume(secured.root, topic, 4)) == 4
