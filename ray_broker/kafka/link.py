@@ -1,0 +1,91 @@
+"""The listener's side of the broker: its actors, a short-lived cache of topic leaders, and
+calls that raise only typed errors (``ray_broker._ray``).
+
+A listener serves many connections; they share one ``BrokerLink``. A leader handle is trusted
+for ``METADATA_TTL_S`` or until a call says the partition moved (``invalidate``), as a Kafka
+client refreshes its metadata on NOT_LEADER_OR_FOLLOWER.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from ray_broker._ray import await_ref, submit
+from ray_broker.config import (
+    CONTROLLER_NAME,
+    GROUP_COORDINATOR_NAME,
+    TRANSACTION_COORDINATOR_NAME,
+)
+from ray_broker.errors import BrokerNotRunning
+from ray_broker.structs import TopicMetadata
+
+METADATA_TTL_S = 5.0
+ADMIN_TIMEOUT_S = 60.0
+
+
+class BrokerLink:
+    """Handles to the namespace's Controller and coordinators, looked up by name."""
+
+    def __init__(self, namespace: str, settings: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.settings = settings
+        self._topics: dict[tuple[str, str], tuple[float, TopicMetadata]] = {}
+
+    def _named(self, name: str) -> Any:
+        import ray
+
+        try:
+            return ray.get_actor(name, namespace=self.namespace)
+        except ValueError:
+            raise BrokerNotRunning(f"{name} is not running") from None
+
+    @property
+    def controller(self) -> Any:
+        return self._named(CONTROLLER_NAME)
+
+    @property
+    def groups(self) -> Any:
+        return self._named(GROUP_COORDINATOR_NAME)
+
+    @property
+    def transactions(self) -> Any:
+        """Started on first use, as a transactional producer of ours would."""
+        from ray_broker.actors.transaction_coordinator import TransactionCoordinator
+        from ray_broker.broker import singleton
+
+        return singleton(
+            TransactionCoordinator, TRANSACTION_COORDINATOR_NAME, self.settings, self.namespace
+        )
+
+    async def call(
+        self, method: Any, *args: Any, timeout_s: float = ADMIN_TIMEOUT_S, **kwargs: Any
+    ) -> Any:
+        """``await method.remote(*args, **kwargs)`` with typed errors and a deadline."""
+        return await await_ref(submit(method, *args, **kwargs), timeout_s)
+
+    async def topic(self, name: str, session: str, auto_create: bool = False) -> TopicMetadata:
+        """Raises UnknownTopicOrPartition, Unauthorized (from the Controller)."""
+        key = (name, session)
+        cached = self._topics.get(key)
+        if cached is not None and time.monotonic() - cached[0] < METADATA_TTL_S:
+            return cached[1]
+        meta = await self.call(
+            self.controller.metadata, name, auto_create, session=session, timeout_s=30.0
+        )
+        if len(self._topics) > 10_000:
+            self._topics.clear()
+        self._topics[key] = (time.monotonic(), meta)
+        return meta
+
+    def invalidate(self, name: str) -> None:
+        for key in [key for key in self._topics if key[0] == name]:
+            del self._topics[key]
+
+    async def topics(self, names: list[str], session: str) -> dict[str, TopicMetadata | Exception]:
+        """Several topics' metadata at once; a failure is returned in the topic's place."""
+        found = await asyncio.gather(
+            *(self.topic(name, session) for name in names), return_exceptions=True
+        )
+        return dict(zip(names, found, strict=True))

@@ -1,0 +1,295 @@
+"""The Kafka protocol listener: an asyncio TCP server inside a Ray actor.
+
+**Proxy mode.** A listener answers Metadata as the one broker (node 0) that leads every
+partition and coordinates every group; it forwards each request to the partition leader's
+actor wherever that runs in the Ray cluster. Clients therefore need to reach only the
+listener's address, which is what ``--kafka-listener HOST:PORT`` binds — nothing else of the
+Ray cluster is exposed. The price is one extra hop inside the cluster; the records cross it as
+Arrow.
+
+**One connection.** Frames are read as they come; up to ``MAX_IN_FLIGHT`` requests of a
+connection run at once (clients pipeline: librdkafka keeps several produce requests in
+flight) and their answers are written in request order, as Kafka's protocol requires. Writes
+to one partition keep their arrival order (``data_handlers.produce``).
+
+**Hostile input closes only its connection:** a frame longer than ``MAX_REQUEST_BYTES`` (Kafka's
+``socket.request.max.bytes``), bytes that are not a request, an unknown API or version (answered
+for ApiVersions, as Kafka does), a client that stops mid-frame for ``FRAME_TIMEOUT_S``, any
+unexpected failure while answering. Record batches are checked (length, magic, CRC-32C)
+before anything is written (``record_batch.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ray_broker.kafka import admin_handlers, data_handlers, group_handlers, sasl
+from ray_broker.kafka.classic_groups import INITIAL_REBALANCE_DELAY_MS, ClassicGroups
+from ray_broker.kafka.context import Connection, ListenerState
+from ray_broker.kafka.error_codes import ErrorCode
+from ray_broker.kafka.link import BrokerLink
+from ray_broker.kafka.protocol import (
+    APIS,
+    MAX_REQUEST_BYTES,
+    Request,
+    UnsupportedRequest,
+    api_versions_list,
+    decode_request,
+    encode_response,
+    peek,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 16
+FRAME_TIMEOUT_S = 30.0
+IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms
+MAX_CONNECTIONS = 2_000
+GROUP_TICK_S = 0.05
+
+API_VERSIONS = 18
+SASL_HANDSHAKE = 17
+SASL_AUTHENTICATE = 36
+BEFORE_LOGIN = {API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE}
+
+Handler = Callable[[Connection, Request], Awaitable[dict[str, Any] | None]]
+
+
+async def api_versions(conn: Connection, request: Request) -> dict[str, Any]:
+    return {"error_code": ErrorCode.NONE, "api_keys": api_versions_list(), "throttle_time_ms": 0}
+
+
+HANDLERS: dict[str, Handler] = {
+    "Produce": data_handlers.produce,
+    "Fetch": data_handlers.fetch,
+    "ListOffsets": data_handlers.list_offsets,
+    "Metadata": data_handlers.metadata,
+    "OffsetCommit": group_handlers.offset_commit,
+    "OffsetFetch": group_handlers.offset_fetch,
+    "FindCoordinator": group_handlers.find_coordinator,
+    "JoinGroup": group_handlers.join_group,
+    "Heartbeat": group_handlers.heartbeat,
+    "LeaveGroup": group_handlers.leave_group,
+    "SyncGroup": group_handlers.sync_group,
+    "DescribeGroups": group_handlers.describe_groups,
+    "ListGroups": group_handlers.list_groups,
+    "SaslHandshake": sasl.sasl_handshake,
+    "ApiVersions": api_versions,
+    "CreateTopics": admin_handlers.create_topics,
+    "DeleteTopics": admin_handlers.delete_topics,
+    "InitProducerId": admin_handlers.init_producer_id,
+    "AddPartitionsToTxn": admin_handlers.add_partitions_to_txn,
+    "AddOffsetsToTxn": admin_handlers.add_offsets_to_txn,
+    "EndTxn": admin_handlers.end_txn,
+    "TxnOffsetCommit": admin_handlers.txn_offset_commit,
+    "DescribeConfigs": admin_handlers.describe_configs,
+    "SaslAuthenticate": sasl.sasl_authenticate,
+}
+assert set(HANDLERS) == {api.name for api in APIS.values()}
+
+
+class _Close(Exception):
+    """End this connection (after writing ``answer``, if any)."""
+
+    def __init__(self, reason: str, answer: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.answer = answer
+
+
+class KafkaListener:
+    """Ray actor: one Kafka listener (``start_listener`` creates it)."""
+
+    def __init__(
+        self,
+        namespace: str,
+        settings: dict[str, Any],
+        host: str,
+        port: int,
+        security_enabled: bool,
+        cluster_id: str,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self._host = host
+        self._port = port
+        delay = int(settings.get("group.initial.rebalance.delay.ms", INITIAL_REBALANCE_DELAY_MS))
+        self._state = ListenerState(
+            BrokerLink(namespace, settings),
+            ClassicGroups(time.monotonic, delay),
+            host,
+            port,
+            cluster_id,
+            security_enabled,
+        )
+        self._server: asyncio.base_events.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.counters = {"connections": 0, "requests": 0, "closed_for_errors": 0}
+        # An async actor's __init__ runs on its event loop: bind now, so a listener Ray
+        # restarts after a crash serves again without anyone calling start().
+        self._binding = asyncio.get_event_loop().create_task(self._bind())
+
+    async def _bind(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self._host, self._port, reuse_address=True, limit=2**20
+        )
+        self._port = self._server.sockets[0].getsockname()[1]  # port 0: the one chosen
+        self._state.port = self._port
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        logger.info("Kafka listener serving on %s:%d", self._host, self._port)
+
+    async def start(self) -> dict[str, Any]:
+        """Wait until bound. Raises OSError when the address is taken."""
+        await asyncio.shield(self._binding)
+        return await self.describe()
+
+    async def describe(self) -> dict[str, Any]:
+        return {
+            "host": self._host,
+            "port": self._port,
+            "open_connections": len(self._connections),
+            "groups": len(self._state.groups.groups),
+            **self.counters,
+        }
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            self._server = None
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(GROUP_TICK_S)
+            try:
+                self._state.groups.tick()
+            except Exception:  # the ticker must outlive any one group's failure
+                logger.exception("classic group housekeeping failed")
+
+    # --- connections --------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._connections.add(task)
+        self.counters["connections"] += 1
+        peer = str(writer.get_extra_info("peername"))
+        conn = Connection(self._state, peer)
+        try:
+            await self._serve(conn, reader, writer)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except _Close as close:
+            self.counters["closed_for_errors"] += 1
+            logger.info("closing Kafka connection %s: %s", peer, close)
+        except Exception:
+            self.counters["closed_for_errors"] += 1
+            logger.exception("Kafka connection %s failed", peer)
+        finally:
+            self._connections.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _serve(
+        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        answers: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        sender = asyncio.create_task(self._send_answers(answers, slots, writer))
+        try:
+            while not sender.done():
+                frame = await self._read_frame(reader)
+                if frame is None:
+                    break
+                self.counters["requests"] += 1
+                await slots.acquire()
+                task = asyncio.create_task(self._answer(conn, frame))
+                answers.put_nowait(task)
+                if not conn.authenticated:
+                    # Logging in is a conversation: the next request may depend on this one.
+                    await asyncio.wait([task])
+            answers.put_nowait(None)
+            await sender
+        finally:
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await sender
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            prefix = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError):
+            return None
+        size = int.from_bytes(prefix, "big", signed=True)
+        if not 8 <= size <= MAX_REQUEST_BYTES:
+            raise _Close(f"a frame of {size} bytes (at most {MAX_REQUEST_BYTES})")
+        try:
+            return await asyncio.wait_for(reader.readexactly(size), FRAME_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise _Close(f"the client stalled mid-frame for {FRAME_TIMEOUT_S:.0f} s") from None
+
+    async def _send_answers(
+        self,
+        answers: asyncio.Queue[asyncio.Task[bytes | None] | None],
+        slots: asyncio.Semaphore,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        while True:
+            task = await answers.get()
+            if task is None:
+                return
+            try:
+                answer = await task
+            except _Close as close:
+                if close.answer:
+                    writer.write(close.answer)
+                    await writer.drain()
+                raise
+            finally:
+                slots.release()
+            if answer:
+                writer.write(answer)
+                await writer.drain()
+
+    async def _answer(self, conn: Connection, frame: bytes) -> bytes | None:
+        api_key, version, correlation_id = peek(frame)
+        try:
+            request = decode_request(frame)
+        except UnsupportedRequest as exc:
+            if api_key == API_VERSIONS:  # answered in v0, as Kafka does, so clients can retry
+                return encode_response(
+                    APIS[API_VERSIONS],
+                    0,
+                    correlation_id,
+                    {"error_code": ErrorCode.UNSUPPORTED_VERSION, "api_keys": api_versions_list()},
+                )
+            raise _Close(str(exc)) from None
+        if conn.listener.security_enabled:
+            if not conn.authenticated and api_key not in BEFORE_LOGIN:
+                raise _Close(f"{request.api.name} before SASL authentication")
+            if conn.session and time.monotonic() >= conn.session_ends:
+                raise _Close("the SASL session expired (authenticate again)")
+        try:
+            fields = await HANDLERS[request.api.name](conn, request)
+        except sasl.SaslFailed as failed:
+            answer = encode_response(request.api, version, correlation_id, failed.answer)
+            raise _Close(str(failed), answer) from None
+        if fields is None:
+            return None
+        return encode_response(request.api, version, correlation_id, fields)
