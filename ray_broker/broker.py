@@ -208,6 +208,13 @@ class Broker:
         partitions = self._metadata.topic(DELAY_TOPIC).num_partitions
         return config.delay_max_ms, partitions
 
+    def kafka_listeners(self) -> list[dict[str, Any]]:
+        """The Kafka protocol listeners serving this broker: host, port (the bound one, for a
+        listener asked for port 0), open connections, requests served."""
+        from ray_broker.kafka.deploy import describe_listeners
+
+        return describe_listeners(self.namespace)
+
     def shutdown(self) -> None:
         """Stop this namespace's broker actors (Controller and partitions), keeping their data.
 
@@ -218,6 +225,9 @@ class Broker:
         from ray_broker._ray import call
 
         self.close_clients()
+        from ray_broker.kafka.deploy import stop_listeners
+
+        stop_listeners(self.namespace)  # Kafka clients first: they reach everything below
         # Started on first use: stopped if they ever were, the delay scheduler first (it is a
         # client of the transaction coordinator).
         for name in (DELAY_SCHEDULER_NAME, TRANSACTION_COORDINATOR_NAME):
@@ -292,6 +302,7 @@ def connect(
     else:
         settings.setdefault("log.dirs", str(default_data_dir(namespace)))
     parse_config(BrokerConfig, settings)  # fail fast, in the caller's process
+    listeners = _kafka_listeners(settings)
     owns_ray = ensure_ray(address, namespace)
 
     import ray
@@ -332,7 +343,27 @@ def connect(
         if session is not None and username is not None
         else None
     )
-    return Broker(controller, coordinator, namespace, info, owns_ray, settings, session, login)
+    broker = Broker(controller, coordinator, namespace, info, owns_ray, settings, session, login)
+    if listeners:
+        from ray_broker.kafka.deploy import start_listener
+
+        try:
+            for host, port in listeners:
+                start_listener(broker, host, port)
+        except BaseException:
+            broker.close()
+            raise
+    return broker
+
+
+def _kafka_listeners(settings: dict[str, Any]) -> list[tuple[str, int]]:
+    """Raises InvalidConfig: a malformed ``kafka.listeners``."""
+    spec = settings.get("kafka.listeners")
+    if not spec:
+        return []
+    from ray_broker.kafka.deploy import parse_listeners
+
+    return parse_listeners(spec)
 
 
 def _open_session(

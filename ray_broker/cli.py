@@ -756,9 +756,18 @@ def start(
             "password comes from $RAY_BROKER_PASSWORD or a prompt.",
         ),
     ] = None,
+    kafka_listener: Annotated[
+        str | None,
+        typer.Option(
+            "--kafka-listener",
+            help="Also serve the Kafka wire protocol on HOST:PORT (e.g. 127.0.0.1:9092; "
+            "comma-separated for several): Kafka clients and tools connect there.",
+        ),
+    ] = None,
 ) -> None:
     """Start the broker service: attach to Ray (--address, RAY_ADDRESS) or start a local Ray on
-    127.0.0.1, then the broker's actors. Running it again changes nothing."""
+    127.0.0.1, then the broker's actors. Running it again changes nothing, but for listeners
+    it adds."""
     from ray_broker import service
 
     target = _target(ctx)
@@ -774,19 +783,22 @@ def start(
             target.namespace,
             target.data_dir,
             secure=superuser is not None,
+            kafka_listeners=kafka_listener,
             **credentials,
         )
     except BrokerError as exc:
         raise _fail(exc) from None
     verb = "already running" if started["already_running"] else "started"
-    _emit(
-        ctx,
-        started,
-        lambda: console.print(
+
+    def show() -> None:
+        console.print(
             f"ray-broker {verb}: namespace [bold]{started['namespace']}[/] at "
             f"{started['address']}, data in {started['data_dir']}"
-        ),
-    )
+        )
+        for listener in started["kafka_listeners"]:
+            console.print(f"Kafka listener on {listener['host']}:{listener['port']}")
+
+    _emit(ctx, started, show)
 
 
 @app.command()

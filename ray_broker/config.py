@@ -173,6 +173,13 @@ class BrokerConfig(BaseModel):
     # Quotas are measured over quota.window.num windows of quota.window.size.ms (Kafka: 11 × 1 s).
     quota_window_size_ms: int = Field(1_000, alias="quota.window.size.ms", ge=10, le=60_000)
     quota_window_num: int = Field(11, alias="quota.window.num", ge=2, le=100)
+    # Kafka wire-protocol listeners, "HOST:PORT[,HOST:PORT]" (ray_broker/kafka); "" = none.
+    kafka_listeners: str = Field("", alias="kafka.listeners", max_length=2_000)
+    # Kafka clients' groups wait this long after the first member joins an empty group, so
+    # members starting together share one generation (Kafka's default: 3 s).
+    group_initial_rebalance_delay_ms: int = Field(
+        3_000, alias="group.initial.rebalance.delay.ms", ge=0, le=300_000
+    )
 
     @field_validator("super_users", mode="before")
     @classmethod

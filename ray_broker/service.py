@@ -156,10 +156,12 @@ def start(
     secure: bool = False,
     username: str | None = None,
     password: str | None = None,
+    kafka_listeners: str | None = None,
 ) -> dict[str, Any]:
     """Start the broker service (idempotent); returns what runs and whether it already did.
     ``secure`` switches security on for a new broker, ``username`` becoming its first
-    superuser (see ``connect``).
+    superuser (see ``connect``); ``kafka_listeners`` ("HOST:PORT,...") start Kafka
+    listeners beside it.
 
     Raises:
         BrokerNotRunning: Ray could not be started or reached; InvalidConfig, DataDirInUse;
@@ -186,15 +188,19 @@ def start(
         started_ray = True
         ensure_ray(address, namespace)
     already = broker_is_running(namespace)
+    config: dict[str, Any] = {"security.enabled": True} if secure else {}
+    if kafka_listeners:
+        config["kafka.listeners"] = kafka_listeners
     with rb.connect(
         address,
         data_dir=None if already else data_dir,
         namespace=namespace,
-        config={"security.enabled": True} if secure else None,
+        config=config or None,
         username=username,
         password=password,
     ) as broker:
         data_dir_used = str(broker.data_dir)
+        listeners = broker.kafka_listeners()
     previous = ServiceRecord.load()
     started_ray = started_ray or bool(
         previous and previous.started_ray and previous.address == address
@@ -206,6 +212,7 @@ def start(
         "namespace": namespace,
         "data_dir": data_dir_used,
         "started_ray": started_ray,
+        "kafka_listeners": listeners,
     }
 
 

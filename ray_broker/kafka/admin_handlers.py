@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from ray_broker.config import TRANSACTIONAL_ID_SPACE
+from ray_broker.config import TRANSACTIONAL_ID_SPACE, TopicConfig
 from ray_broker.errors import BrokerError
 from ray_broker.kafka.context import Connection
 from ray_broker.kafka.error_codes import ErrorCode, error_code
@@ -16,6 +16,7 @@ TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
 DEFAULT_CONFIG = 5  # DescribeConfigs config_source: DEFAULT_CONFIG
 TOPIC_CONFIG = 1  # DYNAMIC_TOPIC_CONFIG
+_TOPIC_DEFAULTS = TopicConfig().to_kafka_dict()
 
 
 async def create_topics(conn: Connection, request: Request) -> dict[str, Any]:
@@ -75,10 +76,10 @@ async def describe_configs(conn: Connection, request: Request) -> dict[str, Any]
                 described = await link.call(
                     link.controller.describe_topic, resource.resource_name, session=conn.session
                 )
-                config, source = described.config, TOPIC_CONFIG
+                config, defaults = described.config, _TOPIC_DEFAULTS
             elif resource.resource_type == BROKER_RESOURCE:
                 config = await link.call(link.controller.broker_config, session=conn.session)
-                source = DEFAULT_CONFIG
+                defaults = config
             else:
                 raise _Refused(ErrorCode.INVALID_REQUEST, "only topic and broker resources")
             keys = resource.configuration_keys
@@ -87,7 +88,10 @@ async def describe_configs(conn: Connection, request: Request) -> dict[str, Any]
                     "name": name,
                     "value": _config_text(value),
                     "read_only": resource.resource_type == BROKER_RESOURCE,
-                    "config_source": source,
+                    # Kafka's tools show only what differs from the default ("modified").
+                    "config_source": DEFAULT_CONFIG
+                    if defaults.get(name) == value
+                    else TOPIC_CONFIG,
                     "is_sensitive": False,
                     "synonyms": [],
                 }

@@ -1,0 +1,211 @@
+"""Real Kafka clients — kafka-python, confluent-kafka (librdkafka), aiokafka — against the
+Kafka listener of a real broker on 127.0.0.1, and hostile bytes on its socket."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+import time
+import uuid
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+import ray_broker as rb
+from ray_broker.structs import TopicPartition as NativeTP
+from tests.conftest import start_local_ray
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def kafka(_session_ray, tmp_path_factory):
+    start_local_ray()
+    broker = rb.connect(
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        namespace=f"kafka-{uuid.uuid4().hex[:8]}",
+        config={"kafka.listeners": "127.0.0.1:0", "auto.create.topics.enable": True},
+    )
+    (listener,) = broker.kafka_listeners()
+    broker.bootstrap = f"127.0.0.1:{listener['port']}"
+    yield broker
+    broker.shutdown()
+
+
+def new_topic(kafka, partitions: int = 1) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kafka.admin().create_topic(name, partitions)
+    return name
+
+
+def read_natively(kafka, topic: str, partitions: int, count: int) -> list:
+    consumer = kafka.consumer(auto_offset_reset="earliest")
+    consumer.assign([NativeTP(topic, p) for p in range(partitions)])
+    records = []
+    deadline = time.monotonic() + 30
+    while len(records) < count and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records += batch
+    consumer.close()
+    return records
+
+
+def drain(consumer, count: int, timeout_s: float = 30) -> list:
+    records = []
+    deadline = time.monotonic() + timeout_s
+    while len(records) < count and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records += batch
+    return records
+
+
+# --- kafka-python --------------------------------------------------------------------------------
+
+
+def test_keyed_records_with_headers_are_the_same_records_over_kafka_and_natively(kafka):
+    topic = new_topic(kafka, 3)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, linger_ms=5)
+    sent = [
+        (f"key-{i % 10}".encode(), f"value-{i}".encode(), [("n", str(i).encode()), ("e", b"")])
+        for i in range(600)
+    ]
+    metas = [producer.send(topic, key=k, value=v, headers=h).get(timeout=30) for k, v, h in sent[:5]]
+    for k, v, h in sent[5:]:
+        producer.send(topic, key=k, value=v, headers=h)
+    producer.flush()
+    producer.close()
+    assert [m.offset for m in metas if m.partition == metas[0].partition][0] == 0
+
+    native = read_natively(kafka, topic, 3, len(sent))
+    assert sorted((r.key, r.value, list(r.headers)) for r in native) == sorted(
+        (k, v, h) for k, v, h in sent
+    )
+    by_key = {}
+    for r in native:  # murmur2 keyed partitioning, as Kafka's: one key, one partition
+        by_key.setdefault(r.key, set()).add(r.partition)
+    assert all(len(parts) == 1 for parts in by_key.values())
+    for records in _per_partition(native).values():  # in send order per partition
+        numbers = [int(dict(r.headers)["n"]) for r in records]
+        assert numbers == sorted(numbers)
+
+    native_producer = kafka.producer()
+    for i in range(50):
+        native_producer.send(topic, key=b"native", value=f"n-{i}".encode(), headers=[("h", b"1")])
+    native_producer.flush()
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    consumer.assign([TopicPartition(topic, p) for p in range(3)])
+    over_kafka = drain(consumer, len(sent) + 50)
+    consumer.close()
+    assert len(over_kafka) == len(sent) + 50
+    assert sorted((r.partition, r.offset, r.key, r.value) for r in over_kafka) == sorted(
+        (r.partition, r.offset, r.key, r.value) for r in read_natively(kafka, topic, 3, 650)
+    )
+    natives = [r for r in over_kafka if r.key == b"native"]
+    assert [r.value for r in natives] == [f"n-{i}".encode() for i in range(50)]
+    assert all(list(r.headers) == [("h", b"1")] for r in natives)
+
+
+def _per_partition(records) -> dict[int, list]:
+    grouped: dict[int, list] = {}
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        grouped.setdefault(r.partition, []).append(r)
+    return grouped
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_every_compression_codec_round_trips(kafka, codec):
+    topic = new_topic(kafka)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap, compression_type=codec)
+    for i in range(200):
+        producer.send(topic, value=(f"{codec}-{i}-" + "x" * 50).encode())
+    producer.flush()
+    producer.close()
+    values = [r.value for r in read_natively(kafka, topic, 1, 200)]
+    assert values == [(f"{codec}-{i}-" + "x" * 50).encode() for i in range(200)]
+
+
+def test_a_group_of_two_splits_the_partitions_and_commits(kafka):
+    topic = new_topic(kafka, 4)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    for i in range(400):
+        producer.send(topic, key=str(i).encode(), value=str(i).encode())
+    producer.flush()
+    producer.close()
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    members = [
+        KafkaConsumer(
+            topic,
+            bootstrap_servers=kafka.bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        for _ in range(2)
+    ]
+    seen: list = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 400 and time.monotonic() < deadline:
+        for member in members:
+            for records in member.poll(timeout_ms=300).values():
+                seen += records
+    assignments = [member.assignment() for member in members]
+    assert all(len(a) == 2 for a in assignments), assignments
+    assert not assignments[0] & assignments[1]
+    assert sorted(int(r.value) for r in seen) == list(range(400))
+    for member in members:
+        member.commit()
+    committed = {
+        tp.partition: members[0].committed(tp) for tp in assignments[0] | assignments[1]
+    }
+    for member in members:
+        member.close()
+    native = kafka.consumer(group_id=group, enable_auto_commit=False)
+    for partition, offset in committed.items():
+        assert native.committed(NativeTP(topic, partition)) == offset > 0
+    native.close()
+    assert sum(committed.values()) == 400
+
+
+def test_seek_offsets_for_times_and_the_ends_of_a_partition(kafka):
+    topic = new_topic(kafka)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    base = int(time.time() * 1000) - 100_000
+    for i in range(100):
+        producer.send(topic, value=str(i).encode(), timestamp_ms=base + i * 1000)
+    producer.flush()
+    producer.close()
+    tp = TopicPartition(topic, 0)
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
+    consumer.assign([tp])
+    assert consumer.beginning_offsets([tp]) == {tp: 0}
+    assert consumer.end_offsets([tp]) == {tp: 100}
+    found = consumer.offsets_for_times({tp: base + 42_500})
+    assert found[tp].offset == 43 and found[tp].timestamp == base + 43_000
+    assert consumer.offsets_for_times({tp: base + 10**9})[tp] is None
+    consumer.seek(tp, 90)
+    assert [int(r.value) for r in drain(consumer, 10)] == list(range(90, 100))
+    consumer.close()
+
+
+def test_admin_creates_describes_and_deletes_topics(kafka):
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    name = f"admin-{uuid.uuid4().hex[:6]}"
+    admin.create_topics([NewTopic(name, 2, 1, topic_configs={"retention.ms": "3600000"})])
+    assert name in admin.list_topics()
+    assert kafka.admin().describe_topic(name).config["retention.ms"] == 3_600_000
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    modified = described["topic"][name]  # kafka-python shows what differs from the defaults
+    assert modified["retention.ms"]["value"] == "3600000"
+    assert "segment.bytes" not in modified
+    from kafka.errors import TopicAlreadyExistsError
+
+    with pytest.raises(TopicAlreadyExistsError):
+        admin.create_topics([NewTopic(name, 1, 1)])
+    admin.delete_topics([name])
+    assert name not in admin.list_topics()
+    admin.close()
