@@ -232,3 +232,17 @@ def test_empty_groups_are_forgotten_and_the_count_is_bounded(monkeypatch):
 @pytest.mark.parametrize("state", [EMPTY])
 def test_a_new_group_is_empty(state):
     assert ClassicGroup("g", Clock(), 0).state == state
+
+
+@run
+async def test_a_join_sent_again_while_waiting_gets_the_same_answer_as_the_first(group, clock):
+    """A client whose poll gave up on its JoinGroup sends another; both are answered with the
+    generation (Kafka answers a connection's requests in order: none may be dropped)."""
+    (first,) = await joined(group, clock, 1)
+    member_id = group.leader or next(iter(group.members))
+    second = join(group, member_id)
+    clock.advance(3.1)
+    group.tick()
+    assert first.result() == second.result() and first.result().generation == 1
+    third = join(group, member_id)  # the leader again, the assignment not yet synced
+    assert third.result().generation == 1 and group.state == COMPLETING

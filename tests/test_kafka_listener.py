@@ -7,6 +7,7 @@ import asyncio
 import random
 import socket
 import struct
+import threading
 import time
 import uuid
 
@@ -72,7 +73,9 @@ def test_keyed_records_with_headers_are_the_same_records_over_kafka_and_natively
         (f"key-{i % 10}".encode(), f"value-{i}".encode(), [("n", str(i).encode()), ("e", b"")])
         for i in range(600)
     ]
-    metas = [producer.send(topic, key=k, value=v, headers=h).get(timeout=30) for k, v, h in sent[:5]]
+    metas = [
+        producer.send(topic, key=k, value=v, headers=h).get(timeout=30) for k, v, h in sent[:5]
+    ]
     for k, v, h in sent[5:]:
         producer.send(topic, key=k, value=v, headers=h)
     producer.flush()
@@ -149,19 +152,29 @@ def test_a_group_of_two_splits_the_partitions_and_commits(kafka):
     ]
     seen: list = []
     deadline = time.monotonic() + 60
-    while len(seen) < 400 and time.monotonic() < deadline:
-        for member in members:
-            for records in member.poll(timeout_ms=300).values():
-                seen += records
+
+    def consume(member) -> None:  # each member in its own thread, as applications run them
+        while len(seen) < 400 and time.monotonic() < deadline:
+            for records in member.poll(timeout_ms=1000).values():
+                seen.extend(records)
+
+    threads = [threading.Thread(target=consume, args=(m,)) for m in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assignments = [member.assignment() for member in members]
-    assert all(len(a) == 2 for a in assignments), assignments
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    assert all(len(a) == 2 for a in assignments), (
+        len(seen),
+        time.monotonic() - deadline,
+        admin.describe_groups([group]),
+    )
     assert not assignments[0] & assignments[1]
     assert sorted(int(r.value) for r in seen) == list(range(400))
     for member in members:
         member.commit()
-    committed = {
-        tp.partition: members[0].committed(tp) for tp in assignments[0] | assignments[1]
-    }
+    committed = {tp.partition: members[0].committed(tp) for tp in assignments[0] | assignments[1]}
     for member in members:
         member.close()
     native = kafka.consumer(group_id=group, enable_auto_commit=False)

@@ -12,7 +12,12 @@ from kafka.record.default_records import DefaultRecordBatch as KafkaPythonBatch
 from kafka.record.default_records import DefaultRecordBatchBuilder as KafkaPythonBuilder
 
 from ray_broker.errors import InvalidRecord
-from ray_broker.kafka.record_batch import decode_produced, empty_batch, encode_fetched, split_batches
+from ray_broker.kafka.record_batch import (
+    decode_produced,
+    empty_batch,
+    encode_fetched,
+    split_batches,
+)
 from ray_broker.storage.schema import HEADER_TYPE
 
 CODECS = [0, 1, 2, 3, 4]  # none, gzip, snappy, lz4, zstd
@@ -63,7 +68,9 @@ def test_produced_batches_decode_to_the_records_kafka_python_encoded(records, co
     assert decoded.records.column("timestamp").to_pylist() == [r[0] for r in records]
     assert decoded.records.column("key").to_pylist() == [r[1] for r in records]
     assert decoded.records.column("value").to_pylist() == [r[2] for r in records]
-    headers = [[(h["key"], h["value"]) for h in hs or []] for hs in decoded.records["headers"].to_pylist()]
+    headers = [
+        [(h["key"], h["value"]) for h in hs or []] for hs in decoded.records["headers"].to_pylist()
+    ]
     assert headers == [list(r[3]) for r in records]
 
 

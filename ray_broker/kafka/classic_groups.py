@@ -18,12 +18,15 @@ UNKNOWN_MEMBER_ID and join again; their committed offsets are durable elsewhere.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ray_broker.kafka.error_codes import ErrorCode
+
+logger = logging.getLogger(__name__)
 
 EMPTY = "Empty"
 PREPARING = "PreparingRebalance"
@@ -57,7 +60,9 @@ class Member:
     protocols: list[tuple[str, bytes]]
     deadline: float  # the session ends then without a heartbeat
     assignment: bytes = b""
-    joining: asyncio.Future[JoinResult] | None = None
+    # JoinGroup requests waiting at the barrier: a client that gave up on one and sent another
+    # gets both answered alike (Kafka answers in order on a connection; none may hang).
+    joining: list[asyncio.Future[JoinResult]] = field(default_factory=list)
     syncing: asyncio.Future[tuple[ErrorCode, bytes]] | None = None
 
     def supports(self, protocol: str) -> bool:
@@ -131,13 +136,21 @@ class ClassicGroup:
             member.deadline = now + session_timeout_ms / 1000
         if self.protocol_type is None:
             self.protocol_type = protocol_type
-        follower_rejoin = unchanged and member_id != self.leader
-        if self.state in (STABLE, COMPLETING) and follower_rejoin:
-            answer.set_result(self._result(member_id))  # nothing changed: the current generation
+        # Kafka's rules: nothing changed → the current generation, except that a leader
+        # rejoining a stable group asks for a rebalance (topic metadata may have changed).
+        if unchanged and (
+            self.state == COMPLETING or (self.state == STABLE and member_id != self.leader)
+        ):
+            answer.set_result(self._result(member_id))
             return answer
-        if member.joining is not None and not member.joining.done():
-            member.joining.set_result(JoinResult(ErrorCode.REBALANCE_IN_PROGRESS, member_id))
-        member.joining = answer
+        member.joining.append(answer)
+        logger.info(
+            "group %s: %s joins (%s, generation %d)",
+            self.group_id,
+            member_id,
+            self.state,
+            self.generation,
+        )
         if self.state != PREPARING:
             self._prepare_rebalance(now)
         else:
@@ -191,7 +204,7 @@ class ClassicGroup:
     def leave(self, member_id: str) -> ErrorCode:
         if member_id not in self.members:
             return ErrorCode.UNKNOWN_MEMBER_ID
-        self._remove(member_id)
+        self._remove(member_id, "left")
         return ErrorCode.NONE
 
     def check_commit(self, member_id: str, generation: int) -> ErrorCode:
@@ -215,12 +228,12 @@ class ClassicGroup:
         now = self._clock()
         self.pending = {m: until for m, until in self.pending.items() if until > now}
         for member in list(self.members.values()):
-            waiting = self.state == PREPARING and member.joining is not None
+            waiting = self.state == PREPARING and bool(member.joining)
             if member.deadline <= now and not waiting:
-                self._remove(member.member_id)
+                self._remove(member.member_id, "session timed out")
         if self.state != PREPARING:
             return
-        everyone = all(m.joining is not None for m in self.members.values())
+        everyone = all(m.joining for m in self.members.values())
         if (everyone and now >= self._delay_deadline) or now >= self._rebalance_deadline:
             self._complete_join()
 
@@ -276,10 +289,12 @@ class ClassicGroup:
             min(now + self._initial_delay_s, self._rebalance_deadline) if was_empty else now
         )
 
-    def _remove(self, member_id: str) -> None:
+    def _remove(self, member_id: str, reason: str) -> None:
+        logger.info("group %s: %s leaves (%s)", self.group_id, member_id, reason)
         member = self.members.pop(member_id)
-        if member.joining is not None and not member.joining.done():
-            member.joining.set_result(JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id))
+        for joining in member.joining:
+            if not joining.done():
+                joining.set_result(JoinResult(ErrorCode.UNKNOWN_MEMBER_ID, member_id))
         if member.syncing is not None and not member.syncing.done():
             member.syncing.set_result((ErrorCode.UNKNOWN_MEMBER_ID, b""))
         if member_id == self.leader:
@@ -296,8 +311,8 @@ class ClassicGroup:
             self.tick()
 
     def _complete_join(self) -> None:
-        for member in [m for m in self.members.values() if m.joining is None]:
-            self._remove(member.member_id)  # did not rejoin within the rebalance timeout
+        for member in [m for m in self.members.values() if not m.joining]:
+            self._remove(member.member_id, "did not rejoin within the rebalance timeout")
         if not self.members:
             return
         self.generation += 1
@@ -305,12 +320,21 @@ class ClassicGroup:
         if self.leader not in self.members:
             self.leader = next(iter(self.members))
         self.state = COMPLETING
+        logger.info(
+            "group %s: generation %d with %d members, leader %s, protocol %s",
+            self.group_id,
+            self.generation,
+            len(self.members),
+            self.leader,
+            self.protocol_name,
+        )
         now = self._clock()
         for member in self.members.values():
             member.deadline = now + member.session_timeout_ms / 1000
-            joining, member.joining = member.joining, None
-            if joining is not None and not joining.done():
-                joining.set_result(self._result(member.member_id))
+            joining, member.joining = member.joining, []
+            for answer in joining:
+                if not answer.done():
+                    answer.set_result(self._result(member.member_id))
 
     def _elect_protocol(self) -> str:
         """Kafka's vote: every member votes for its most preferred protocol all support."""
