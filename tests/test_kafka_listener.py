@@ -4,7 +4,6 @@ Kafka listener of a real broker on 127.0.0.1, and hostile bytes on its socket.""
 from __future__ import annotations
 
 import asyncio
-import random
 import socket
 import struct
 import threading
@@ -222,3 +221,129 @@ def test_admin_creates_describes_and_deletes_topics(kafka):
     admin.delete_topics([name])
     assert name not in admin.list_topics()
     admin.close()
+
+
+# --- confluent-kafka (librdkafka) and aiokafka ---------------------------------------------------
+
+
+def test_librdkafka_idempotent_zstd_producer_and_consumer_group(kafka):
+    from confluent_kafka import Consumer, Producer
+
+    topic = new_topic(kafka, 2)
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "enable.idempotence": True,
+            "compression.type": "zstd",
+            "linger.ms": 5,
+        }
+    )
+    errors = []
+    for i in range(2_000):
+        producer.produce(
+            topic,
+            key=str(i % 13).encode(),
+            value=f"v{i}".encode(),
+            headers=[("i", str(i).encode())],
+            on_delivery=lambda err, msg: errors.append(err) if err else None,
+        )
+    assert producer.flush(30) == 0 and not errors
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": f"rd-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    got = []
+    deadline = time.monotonic() + 60
+    while len(got) < 2_000 and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            got.append(message)
+    assert len(got) == 2_000
+    assert sorted(m.value() for m in got) == sorted(f"v{i}".encode() for i in range(2_000))
+    for partition in (0, 1):  # per key and partition, in send order
+        numbers = [int(dict(m.headers())["i"]) for m in got if m.partition() == partition]
+        assert numbers == sorted(numbers)
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    native = read_natively(kafka, topic, 2, 2_000)
+    assert len(native) == 2_000  # the idempotent producer wrote each record once
+
+
+def test_librdkafka_transactions_commit_and_abort_for_read_committed_readers(kafka):
+    from confluent_kafka import Consumer, Producer
+
+    topic = new_topic(kafka)
+    producer = Producer(
+        {"bootstrap.servers": kafka.bootstrap, "transactional.id": f"tx-{uuid.uuid4().hex[:6]}"}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, value=f"kept-{i}".encode())
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, value=f"dropped-{i}".encode())
+    producer.flush(30)
+    producer.abort_transaction(30)
+    producer.begin_transaction()
+    producer.produce(topic, value=b"last")
+    producer.commit_transaction(30)
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": f"rc-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    values = []
+    deadline = time.monotonic() + 60
+    while (not values or values[-1] != b"last") and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is not None and message.error() is None:
+            values.append(message.value())
+    consumer.close()
+    assert values == [f"kept-{i}".encode() for i in range(10)] + [b"last"]
+
+
+def test_aiokafka_lz4_round_trip(kafka):
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    topic = new_topic(kafka)
+
+    async def scenario() -> list[bytes]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, compression_type="lz4")
+        await producer.start()
+        try:
+            for i in range(300):
+                await producer.send(topic, f"a{i}".encode(), key=b"k")
+            await producer.flush()
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka.bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        values: list[bytes] = []
+
+        async def read() -> None:
+            async for message in consumer:
+                values.append(message.value)
+                if len(values) == 300:
+                    return
+
+        try:
+            await asyncio.wait_for(read(), 60)
+        finally:
+            await consumer.stop()
+        return values
+
+    assert asyncio.run(scenario()) == [f"a{i}".encode() for i in range(300)]

@@ -146,6 +146,7 @@ async def init_producer_id(conn: Connection, request: Request) -> dict[str, Any]
             session=conn.session,
         )
         answer["producer_id"], answer["producer_epoch"] = producer_id, epoch
+        conn.listener.txn_epochs.registered(producer_id, epoch)
     except BrokerError as exc:
         answer["error_code"] = error_code(exc)
     return answer
@@ -157,12 +158,15 @@ async def add_partitions_to_txn(conn: Connection, request: Request) -> dict[str,
     partitions = [(t.name, p) for t in topics for p in t.partitions]
     code = ErrorCode.NONE
     link = conn.listener.link
+    producer_id, epoch = conn.listener.txn_epochs.broker_ids(
+        body.v3_and_below_producer_id, body.v3_and_below_producer_epoch
+    )
     try:
         await link.call(
             link.transactions.add_partitions,
             body.v3_and_below_transactional_id,
-            body.v3_and_below_producer_id,
-            body.v3_and_below_producer_epoch,
+            producer_id,
+            epoch,
             partitions,
             session=conn.session,
         )
@@ -186,12 +190,13 @@ async def add_offsets_to_txn(conn: Connection, request: Request) -> dict[str, An
     body = request.body
     link = conn.listener.link
     code = ErrorCode.NONE
+    producer_id, epoch = conn.listener.txn_epochs.broker_ids(body.producer_id, body.producer_epoch)
     try:
         await link.call(
             link.transactions.add_offsets,
             body.transactional_id,
-            body.producer_id,
-            body.producer_epoch,
+            producer_id,
+            epoch,
             body.group_id,
             session=conn.session,
         )
@@ -204,15 +209,18 @@ async def end_txn(conn: Connection, request: Request) -> dict[str, Any]:
     body = request.body
     link = conn.listener.link
     code = ErrorCode.NONE
+    epochs = conn.listener.txn_epochs
+    producer_id, epoch = epochs.broker_ids(body.producer_id, body.producer_epoch)
     try:
-        await link.call(
+        next_id, next_epoch = await link.call(
             link.transactions.end_txn,
             body.transactional_id,
-            body.producer_id,
-            body.producer_epoch,
+            producer_id,
+            epoch,
             bool(body.committed),
             session=conn.session,
         )
+        epochs.ended(body.producer_id, body.producer_epoch, next_id, next_epoch)
     except BrokerError as exc:
         code = error_code(exc)
     return {"throttle_time_ms": 0, "error_code": code}
@@ -232,7 +240,7 @@ async def txn_offset_commit(conn: Connection, request: Request) -> dict[str, Any
             link.groups.txn_commit,
             body.group_id,
             None,
-            body.producer_id,
+            conn.listener.txn_epochs.broker_ids(body.producer_id, body.producer_epoch)[0],
             offsets,
             session=conn.session,
         )

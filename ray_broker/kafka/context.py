@@ -8,6 +8,7 @@ from typing import Any
 
 from ray_broker.kafka.classic_groups import ClassicGroups
 from ray_broker.kafka.link import BrokerLink
+from ray_broker.kafka.txn_epochs import TransactionEpochs
 
 # The listener answers as broker 0 for every partition (proxy mode, see listener.py).
 NODE_ID = 0
@@ -23,6 +24,7 @@ class ListenerState:
     port: int
     cluster_id: str
     security_enabled: bool
+    txn_epochs: TransactionEpochs = field(default_factory=TransactionEpochs)
 
 
 @dataclass

@@ -7,7 +7,12 @@ import asyncio
 import contextlib
 from typing import Any
 
-from ray_broker.errors import BrokerError, InvalidRecord, UnknownTopicOrPartition
+from ray_broker.errors import (
+    BrokerError,
+    InvalidRecord,
+    OutOfOrderSequence,
+    UnknownTopicOrPartition,
+)
 from ray_broker.kafka.context import NODE_ID, Connection
 from ray_broker.kafka.error_codes import ErrorCode, error_code
 from ray_broker.kafka.protocol import Request
@@ -123,13 +128,28 @@ async def _append(
     throttle = 0
     try:
         leader = _leader(await link.topic(topic, conn.session), partition)
+        epochs = conn.listener.txn_epochs
         for index, batch in enumerate(batches):
-            result = await link.call(
-                leader.produce,
-                batch.records,
+            producer_id, epoch, sequence = (
                 batch.producer_id,
                 batch.producer_epoch,
                 batch.base_sequence,
+            )
+            if batch.transactional and producer_id is not None:  # see txn_epochs.py
+                producer_id, epoch = epochs.broker_ids(batch.producer_id, batch.producer_epoch)
+                sequence = epochs.sequence(
+                    batch.producer_id, batch.producer_epoch, (topic, partition), sequence
+                )
+                if sequence < 0:
+                    raise OutOfOrderSequence(
+                        f"a write of an ended transaction to {topic}-{partition}"
+                    )
+            result = await link.call(
+                leader.produce,
+                batch.records,
+                producer_id,
+                epoch,
+                sequence,
                 acks,
                 True,
                 batch.transactional,
@@ -138,6 +158,14 @@ async def _append(
                 timeout_s=timeout_s,
             )
             throttle = max(throttle, result.throttle_time_ms)
+            if batch.transactional and batch.producer_id is not None:
+                epochs.written(
+                    batch.producer_id,
+                    batch.producer_epoch,
+                    (topic, partition),
+                    batch.base_sequence,
+                    batch.records.num_rows,
+                )
             if index == 0:
                 answer["base_offset"] = result.base_offset
                 answer["log_start_offset"] = result.log_start_offset
