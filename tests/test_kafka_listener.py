@@ -4,6 +4,7 @@ Kafka listener of a real broker on 127.0.0.1, and hostile bytes on its socket.""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import struct
 import threading
@@ -347,3 +348,155 @@ def test_aiokafka_lz4_round_trip(kafka):
         return values
 
     assert asyncio.run(scenario()) == [f"a{i}".encode() for i in range(300)]
+
+
+# --- hostile input -------------------------------------------------------------------------------
+
+
+def raw_connection(kafka) -> socket.socket:
+    host, port = kafka.bootstrap.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    return sock
+
+
+def frame(api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
+    header = struct.pack(">hhih", api_key, version, correlation_id, 4) + b"test"
+    return struct.pack(">i", len(header) + len(body)) + header + body
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    size = struct.unpack(">i", _exactly(sock, 4))[0]
+    return _exactly(sock, size)
+
+
+def _exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def still_serves(kafka) -> None:
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    producer.send(new_topic(kafka), b"alive").get(timeout=30)
+    producer.close()
+
+
+def test_garbage_oversized_and_unknown_frames_close_only_their_connection(kafka):
+    stalled = raw_connection(kafka)
+    stalled.sendall(struct.pack(">i", 1000) + b"\x00" * 10)  # stops mid-frame
+    for bad in (
+        b"\xff\xff\xff\xff" + b"junk",  # negative length
+        struct.pack(">i", 200 * 1024 * 1024),  # over socket.request.max.bytes
+        frame(999, 0, 1, b""),  # no such API
+        frame(0, 99, 1, b""),  # Produce v99
+        frame(3, 8, 1, b"\x01\x02"),  # Metadata that does not decode
+        struct.pack(">i", 3) + b"abc",  # too short for a header
+    ):
+        sock = raw_connection(kafka)
+        sock.sendall(bad)
+        assert closed(sock), bad[:12]
+        sock.close()
+    still_serves(kafka)  # while the stalled connection still waits for its frame
+    stalled.close()
+
+
+def test_an_unsupported_api_versions_request_is_answered_with_the_supported_range(kafka):
+    sock = raw_connection(kafka)
+    sock.sendall(frame(18, 77, 42, b""))
+    answer = read_answer(sock)
+    correlation_id, error = struct.unpack(">ih", answer[:6])
+    assert (correlation_id, error) == (42, 35)  # UNSUPPORTED_VERSION, in ApiVersions v0
+    (count,) = struct.unpack(">i", answer[6:10])
+    keys = {struct.unpack(">hhh", answer[10 + 6 * i : 16 + 6 * i]) for i in range(count)}
+    assert (0, 3, 8) in keys and (1, 4, 11) in keys and (18, 0, 3) in keys
+    sock.close()
+
+
+def test_a_batch_with_a_wrong_crc_is_refused_and_nothing_is_written(kafka):
+    from kafka.protocol.producer import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    topic = new_topic(kafka)
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 2**20)
+    builder.append(0, int(time.time() * 1000), None, b"never", [])
+    batch = bytearray(builder.build())
+    batch[-1] ^= 0x55
+    request = ProduceRequest(
+        version=7,
+        transactional_id=None,
+        acks=-1,
+        timeout_ms=5000,
+        topic_data=[
+            ProduceRequest.TopicProduceData(
+                name=topic,
+                partition_data=[
+                    ProduceRequest.TopicProduceData.PartitionProduceData(
+                        index=0, records=bytes(batch)
+                    )
+                ],
+            )
+        ],
+    )
+    request.with_header(correlation_id=5, client_id="crc")
+    sock = raw_connection(kafka)
+    sock.sendall(bytes(request.encode(header=True, framed=True)))
+    from kafka.protocol.producer import ProduceResponse
+
+    answer = ProduceResponse.decode(read_answer(sock), version=7, header=True)
+    assert answer.responses[0].partition_responses[0].error_code == 2  # CORRUPT_MESSAGE
+    sock.close()
+    assert kafka.admin().describe_topic(topic).partitions[0].high_watermark == 0
+    still_serves(kafka)
+
+
+def test_a_flood_of_connections_leaves_the_listener_serving(kafka):
+    socks = [raw_connection(kafka) for _ in range(200)]
+    still_serves(kafka)
+    for sock in socks:
+        sock.close()
+
+
+def test_seeded_fuzz_of_malformed_frames(kafka):
+    """Mutations of valid requests: every connection is answered or closed, none hangs the
+    listener, and it keeps serving."""
+    from kafka.protocol.metadata import ApiVersionsRequest, MetadataRequest
+
+    seeds = []
+    for request in (
+        ApiVersionsRequest(version=3, client_software_name="f", client_software_version="1"),
+        MetadataRequest(version=8, topics=None, allow_auto_topic_creation=False),
+    ):
+        request.with_header(correlation_id=1, client_id="fuzz")
+        seeds.append(bytes(request.encode(header=True)))
+    rng = random.Random(20261202)
+    for _ in range(60):
+        body = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            body = body[: rng.randrange(len(body))]
+        sock = raw_connection(kafka)
+        sock.settimeout(5)  # produce with acks=0 or a join barrier may rightly stay silent
+        sock.sendall(struct.pack(">i", len(body)) + bytes(body))
+        try:
+            data = sock.recv(65536)  # an answer, or the close
+        except (ConnectionResetError, TimeoutError):
+            data = b""
+        assert data is not None
+        sock.close()
+    (listener,) = kafka.kafka_listeners()
+    assert listener["closed_for_errors"] > 0
+    still_serves(kafka)

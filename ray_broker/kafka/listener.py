@@ -208,8 +208,14 @@ class KafkaListener:
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         sender = asyncio.create_task(self._send_answers(answers, slots, writer))
         try:
-            while not sender.done():
-                frame = await self._read_frame(reader)
+            while True:
+                # A refused request ends the connection at once, not at the client's next frame.
+                reading = asyncio.ensure_future(self._read_frame(reader))
+                await asyncio.wait({reading, sender}, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
+                    reading.cancel()
+                    break
+                frame = reading.result()
                 if frame is None:
                     break
                 self.counters["requests"] += 1
