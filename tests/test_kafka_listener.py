@@ -500,3 +500,25 @@ def test_seeded_fuzz_of_malformed_frames(kafka):
     (listener,) = kafka.kafka_listeners()
     assert listener["closed_for_errors"] > 0
     still_serves(kafka)
+
+
+# --- Ray Data ------------------------------------------------------------------------------------
+
+
+def test_ray_data_reads_and_writes_topics_over_the_kafka_protocol(kafka):
+    import json
+
+    import ray.data
+
+    source = new_topic(kafka, 2)
+    producer = kafka.producer()
+    for i in range(300):
+        producer.send(source, key=str(i).encode(), value=json.dumps({"n": i}).encode())
+    producer.flush()
+    rows = ray.data.read_kafka(source, bootstrap_servers=kafka.bootstrap).take_all()
+    assert sorted(json.loads(row["value"])["n"] for row in rows) == list(range(300))
+
+    sink = new_topic(kafka)
+    ray.data.from_items([{"n": i} for i in range(100)]).write_kafka(sink, kafka.bootstrap)
+    values = [json.loads(r.value) for r in read_natively(kafka, sink, 1, 100)]
+    assert sorted(v["n"] for v in values) == list(range(100))
