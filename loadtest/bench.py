@@ -16,7 +16,8 @@ Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--s
 (partitions and value sizes), ``--transactions`` (transactional produce, read_committed),
 ``--queues`` (share groups, priorities, delayed delivery), ``--filters`` (server-side filters
 on a 10M-record backlog, push consumption with credits), ``--security`` (authentication and
-ACL checks on vs off),
+ACL checks on vs off), ``--kafka`` (librdkafka through the Kafka listener next to the native
+client),
 ``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
@@ -40,6 +41,7 @@ from typing import Any
 
 import bench_backlog  # loadtest/ is this script's directory
 import bench_filters
+import bench_kafka
 import bench_peers
 import bench_plots
 import bench_queues
@@ -381,6 +383,11 @@ def main() -> None:
         help="also server-side filters and push consumption (bench_filters.py)",
     )
     parser.add_argument(
+        "--kafka",
+        action="store_true",
+        help="also Kafka clients through the Kafka listener vs the native client (bench_kafka.py)",
+    )
+    parser.add_argument(
         "--security",
         action="store_true",
         help="also throughput with authentication + ACL checks on vs off (bench_security.py)",
@@ -474,6 +481,10 @@ def main() -> None:
                 )
                 bench_security.print_security(security)
                 extra_rows.append({"figure": "security", **security, "machine": machine()})
+            if args.kafka:
+                kafka = bench_kafka.run(20_000 if args.quick else 200_000)
+                bench_kafka.print_kafka(kafka)
+                extra_rows.append({"figure": "kafka", **kafka, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)

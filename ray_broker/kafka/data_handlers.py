@@ -17,7 +17,7 @@ from ray_broker.kafka.context import NODE_ID, Connection
 from ray_broker.kafka.error_codes import ErrorCode, error_code
 from ray_broker.kafka.protocol import Request
 from ray_broker.kafka.record_batch import decode_produced, encode_fetched
-from ray_broker.storage.ipc import from_ipc
+from ray_broker.storage.ipc import from_ipc, to_ipc
 from ray_broker.structs import TopicMetadata
 
 # Kafka's timestamps for ListOffsets.
@@ -146,7 +146,7 @@ async def _append(
                     )
             result = await link.call(
                 leader.produce,
-                batch.records,
+                to_ipc(batch.records),  # as the native producer sends: one buffer, no pickling
                 producer_id,
                 epoch,
                 sequence,

@@ -94,25 +94,18 @@ def decode_produced(data: bytes | memoryview) -> list[ProducedBatch]:
         batch = DefaultRecordBatch(bytes(raw))
         if batch.is_control_batch:
             raise InvalidRecord("a producer may not write control batches")
-        timestamps, keys, values, headers = [], [], [], []
         try:
-            for record in batch:
-                timestamps.append(record.timestamp)
-                keys.append(record.key)
-                values.append(record.value)
-                headers.append(
-                    [{"key": name, "value": value} for name, value in record.headers] or None
-                )
+            records = list(batch)  # the compiled codec decompresses and parses
         except Exception as exc:  # the codec's own errors: corrupt or unknown compression
             raise InvalidRecord(f"a record batch does not decode: {exc}") from None
-        if not values:
+        if not records:
             raise InvalidRecord("a record batch holds no records")
         table = pa.Table.from_arrays(
             [
-                pa.array(timestamps, pa.int64()),
-                pa.array(keys, pa.binary()),
-                pa.array(values, pa.binary()),
-                pa.array(headers, HEADER_TYPE),
+                pa.array([r.timestamp for r in records], pa.int64()),
+                pa.array([r.key for r in records], pa.binary()),
+                pa.array([r.value for r in records], pa.binary()),
+                _headers([r.headers for r in records]),
             ],
             schema=PRODUCED_SCHEMA,
         )
@@ -127,6 +120,15 @@ def decode_produced(data: bytes | memoryview) -> list[ProducedBatch]:
             )
         )
     return decoded
+
+
+def _headers(per_record: list[list[tuple[str, bytes | None]]]) -> pa.Array:
+    if not any(per_record):
+        return pa.nulls(len(per_record), HEADER_TYPE)
+    return pa.array(
+        [[{"key": k, "value": v} for k, v in headers] or None for headers in per_record],
+        HEADER_TYPE,
+    )
 
 
 def encode_fetched(
