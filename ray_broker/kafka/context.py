@@ -8,6 +8,7 @@ from typing import Any
 
 from ray_broker.kafka.classic_groups import ClassicGroups
 from ray_broker.kafka.link import BrokerLink
+from ray_broker.kafka.partition_lane import PartitionLane
 from ray_broker.kafka.txn_epochs import TransactionEpochs
 
 # The listener answers as broker 0 for every partition (proxy mode, see listener.py).
@@ -39,6 +40,7 @@ class Connection:
     # (topic, partition) -> the previous produce of this connection to it: a connection's
     # writes to one partition land in the order they arrived, as on a Kafka broker.
     produce_turns: dict[tuple[str, int], asyncio.Future[None]] = field(default_factory=dict)
+    lanes: dict[tuple[str, int], PartitionLane] = field(default_factory=dict)
 
     @property
     def authenticated(self) -> bool:

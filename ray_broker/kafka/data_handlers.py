@@ -15,9 +15,11 @@ from ray_broker.errors import (
 )
 from ray_broker.kafka.context import NODE_ID, Connection
 from ray_broker.kafka.error_codes import ErrorCode, error_code
+from ray_broker.kafka.partition_lane import PartitionLane, Write
 from ray_broker.kafka.protocol import Request
-from ray_broker.kafka.record_batch import decode_produced, encode_fetched
-from ray_broker.storage.ipc import from_ipc, to_ipc
+from ray_broker.kafka.record_batch import ProducedBatch, decode_produced, encode_fetched
+from ray_broker.kafka.txn_epochs import TransactionEpochs
+from ray_broker.storage.ipc import from_ipc
 from ray_broker.structs import TopicMetadata
 
 # Kafka's timestamps for ListOffsets.
@@ -93,18 +95,28 @@ async def _produce_partition(
     previous: asyncio.Future[None] | None,
     turn: asyncio.Future[None],
 ) -> tuple[str, dict[str, Any], int]:
+    """A connection's writes to one partition enter its lane (``partition_lane.py``) in
+    arrival order and are then awaited together: requests pipeline while the partition sees
+    them in order — Ray delivers one caller's calls in order, and an idempotent producer's
+    sequences make the partition wait for a batch that overtook its predecessor."""
     try:
         if previous is not None:
             await asyncio.shield(previous)
-        return await _append(conn, request, topic, partition, records)
+        return await _append(conn, request, topic, partition, records, turn)
     finally:
-        turn.set_result(None)
+        if not turn.done():
+            turn.set_result(None)
         if conn.produce_turns.get((topic, partition)) is turn:
             del conn.produce_turns[(topic, partition)]
 
 
 async def _append(
-    conn: Connection, request: Request, topic: str, partition: int, records: bytes | None
+    conn: Connection,
+    request: Request,
+    topic: str,
+    partition: int,
+    records: bytes | None,
+    submitted: asyncio.Future[None],
 ) -> tuple[str, dict[str, Any], int]:
     answer: dict[str, Any] = {
         "index": partition,
@@ -126,53 +138,69 @@ async def _append(
     link = conn.listener.link
     timeout_s = max(request.body.timeout_ms, 1_000) / 1000 + 5
     throttle = 0
+    epochs = conn.listener.txn_epochs
+    loop = asyncio.get_running_loop()
     try:
         leader = _leader(await link.topic(topic, conn.session), partition)
-        epochs = conn.listener.txn_epochs
-        for index, batch in enumerate(batches):
-            producer_id, epoch, sequence = (
-                batch.producer_id,
-                batch.producer_epoch,
-                batch.base_sequence,
-            )
-            if batch.transactional and producer_id is not None:  # see txn_epochs.py
-                producer_id, epoch = epochs.broker_ids(batch.producer_id, batch.producer_epoch)
-                sequence = epochs.sequence(
-                    batch.producer_id, batch.producer_epoch, (topic, partition), sequence
-                )
-                if sequence < 0:
-                    raise OutOfOrderSequence(
-                        f"a write of an ended transaction to {topic}-{partition}"
-                    )
-            result = await link.call(
-                leader.produce,
-                to_ipc(batch.records),  # as the native producer sends: one buffer, no pickling
-                producer_id,
-                epoch,
-                sequence,
-                acks,
-                True,
+        writes = [
+            Write(
+                leader,
+                batch.records,
+                *_producer_state(epochs, batch, topic, partition),
                 batch.transactional,
+                acks,
                 request.client_id,
-                session=conn.session,
-                timeout_s=timeout_s,
+                conn.session,
+                timeout_s,
+                loop.create_future(),
             )
-            throttle = max(throttle, result.throttle_time_ms)
-            if batch.transactional and batch.producer_id is not None:
-                epochs.written(
-                    batch.producer_id,
-                    batch.producer_epoch,
-                    (topic, partition),
-                    batch.base_sequence,
-                    batch.records.num_rows,
-                )
-            if index == 0:
-                answer["base_offset"] = result.base_offset
-                answer["log_start_offset"] = result.log_start_offset
+            for batch in batches
+        ]
+        lane = conn.lanes.setdefault((topic, partition), PartitionLane())
+        for write in writes:
+            lane.write(write)
+        submitted.set_result(None)
+        try:
+            for index, (batch, write) in enumerate(zip(batches, writes, strict=True)):
+                base_offset, log_start_offset, throttle_ms = await write.answer
+                throttle = max(throttle, throttle_ms)
+                if batch.transactional and batch.producer_id is not None:
+                    epochs.written(
+                        batch.producer_id,
+                        batch.producer_epoch,
+                        (topic, partition),
+                        batch.base_sequence,
+                        batch.records.num_rows,
+                    )
+                if index == 0:
+                    answer["base_offset"] = base_offset
+                    answer["log_start_offset"] = log_start_offset
+        finally:
+            if lane.idle and conn.lanes.get((topic, partition)) is lane:
+                del conn.lanes[(topic, partition)]
     except BrokerError as exc:
         answer["error_code"] = _code(conn, topic, exc)
         answer["error_message"] = str(exc)[:500]
     return topic, answer, throttle
+
+
+def _producer_state(
+    epochs: TransactionEpochs, batch: ProducedBatch, topic: str, partition: int
+) -> tuple[int | None, int, int]:
+    """(producer id, epoch, base sequence) as the partition knows them (see txn_epochs.py).
+
+    Raises:
+        OutOfOrderSequence: a late write of a transaction that already ended.
+    """
+    if not batch.transactional or batch.producer_id is None:
+        return batch.producer_id, batch.producer_epoch, batch.base_sequence
+    producer_id, epoch = epochs.broker_ids(batch.producer_id, batch.producer_epoch)
+    sequence = epochs.sequence(
+        batch.producer_id, batch.producer_epoch, (topic, partition), batch.base_sequence
+    )
+    if sequence < 0:
+        raise OutOfOrderSequence(f"a write of an ended transaction to {topic}-{partition}")
+    return producer_id, epoch, sequence
 
 
 # --- Fetch --------------------------------------------------------------------------------------

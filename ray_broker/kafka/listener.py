@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ray_broker.actors.priority import serve_at_normal_priority
 from ray_broker.kafka import admin_handlers, data_handlers, group_handlers, sasl
 from ray_broker.kafka.classic_groups import INITIAL_REBALANCE_DELAY_MS, ClassicGroups
 from ray_broker.kafka.context import Connection, ListenerState
@@ -114,6 +115,7 @@ class KafkaListener:
         cluster_id: str,
     ) -> None:
         logging.basicConfig(level=logging.INFO)
+        serve_at_normal_priority()  # a server: not behind the clients it serves (priority.py)
         self._host = host
         self._port = port
         delay = int(settings.get("group.initial.rebalance.delay.ms", INITIAL_REBALANCE_DELAY_MS))
