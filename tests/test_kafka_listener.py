@@ -522,3 +522,32 @@ def test_ray_data_reads_and_writes_topics_over_the_kafka_protocol(kafka):
     ray.data.from_items([{"n": i} for i in range(100)]).write_kafka(sink, kafka.bootstrap)
     values = [json.loads(r.value) for r in read_natively(kafka, sink, 1, 100)]
     assert sorted(v["n"] for v in values) == list(range(100))
+
+
+def test_a_crashed_listener_is_restarted_by_ray_and_clients_carry_on(kafka):
+    """Ray restarts the listener's actor; it binds the same address again and a producer
+    with default settings reconnects and delivers everything, once."""
+    import ray
+
+    from ray_broker.kafka.deploy import listener_names
+
+    topic = new_topic(kafka)
+    producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
+    for i in range(100):
+        producer.send(topic, str(i).encode())
+    producer.flush()
+    (name,) = listener_names(kafka.namespace)
+    ray.kill(ray.get_actor(name, namespace=kafka.namespace), no_restart=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if kafka.kafka_listeners()[0]["port"] == int(kafka.bootstrap.rsplit(":", 1)[1]):
+                break
+        except Exception:  # restarting
+            time.sleep(0.5)
+    for i in range(100, 200):
+        producer.send(topic, str(i).encode())
+    producer.flush(timeout=60)
+    producer.close()
+    values = sorted(int(r.value) for r in read_natively(kafka, topic, 1, 200))
+    assert values == list(range(200))

@@ -63,6 +63,8 @@ def start_listener(broker: Broker, host: str, port: int) -> dict[str, Any]:
     from ray_broker._ray import call
     from ray_broker.kafka.listener import KafkaListener
 
+    # Port 0 is resolved here, once: a listener Ray restarts binds the same port again.
+    bound_port = port or _free_port(host)
     actor = (
         ray.remote(KafkaListener)
         .options(
@@ -79,7 +81,7 @@ def start_listener(broker: Broker, host: str, port: int) -> dict[str, Any]:
             broker.namespace,
             dict(broker._settings),
             host,
-            port,
+            bound_port,
             broker.secured,
             cluster_id(broker.namespace),
         )
@@ -91,6 +93,14 @@ def start_listener(broker: Broker, host: str, port: int) -> dict[str, Any]:
         raise BrokerNotRunning(
             f"the Kafka listener on {host}:{port} did not start: {exc}"
         ) from None
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def listener_names(namespace: str) -> list[str]:
