@@ -64,6 +64,7 @@ MIN_SESSION_TIMEOUT_MS = 100
 MAX_SESSION_TIMEOUT_MS = 1_800_000
 MAX_PARTITIONS = 10_000
 MAX_PRIORITY_LEVELS = 10
+GROUP_INITIAL_REBALANCE_DELAY_MS = 3_000  # Kafka's default
 
 _MODEL = ConfigDict(
     populate_by_name=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
@@ -178,7 +179,7 @@ class BrokerConfig(BaseModel):
     # Kafka clients' groups wait this long after the first member joins an empty group, so
     # members starting together share one generation (Kafka's default: 3 s).
     group_initial_rebalance_delay_ms: int = Field(
-        3_000, alias="group.initial.rebalance.delay.ms", ge=0, le=300_000
+        GROUP_INITIAL_REBALANCE_DELAY_MS, alias="group.initial.rebalance.delay.ms", ge=0, le=300_000
     )
 
     @field_validator("super_users", mode="before")

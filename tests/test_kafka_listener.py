@@ -22,16 +22,25 @@ from tests.conftest import start_local_ray
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def kafka(_session_ray, tmp_path_factory):
+def listening_broker(data_dir, name: str, config: dict, **login) -> rb.Broker:
+    """A fresh broker with one Kafka listener on a free loopback port (``.bootstrap``)."""
     start_local_ray()
     broker = rb.connect(
-        data_dir=tmp_path_factory.mktemp("kafka"),
-        namespace=f"kafka-{uuid.uuid4().hex[:8]}",
-        config={"kafka.listeners": "127.0.0.1:0", "auto.create.topics.enable": True},
+        data_dir=data_dir,
+        namespace=f"{name}-{uuid.uuid4().hex[:8]}",
+        config={"kafka.listeners": "127.0.0.1:0", **config},
+        **login,
     )
     (listener,) = broker.kafka_listeners()
     broker.bootstrap = f"127.0.0.1:{listener['port']}"
+    return broker
+
+
+@pytest.fixture(scope="module")
+def kafka(_session_ray, tmp_path_factory):
+    broker = listening_broker(
+        tmp_path_factory.mktemp("kafka"), "kafka", {"auto.create.topics.enable": True}
+    )
     yield broker
     broker.shutdown()
 

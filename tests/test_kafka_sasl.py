@@ -12,27 +12,23 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
 import ray_broker as rb
-from tests.conftest import start_local_ray
-from tests.test_kafka_listener import raw_connection, read_answer
+from tests.test_kafka_listener import listening_broker, raw_connection, read_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def secured_kafka(_session_ray, tmp_path_factory):
-    start_local_ray()
-    broker = rb.connect(
-        data_dir=tmp_path_factory.mktemp("kafka-sasl"),
-        namespace=f"kafka-sasl-{uuid.uuid4().hex[:8]}",
-        config={"security.enabled": True, "kafka.listeners": "127.0.0.1:0"},
+    broker = listening_broker(
+        tmp_path_factory.mktemp("kafka-sasl"),
+        "kafka-sasl",
+        {"security.enabled": True},
         username="root",
         password="root-pw",
     )
     admin = broker.admin()
     for user in ("alice", "bob"):
         admin.create_user(user, f"{user}-pw")
-    (listener,) = broker.kafka_listeners()
-    broker.bootstrap = f"127.0.0.1:{listener['port']}"
     yield broker
     broker.shutdown()
 

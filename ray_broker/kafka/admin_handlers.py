@@ -50,13 +50,10 @@ async def delete_topics(conn: Connection, request: Request) -> dict[str, Any]:
     link = conn.listener.link
     answers = []
     for name in request.body.topic_names:
-        answer = {"name": name, "error_code": ErrorCode.NONE}
-        try:
-            await link.call(link.controller.delete_topic, name, session=conn.session)
+        code = await link.outcome(link.controller.delete_topic, name, session=conn.session)
+        if code == ErrorCode.NONE:
             link.invalidate(name)
-        except BrokerError as exc:
-            answer["error_code"] = error_code(exc)
-        answers.append(answer)
+        answers.append({"name": name, "error_code": code})
     return {"throttle_time_ms": 0, "responses": answers}
 
 
@@ -156,22 +153,18 @@ async def add_partitions_to_txn(conn: Connection, request: Request) -> dict[str,
     body = request.body
     topics = body.v3_and_below_topics or []
     partitions = [(t.name, p) for t in topics for p in t.partitions]
-    code = ErrorCode.NONE
     link = conn.listener.link
     producer_id, epoch = conn.listener.txn_epochs.broker_ids(
         body.v3_and_below_producer_id, body.v3_and_below_producer_epoch
     )
-    try:
-        await link.call(
-            link.transactions.add_partitions,
-            body.v3_and_below_transactional_id,
-            producer_id,
-            epoch,
-            partitions,
-            session=conn.session,
-        )
-    except BrokerError as exc:
-        code = error_code(exc)
+    code = await link.outcome(
+        link.transactions.add_partitions,
+        body.v3_and_below_transactional_id,
+        producer_id,
+        epoch,
+        partitions,
+        session=conn.session,
+    )
     return {
         "throttle_time_ms": 0,
         "results_by_topic_v3_and_below": [
@@ -189,19 +182,15 @@ async def add_partitions_to_txn(conn: Connection, request: Request) -> dict[str,
 async def add_offsets_to_txn(conn: Connection, request: Request) -> dict[str, Any]:
     body = request.body
     link = conn.listener.link
-    code = ErrorCode.NONE
     producer_id, epoch = conn.listener.txn_epochs.broker_ids(body.producer_id, body.producer_epoch)
-    try:
-        await link.call(
-            link.transactions.add_offsets,
-            body.transactional_id,
-            producer_id,
-            epoch,
-            body.group_id,
-            session=conn.session,
-        )
-    except BrokerError as exc:
-        code = error_code(exc)
+    code = await link.outcome(
+        link.transactions.add_offsets,
+        body.transactional_id,
+        producer_id,
+        epoch,
+        body.group_id,
+        session=conn.session,
+    )
     return {"throttle_time_ms": 0, "error_code": code}
 
 
@@ -234,18 +223,14 @@ async def txn_offset_commit(conn: Connection, request: Request) -> dict[str, Any
         for t in body.topics
         for p in t.partitions
     }
-    code = ErrorCode.NONE
-    try:
-        await link.call(
-            link.groups.txn_commit,
-            body.group_id,
-            None,
-            conn.listener.txn_epochs.broker_ids(body.producer_id, body.producer_epoch)[0],
-            offsets,
-            session=conn.session,
-        )
-    except BrokerError as exc:
-        code = error_code(exc)
+    code = await link.outcome(
+        link.groups.txn_commit,
+        body.group_id,
+        None,
+        conn.listener.txn_epochs.broker_ids(body.producer_id, body.producer_epoch)[0],
+        offsets,
+        session=conn.session,
+    )
     return {
         "throttle_time_ms": 0,
         "topics": [

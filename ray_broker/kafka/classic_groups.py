@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ray_broker.config import GROUP_INITIAL_REBALANCE_DELAY_MS
 from ray_broker.kafka.error_codes import ErrorCode
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ PREPARING = "PreparingRebalance"
 COMPLETING = "CompletingRebalance"
 STABLE = "Stable"
 
-INITIAL_REBALANCE_DELAY_MS = 3_000  # Kafka's group.initial.rebalance.delay.ms
 MIN_SESSION_TIMEOUT_MS = 6_000  # Kafka's group.min.session.timeout.ms
 MAX_SESSION_TIMEOUT_MS = 1_800_000  # Kafka's group.max.session.timeout.ms
 MAX_GROUPS = 100_000
@@ -371,7 +371,7 @@ class ClassicGroups:
     def __init__(
         self,
         clock: Callable[[], float],
-        initial_delay_ms: int = INITIAL_REBALANCE_DELAY_MS,
+        initial_delay_ms: int = GROUP_INITIAL_REBALANCE_DELAY_MS,
     ) -> None:
         self._clock = clock
         self._initial_delay_ms = initial_delay_ms

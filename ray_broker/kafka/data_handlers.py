@@ -71,19 +71,26 @@ async def produce(conn: Connection, request: Request) -> dict[str, Any] | None:
     answers = await asyncio.gather(*work)
     if body.acks == 0:
         return None  # Kafka sends nothing back to acks=0 producers
-    by_topic: dict[str, list[dict[str, Any]]] = {}
-    throttle = 0
-    for topic, answer, throttle_ms in answers:
-        by_topic.setdefault(topic, []).append(answer)
-        throttle = max(throttle, throttle_ms)
-    if request.version >= PRODUCE_SELF_THROTTLE_VERSION:
-        throttle = 0
+    by_topic, throttle = _by_topic(answers, request.version >= PRODUCE_SELF_THROTTLE_VERSION)
     return {
         "responses": [
             {"name": name, "partition_responses": parts} for name, parts in by_topic.items()
         ],
         "throttle_time_ms": throttle,
     }
+
+
+def _by_topic(
+    answers: list[tuple[str, dict[str, Any], int]], client_throttles: bool
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Partition answers grouped by topic, and the throttle time to report: the longest the
+    partitions held an answer back, or 0 for versions whose clients throttle themselves."""
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    throttle = 0
+    for topic, answer, throttle_ms in answers:
+        by_topic.setdefault(topic, []).append(answer)
+        throttle = max(throttle, throttle_ms)
+    return by_topic, 0 if client_throttles else throttle
 
 
 async def _produce_partition(
@@ -221,13 +228,7 @@ async def fetch(conn: Connection, request: Request) -> dict[str, Any]:
     failed = any(a["error_code"] for _, a, _ in answers)
     if wanted and size < max(body.min_bytes, 1) and body.max_wait_ms > 0 and not failed:
         answers = await _long_poll(conn, request, wanted, read_committed, answers)
-    by_topic: dict[str, list[dict[str, Any]]] = {}
-    throttle = 0
-    for topic, answer, throttle_ms in answers:
-        by_topic.setdefault(topic, []).append(answer)
-        throttle = max(throttle, throttle_ms)
-    if request.version >= FETCH_SELF_THROTTLE_VERSION:
-        throttle = 0
+    by_topic, throttle = _by_topic(answers, request.version >= FETCH_SELF_THROTTLE_VERSION)
     return {
         "throttle_time_ms": throttle,
         "error_code": ErrorCode.NONE,

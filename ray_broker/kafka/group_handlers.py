@@ -29,7 +29,8 @@ async def find_coordinator(conn: Connection, request: Request) -> dict[str, Any]
 
 
 async def _authorized_group(conn: Connection, group_id: str) -> ErrorCode | None:
-    """Kafka's rule for joining: read on the group (checked by asking the coordinator)."""
+    """May this session join the group? Asked of the group coordinator, which checks describe
+    on the group (Kafka asks read; commits still need read there)."""
     try:
         validate_group_id(group_id)
     except BrokerError:
@@ -37,11 +38,8 @@ async def _authorized_group(conn: Connection, group_id: str) -> ErrorCode | None
     if not conn.listener.security_enabled:
         return None
     link = conn.listener.link
-    try:
-        await link.call(link.groups.committed, group_id, [], session=conn.session)
-    except BrokerError as exc:
-        return error_code(exc)
-    return None
+    code = await link.outcome(link.groups.committed, group_id, [], session=conn.session)
+    return None if code == ErrorCode.NONE else code
 
 
 def _group(conn: Connection, group_id: str) -> ClassicGroup | None:
@@ -142,10 +140,9 @@ async def offset_commit(conn: Connection, request: Request) -> dict[str, Any]:
             for topic, p in wanted
         }
         link = conn.listener.link
-        try:
-            await link.call(link.groups.commit, body.group_id, None, offsets, session=conn.session)
-        except BrokerError as exc:
-            refusal = error_code(exc)
+        refusal = await link.outcome(
+            link.groups.commit, body.group_id, None, offsets, session=conn.session
+        )
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for topic, p in wanted:
         by_topic.setdefault(topic, []).append(

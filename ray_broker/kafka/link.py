@@ -8,7 +8,6 @@ client refreshes its metadata on NOT_LEADER_OR_FOLLOWER.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -18,7 +17,8 @@ from ray_broker.config import (
     GROUP_COORDINATOR_NAME,
     TRANSACTION_COORDINATOR_NAME,
 )
-from ray_broker.errors import BrokerNotRunning
+from ray_broker.errors import BrokerError, BrokerNotRunning
+from ray_broker.kafka.error_codes import ErrorCode, error_code
 from ray_broker.structs import TopicMetadata
 
 METADATA_TTL_S = 5.0
@@ -65,6 +65,15 @@ class BrokerLink:
         """``await method.remote(*args, **kwargs)`` with typed errors and a deadline."""
         return await await_ref(submit(method, *args, **kwargs), timeout_s)
 
+    async def outcome(self, method: Any, *args: Any, **kwargs: Any) -> ErrorCode:
+        """Call for its effect only: the Kafka error code a client should see (NONE when the
+        call succeeded)."""
+        try:
+            await self.call(method, *args, **kwargs)
+        except BrokerError as exc:
+            return error_code(exc)
+        return ErrorCode.NONE
+
     async def topic(self, name: str, session: str, auto_create: bool = False) -> TopicMetadata:
         """Raises UnknownTopicOrPartition, Unauthorized (from the Controller)."""
         key = (name, session)
@@ -82,10 +91,3 @@ class BrokerLink:
     def invalidate(self, name: str) -> None:
         for key in [key for key in self._topics if key[0] == name]:
             del self._topics[key]
-
-    async def topics(self, names: list[str], session: str) -> dict[str, TopicMetadata | Exception]:
-        """Several topics' metadata at once; a failure is returned in the topic's place."""
-        found = await asyncio.gather(
-            *(self.topic(name, session) for name in names), return_exceptions=True
-        )
-        return dict(zip(names, found, strict=True))

@@ -29,8 +29,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray_broker.actors.priority import serve_at_normal_priority
+from ray_broker.config import BrokerConfig, parse_config
 from ray_broker.kafka import admin_handlers, data_handlers, group_handlers, sasl
-from ray_broker.kafka.classic_groups import INITIAL_REBALANCE_DELAY_MS, ClassicGroups
+from ray_broker.kafka.classic_groups import ClassicGroups
 from ray_broker.kafka.context import Connection, ListenerState
 from ray_broker.kafka.error_codes import ErrorCode
 from ray_broker.kafka.link import BrokerLink
@@ -118,7 +119,7 @@ class KafkaListener:
         serve_at_normal_priority()  # a server: not behind the clients it serves (priority.py)
         self._host = host
         self._port = port
-        delay = int(settings.get("group.initial.rebalance.delay.ms", INITIAL_REBALANCE_DELAY_MS))
+        delay = parse_config(BrokerConfig, settings).group_initial_rebalance_delay_ms
         self._state = ListenerState(
             BrokerLink(namespace, settings),
             ClassicGroups(time.monotonic, delay),

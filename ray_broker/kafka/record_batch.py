@@ -22,14 +22,12 @@ from ray_broker.errors import InvalidRecord
 from ray_broker.storage.schema import HEADER_TYPE
 
 MAGIC_V2 = 2
-# base offset i64, batch length i32, leader epoch i32, magic i8, crc u32 | attributes i16 ...
-HEADER = struct.Struct(">qiibIhiqqqhii")
-HEADER_SIZE = HEADER.size  # 61
+# base offset i64, batch length i32, leader epoch i32, magic i8, crc u32 | attributes i16,
+# last offset delta i32, first and max timestamp i64, producer id i64, epoch i16, base
+# sequence i32, record count i32: 61 bytes.
+HEADER_SIZE = struct.calcsize(">qiibIhiqqqhii")
 LENGTH_OFFSET = 12  # what the batch length counts from (after base offset and length)
 CRC_FROM = 21  # the CRC covers attributes to the end
-ATTR_COMPRESSION_MASK = 0x07
-ATTR_TRANSACTIONAL = 0x10
-ATTR_CONTROL = 0x20
 NO_PRODUCER_ID = -1
 
 PRODUCED_SCHEMA = pa.schema(

@@ -53,10 +53,7 @@ async def sasl_authenticate(conn: Connection, request: Request) -> dict[str, Any
         if mechanism == PLAIN:
             return await _plain(conn, message)
         return await _scram(conn, mechanism, message)
-    except AuthenticationFailed as exc:
-        conn.sasl_mechanism = conn.sasl_exchange = None
-        raise SaslFailed(_refusal(ErrorCode.SASL_AUTHENTICATION_FAILED, str(exc))) from None
-    except BrokerError as exc:
+    except BrokerError as exc:  # AuthenticationFailed, or the Controller did not answer
         conn.sasl_mechanism = conn.sasl_exchange = None
         raise SaslFailed(_refusal(ErrorCode.SASL_AUTHENTICATION_FAILED, str(exc))) from None
 
