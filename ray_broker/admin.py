@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from ray_broker._ray import call, resolve, retrying, submit
 from ray_broker.access_admin import AccessAdmin
 from ray_broker.actors.access_guard import with_session
-from ray_broker.errors import BrokerNotRunning, GroupNotEmpty, TopicNotFound
+from ray_broker.errors import BrokerError, BrokerNotRunning, GroupNotEmpty, TopicNotFound
 from ray_broker.metadata import MetadataCache
 from ray_broker.structs import (
     DeadLetter,
@@ -109,6 +109,22 @@ class Admin(AccessAdmin):
         """Partitions with leader, offsets and config. Raises TopicNotFound."""
         return self._call("describe_topic", name)
 
+    def describe_topics(self, names: list[str]) -> dict[str, TopicDescription | BrokerError]:
+        """Many topics at once (Kafka's ``describe_topics``): the Controller describes them
+        concurrently, so a console of a thousand topics waits for the slowest, not the sum. A
+        topic that cannot be described maps to its typed error instead of failing the rest."""
+        return self._many(self._controller.describe_topic, names)
+
+    def _many(self, method: Any, keys: list[str]) -> dict[str, Any]:
+        refs = {key: submit(method, key, unavailable=BrokerNotRunning) for key in keys}
+        out: dict[str, Any] = {}
+        for key, ref in refs.items():
+            try:
+                out[key] = resolve(ref, ADMIN_TIMEOUT_S, BrokerNotRunning)
+            except BrokerError as exc:
+                out[key] = exc
+        return out
+
     def create_partitions(self, name: str, total: int) -> TopicDescription:
         """Grow a topic to ``total`` partitions. Raises InvalidPartitions, TopicNotFound."""
         description = self._call("create_partitions", name, total)
@@ -155,6 +171,11 @@ class Admin(AccessAdmin):
         """State, members and their assignment, and per partition the committed offset, log
         end and lag. Raises GroupNotFound."""
         return self._group_call("describe_group", group_id)
+
+    def describe_groups(self, group_ids: list[str]) -> dict[str, GroupDescription | BrokerError]:
+        """Many groups at once (Kafka's ``describe_consumer_groups``), concurrently; a group that
+        cannot be described maps to its typed error."""
+        return self._many(self._coordinator.describe_group, group_ids)
 
     def delete_group(self, group_id: str) -> None:
         """Forget an empty group's committed offsets. Raises GroupNotFound, GroupNotEmpty."""

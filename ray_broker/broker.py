@@ -225,9 +225,12 @@ class Broker:
         from ray_broker._ray import call
 
         self.close_clients()
+        from ray_broker.console.deploy import stop_consoles
         from ray_broker.kafka.deploy import stop_listeners
 
-        stop_listeners(self.namespace)  # Kafka clients first: they reach everything below
+        # The edges first — Kafka clients and the console reach everything below.
+        stop_listeners(self.namespace)
+        stop_consoles(self.namespace)
         # Started on first use: stopped if they ever were, the delay scheduler first (it is a
         # client of the transaction coordinator).
         for name in (DELAY_SCHEDULER_NAME, TRANSACTION_COORDINATOR_NAME):
@@ -242,6 +245,15 @@ class Broker:
         call(self._controller.shutdown, timeout_s=SHUTDOWN_TIMEOUT_S, unavailable=BrokerNotRunning)
         ray.kill(_unwrapped(self._controller), no_restart=True)
         self.close()
+
+    def release(self, client: Any) -> None:
+        """Close a client made here and forget it (a long-lived connection that makes a
+        consumer per request, as the console does, would otherwise hold them all)."""
+        try:
+            client.close()
+        finally:
+            if client in self._clients:
+                self._clients.remove(client)
 
     def close_clients(self) -> None:
         for client in reversed(self._clients):

@@ -286,6 +286,14 @@ class InvalidFilter(BrokerError, ValueError):
     fields = ("filter", "position")
 
 
+class InvalidRequest(BrokerError, ValueError):
+    """An HTTP request the console or its API cannot take: malformed JSON, a body over the
+    size limit, a content type it does not read, a parameter out of range. ``status`` is the
+    HTTP status it is answered with (400, 413, 415, 422)."""
+
+    fields = ("status",)
+
+
 class InvalidRecordState(BrokerError):
     """A share-group acknowledgement names records this member does not hold: never delivered
     to it, already acknowledged, or its acquisition lock expired (the record was or will be

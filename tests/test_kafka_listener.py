@@ -538,14 +538,15 @@ def test_a_crashed_listener_is_restarted_by_ray_and_clients_carry_on(kafka):
     with default settings reconnects and delivers everything, once."""
     import ray
 
-    from ray_broker.kafka.deploy import listener_names
+    from ray_broker.edge_actors import named
+    from ray_broker.kafka.deploy import NAME_PREFIX
 
     topic = new_topic(kafka)
     producer = KafkaProducer(bootstrap_servers=kafka.bootstrap)
     for i in range(100):
         producer.send(topic, str(i).encode())
     producer.flush()
-    (name,) = listener_names(kafka.namespace)
+    (name,) = named(kafka.namespace, NAME_PREFIX)
     ray.kill(ray.get_actor(name, namespace=kafka.namespace), no_restart=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -244,6 +244,14 @@ class Consumer:
         member = self._membership.member_id if self._membership is not None else None
         return {"group_id": self.config.group_id, "member_id": member}
 
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        """The topic's partition numbers (kafka-python's ``partitions_for_topic``).
+
+        Raises:
+            TopicNotFound, Unauthorized.
+        """
+        return set(range(self._metadata.topic(topic).num_partitions))
+
     def offsets_for_times(
         self, timestamps: dict[TopicPartition, int]
     ) -> dict[TopicPartition, OffsetAndTimestamp | None]:

@@ -13,6 +13,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ray_broker.config import HEAD_NODE_RESOURCE
+from ray_broker.edge_actors import describe_named, free_port, stop_named
 from ray_broker.errors import BrokerNotRunning, InvalidConfig
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def start_listener(broker: Broker, host: str, port: int) -> dict[str, Any]:
     from ray_broker.kafka.listener import KafkaListener
 
     # Port 0 is resolved here, once: a listener Ray restarts binds the same port again.
-    bound_port = port or _free_port(host)
+    bound_port = port or free_port(host)
     actor = (
         ray.remote(KafkaListener)
         .options(
@@ -95,44 +96,10 @@ def start_listener(broker: Broker, host: str, port: int) -> dict[str, Any]:
         ) from None
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def listener_names(namespace: str) -> list[str]:
-    import ray
-
-    return [
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["namespace"] == namespace and actor["name"].startswith(NAME_PREFIX)
-    ]
-
-
 def describe_listeners(namespace: str) -> list[dict[str, Any]]:
-    import ray
-
-    from ray_broker._ray import call
-
-    described = []
-    for name in listener_names(namespace):
-        actor = ray.get_actor(name, namespace=namespace)
-        described.append(call(actor.describe, timeout_s=30, unavailable=BrokerNotRunning))
-    return described
+    return describe_named(namespace, NAME_PREFIX)
 
 
 def stop_listeners(namespace: str) -> int:
     """Stop every listener of the namespace; how many there were."""
-    import ray
-
-    names = listener_names(namespace)
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-        except ValueError:
-            continue
-    return len(names)
+    return stop_named(namespace, NAME_PREFIX)

@@ -1,0 +1,93 @@
+"""Reading a page of records for the API and the message browser: from an offset, from a
+time, or from the start, optionally through the broker-side filter, bounded in records and in
+time so that a request over an empty or heavily filtered topic answers promptly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray_broker.errors import InvalidRequest
+from ray_broker.structs import Record, TopicPartition
+
+MAX_PAGE_RECORDS = 1_000
+BROWSE_DEADLINE_S = 3.0
+POLL_TIMEOUT_MS = 300
+
+
+def browse(
+    account: Any,
+    topic: str,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    timestamp_ms: int | None = None,
+    filter_text: str | None = None,
+    limit: int = 50,
+) -> list[Record]:
+    """Up to ``limit`` records of ``topic`` (one partition, or all), in offset order per
+    partition, starting at ``offset`` (one partition only) or at the first record at or after
+    ``timestamp_ms``, else at the log start.
+
+    Raises:
+        InvalidRequest: a limit outside 1..1000, an offset without a partition.
+        TopicNotFound, UnknownTopicOrPartition, Unauthorized, InvalidFilter.
+    """
+    if not 1 <= limit <= MAX_PAGE_RECORDS:
+        raise InvalidRequest(f"limit is 1..{MAX_PAGE_RECORDS}, got {limit}", status=422)
+    if offset is not None and partition is None:
+        raise InvalidRequest("an offset needs a partition", status=422)
+    broker = account.broker
+    consumer = broker.consumer(
+        enable_auto_commit=False,
+        max_poll_records=limit,
+        filter=filter_text or None,
+        client_id="ray-broker-console",
+    )
+    try:
+        count = len(consumer.partitions_for_topic(topic))
+        if partition is not None and not 0 <= partition < count:
+            from ray_broker.errors import UnknownTopicOrPartition
+
+            raise UnknownTopicOrPartition(f"{topic!r} has no partition {partition}")
+        partitions = (
+            [TopicPartition(topic, p) for p in range(count)]
+            if partition is None
+            else [TopicPartition(topic, partition)]
+        )
+        consumer.assign(partitions)
+        _position(consumer, partitions, offset, timestamp_ms)
+        return _read(consumer, limit)
+    finally:
+        broker.release(consumer)
+
+
+def _position(
+    consumer: Any, partitions: list[TopicPartition], offset: int | None, timestamp_ms: int | None
+) -> None:
+    if offset is not None:
+        consumer.seek(partitions[0], offset)
+        return
+    if timestamp_ms is not None:
+        found = consumer.offsets_for_times({tp: timestamp_ms for tp in partitions})
+        for tp in partitions:
+            if found.get(tp) is None:
+                consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, found[tp].offset)
+        return
+    consumer.seek_to_beginning(*partitions)
+
+
+def _read(consumer: Any, limit: int) -> list[Record]:
+    records: list[Record] = []
+    deadline = time.monotonic() + BROWSE_DEADLINE_S
+    idle_polls = 0
+    while len(records) < limit and time.monotonic() < deadline and idle_polls < 2:
+        batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=limit - len(records))
+        found = [record for part in batch.values() for record in part]
+        idle_polls = 0 if found else idle_polls + 1
+        records.extend(found)
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return records[:limit]
