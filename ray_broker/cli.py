@@ -186,6 +186,26 @@ def _broker(ctx: typer.Context) -> Any:
         raise _fail(exc) from None
 
 
+@contextmanager
+def _running_broker(ctx: typer.Context) -> Any:
+    """``_broker`` for commands that need the broker service `start` started (they must not
+    start an embedded one that would vanish with the command)."""
+    from ray_broker import service
+    from ray_broker.errors import BrokerNotRunning
+    from ray_broker.runtime import ensure_ray
+
+    target = _target(ctx)
+    if target.address is None:
+        raise _fail(BrokerNotRunning("no broker service runs here (start: ray-broker start)"))
+    try:
+        ensure_ray(target.address, target.namespace)
+        service.require_broker(target.address, target.namespace)
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    with _broker(ctx) as broker:
+        yield broker
+
+
 def _parse_config(pairs: list[str]) -> dict[str, str]:
     config = {}
     for pair in pairs:
@@ -764,6 +784,13 @@ def start(
             "comma-separated for several): Kafka clients and tools connect there.",
         ),
     ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Also serve the HTTP API and web console on HOST:PORT (e.g. 127.0.0.1:8080).",
+        ),
+    ] = None,
 ) -> None:
     """Start the broker service: attach to Ray (--address, RAY_ADDRESS) or start a local Ray on
     127.0.0.1, then the broker's actors. Running it again changes nothing, but for listeners
@@ -784,6 +811,7 @@ def start(
             target.data_dir,
             secure=superuser is not None,
             kafka_listeners=kafka_listener,
+            http=http,
             **credentials,
         )
     except BrokerError as exc:
@@ -797,8 +825,29 @@ def start(
         )
         for listener in started["kafka_listeners"]:
             console.print(f"Kafka listener on {listener['host']}:{listener['port']}")
+        for url in started["consoles"]:
+            console.print(f"web console at {url} (API docs at {url.removesuffix('/console')}/docs)")
 
     _emit(ctx, started, show)
+
+
+@app.command("console")
+def web_console(
+    ctx: typer.Context,
+    http: Annotated[
+        str, typer.Option("--http", help="HOST:PORT to serve the HTTP API and console on.")
+    ] = "127.0.0.1:8080",
+) -> None:
+    """Serve the HTTP API and web console beside the running broker (started with `ray-broker
+    start`) and print its address; it keeps running until `ray-broker stop`."""
+    from ray_broker.console import start_console
+
+    with _running_broker(ctx) as broker:
+        try:
+            served = start_console(broker, http)
+        except BrokerError as exc:
+            raise _fail(exc) from None
+    _emit(ctx, served, lambda: console.print(f"web console at {served['url']}"))
 
 
 @app.command()
@@ -817,20 +866,9 @@ def stop(ctx: typer.Context) -> None:
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Nodes, partitions (leader, ISR, offsets), unhealthy partitions, disk and group lag."""
-    from ray_broker import service
-    from ray_broker.errors import BrokerNotRunning
-    from ray_broker.runtime import ensure_ray
     from ray_broker.status import collect
 
-    target = _target(ctx)
-    if target.address is None:
-        raise _fail(BrokerNotRunning("no broker service runs here (start: ray-broker start)"))
-    try:
-        ensure_ray(target.address, target.namespace)
-        service.require_broker(target.address, target.namespace)
-    except BrokerError as exc:
-        raise _fail(exc) from None
-    with _broker(ctx) as broker:
+    with _running_broker(ctx) as broker:
         report = collect(broker)
     _emit(ctx, report, lambda: _render_status(report))
 

@@ -157,11 +157,12 @@ def start(
     username: str | None = None,
     password: str | None = None,
     kafka_listeners: str | None = None,
+    http: str | None = None,
 ) -> dict[str, Any]:
     """Start the broker service (idempotent); returns what runs and whether it already did.
     ``secure`` switches security on for a new broker, ``username`` becoming its first
     superuser (see ``connect``); ``kafka_listeners`` ("HOST:PORT,...") start Kafka
-    listeners beside it.
+    listeners beside it; ``http`` ("HOST:PORT") the HTTP API and web console.
 
     Raises:
         BrokerNotRunning: Ray could not be started or reached; InvalidConfig, DataDirInUse;
@@ -201,6 +202,13 @@ def start(
     ) as broker:
         data_dir_used = str(broker.data_dir)
         listeners = broker.kafka_listeners()
+        if http:
+            from ray_broker.console import start_console
+
+            start_console(broker, http)
+        from ray_broker.console import console_url
+
+        consoles = console_url(namespace)
     previous = ServiceRecord.load()
     started_ray = started_ray or bool(
         previous and previous.started_ray and previous.address == address
@@ -213,6 +221,7 @@ def start(
         "data_dir": data_dir_used,
         "started_ray": started_ray,
         "kafka_listeners": listeners,
+        "consoles": consoles,
     }
 
 
