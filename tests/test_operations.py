@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -82,6 +83,11 @@ def test_start_status_stop_as_a_user_runs_them(tmp_path: Path) -> None:
         # Every other command finds the running broker without flags.
         created = _cli(env, "topic", "create", "orders", "--partitions", "2")
         assert created.returncode == 0, created.stderr
+        served = _cli(env, "console", "--http", "127.0.0.1:0", "--output", "json")
+        assert served.returncode == 0, served.stderr
+        console_url = json.loads(served.stdout.strip().splitlines()[-1])["url"]
+        with urllib.request.urlopen(console_url.replace("/console", "/v3/clusters")) as answer:
+            assert json.load(answer)["data"][0]["namespace"] == "ray_broker"
         status = _cli(env, "status", "--output", "json")
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout.strip().splitlines()[-1])
@@ -99,6 +105,8 @@ def test_start_status_stop_as_a_user_runs_them(tmp_path: Path) -> None:
     finally:
         _stop_leftovers(address)
 
+    with pytest.raises(OSError):  # stop stopped the console too
+        urllib.request.urlopen(console_url, timeout=5)
     after = _cli(env, "status")
     assert after.returncode == 1
     assert "BrokerNotRunning" in after.stderr and "Traceback" not in after.stderr
