@@ -15,7 +15,6 @@ def test_the_console_actor_serves_restarts_on_its_port_and_stops_with_the_broker
     import ray
 
     import ray_broker as rb
-
     from ray_broker.console import console_url, start_console
     from ray_broker.console.deploy import NAME_PREFIX
     from ray_broker.edge_actors import named
