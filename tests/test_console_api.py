@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 
 import pytest
@@ -353,6 +354,8 @@ def test_an_oversized_body_is_refused_before_it_is_read(api):
 def test_openapi_docs_describe_the_api(api):
     spec = api.get("/openapi.json").json()
     assert "/v3/clusters/{cluster_id}/topics/{topic_name}/records:batch" in spec["paths"]
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(spec))
+    assert "ProduceBatch" in refs and set(refs) <= set(spec["components"]["schemas"])
     assert api.get("/docs").status_code == 200
 
 

@@ -188,3 +188,14 @@ def test_every_typed_error_maps_to_a_status_and_a_json_body(cls):
     assert body["error_code"] // 100 == status
     if status == 401:
         assert "WWW-Authenticate" in headers_of(exc)
+
+
+def test_summed_rates_use_totals_for_everything_and_sums_for_a_subset():
+    history = History()
+    history.add(0.0, {"in:a": 0, "in:b": 0, "lag:g": 5})
+    history.add(1.0, {"in:a": 10, "in:b": 100, "lag:g": 7})
+    history.add(2.0, {"in:a": 30, "in:b": 100})
+    assert history.summed_rate_series("in", {"a", "b"}) == [110.0, 20.0]
+    assert history.summed_rate_series("in", {"a", "b", "c"}) == [110.0, 20.0]
+    assert history.summed_rate_series("in", {"b"}) == [100.0, 0.0]
+    assert history.summed_rate_series("out", set()) == [0.0, 0.0]

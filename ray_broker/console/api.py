@@ -8,11 +8,13 @@ filter), share groups, dead-letter queues, users, ACLs and quotas.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ray_broker.console import records_json
 from ray_broker.console.browse import MAX_PAGE_RECORDS, browse
@@ -44,6 +46,55 @@ def require_json(request: Request) -> None:
 
 
 JsonBody = [Depends(require_json)]
+
+
+async def raw_json(request: Request) -> bytes:
+    """The body's bytes, for the produce endpoints to validate in one pass
+    (``model_validate_json``: a third of the CPU of FastAPI's parse-then-validate on a
+    thousand-record batch), on the handler's thread rather than the event loop."""
+    require_json(request)
+    return await request.body()
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parsed(model: type[M], body: bytes) -> M:
+    """Raises InvalidRequest: malformed JSON (400) or a body ``model`` refuses (422)."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_body(exc.errors()) from None
+
+
+def invalid_body(problems: Sequence[Any]) -> InvalidRequest:
+    """What a body that does not validate is answered with (here and for FastAPI's own
+    validation of the other endpoints)."""
+    malformed = any(p.get("type") == "json_invalid" for p in problems)
+    text = "; ".join(
+        f"{'.'.join(str(x) for x in p.get('loc', ()))}: {p.get('msg', '')}" for p in problems[:10]
+    )
+    return InvalidRequest(
+        ("malformed JSON: " if malformed else "") + text, status=400 if malformed else 422
+    )
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a body read by ``raw_json`` (the schema is inlined, its
+    definitions under ``$defs`` as JSON Schema 2020-12 allows)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        },
+        "x-body-schemas": {model.__name__: schema, **schema.pop("$defs", {})},
+    }
+
+
+RawBody = Annotated[bytes, Depends(raw_json)]
 
 
 def cluster(request: Request, cluster_id: str) -> None:
@@ -248,17 +299,27 @@ def produced_json(topic: str, metadata: Any) -> dict[str, Any]:
     }
 
 
-@router.post(ClusterPath + "/topics/{topic_name}/records", dependencies=OfCluster + JsonBody)
-def produce(topic_name: str, body: ProduceRecord, user: User) -> dict[str, Any]:
+@router.post(
+    ClusterPath + "/topics/{topic_name}/records",
+    dependencies=OfCluster,
+    openapi_extra=body_schema(ProduceRecord),
+)
+def produce(topic_name: str, raw: RawBody, user: User) -> JSONResponse:
     """Produce one record and answer once it is acknowledged (``acks=all``)."""
+    body = parsed(ProduceRecord, raw)
     future = user.producer().send(topic_name, **records_json.send_arguments(body))
-    return produced_json(topic_name, future.result(timeout=PRODUCE_TIMEOUT_S))
+    return JSONResponse(produced_json(topic_name, future.result(timeout=PRODUCE_TIMEOUT_S)))
 
 
-@router.post(ClusterPath + "/topics/{topic_name}/records:batch", dependencies=OfCluster + JsonBody)
-def produce_batch(topic_name: str, body: ProduceBatch, user: User) -> dict[str, Any]:
+@router.post(
+    ClusterPath + "/topics/{topic_name}/records:batch",
+    dependencies=OfCluster,
+    openapi_extra=body_schema(ProduceBatch),
+)
+def produce_batch(topic_name: str, raw: RawBody, user: User) -> JSONResponse:
     """Produce up to 10,000 records in one body; each entry succeeds or fails on its own
     (Confluent's ``records:batch``)."""
+    body = parsed(ProduceBatch, raw)
     producer = user.producer()
     pending: list[tuple[str, Any]] = []
     failures: list[dict[str, Any]] = []
@@ -280,7 +341,7 @@ def produce_batch(topic_name: str, body: ProduceBatch, user: User) -> dict[str, 
             )
         except BrokerError as exc:
             failures.append(_failure(entry_id, exc))
-    return {"successes": successes, "failures": failures}
+    return JSONResponse({"successes": successes, "failures": failures})
 
 
 def _failure(entry_id: str, exc: BrokerError) -> dict[str, Any]:

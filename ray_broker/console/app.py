@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -130,15 +131,7 @@ def create_app(state: ConsoleState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Any:
-        problems = exc.errors()
-        malformed = any(p.get("type") == "json_invalid" for p in problems)
-        text = "; ".join(
-            f"{'.'.join(str(x) for x in p.get('loc', ()))}: {p.get('msg', '')}"
-            for p in problems[:10]
-        )
-        error = InvalidRequest(
-            ("malformed JSON: " if malformed else "") + text, status=400 if malformed else 422
-        )
+        error = api.invalid_body(exc.errors())
         if pages.wants_page(request):
             return pages.error_page(request, error)
         return JSONResponse(error_body(error), status_of(error))
@@ -158,6 +151,19 @@ def create_app(state: ConsoleState) -> FastAPI:
             "retriable": True,
         }
         return JSONResponse(body, 500)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus the body models of the endpoints that read raw JSON."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    components.update(operation.pop("x-body-schemas", {}))
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

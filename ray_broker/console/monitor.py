@@ -39,7 +39,6 @@ class Snapshot:
     took_ms: float = 0.0
     topics: dict[str, TopicDescription] = field(default_factory=dict)
     groups: dict[str, GroupDescription] = field(default_factory=dict)
-    share_groups: list[str] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -91,7 +90,6 @@ def take_snapshot(admin: Any, nodes: Callable[[], list[dict[str, Any]]]) -> Snap
         took_ms=(time.monotonic() - started) * 1000,
         topics=topics,
         groups=groups,
-        share_groups=admin.list_share_groups(),
         nodes=nodes(),
     )
 

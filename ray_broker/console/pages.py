@@ -23,6 +23,7 @@ from ray_broker.console.auth import COOKIE, CSRF_FIELD, ConsoleSession, check_cs
 from ray_broker.console.browse import MAX_PAGE_RECORDS, browse
 from ray_broker.console.charts import chart, rate_text
 from ray_broker.console.http_errors import status_of
+from ray_broker.console.monitor import Monitor
 from ray_broker.console.records_json import shown
 from ray_broker.console.state import console_state
 from ray_broker.errors import AuthenticationFailed, BrokerError, InvalidRequest
@@ -187,10 +188,11 @@ def logout(request: Request, session: Session, csrf_token: Annotated[str, Form()
 # --- overview ---------------------------------------------------------------------------------
 
 
-def overview_context(request: Request, session: ConsoleSession) -> dict[str, Any]:
-    monitor = console_state(request).monitor
+def overview_context(monitor: Monitor, admin: Any) -> dict[str, Any]:
+    """The overview of what ``admin``'s user may see, from the monitor's last sample (three
+    listing calls to the broker, which decides what the user may see; the figures are
+    already in memory)."""
     snapshot = monitor.snapshot
-    admin = session.account.admin()
     visible = set(admin.list_topics())
     history = monitor.history
     topics = []
@@ -224,12 +226,12 @@ def overview_context(request: Request, session: ConsoleSession) -> dict[str, Any
                 "lag": sum(p.lag or 0 for p in described.partitions) if described else None,
             }
         )
-    series_in = _summed(history, [f"in:{t}" for t in visible])
-    series_out = _summed(history, [f"out:{t}" for t in visible])
+    series_in = history.summed_rate_series("in", visible)
+    series_out = history.summed_rate_series("out", visible)
     return {
         "topics": topics,
         "groups": groups,
-        "share_groups": [g for g in snapshot.share_groups],
+        "share_groups": admin.list_share_groups(),
         "throughput": chart({"in": series_in, "out": series_out}),
         "in_rate": series_in[-1] if series_in else 0.0,
         "out_rate": series_out[-1] if series_out else 0.0,
@@ -240,28 +242,21 @@ def overview_context(request: Request, session: ConsoleSession) -> dict[str, Any
     }
 
 
-def _summed(history: Any, names: list[str]) -> list[float]:
-    total: list[float] = []
-    for name in names:
-        rates = history.rate_series(name)
-        if len(total) < len(rates):
-            total = [0.0] * (len(rates) - len(total)) + total
-        offset = len(total) - len(rates)
-        for i, value in enumerate(rates):
-            total[offset + i] += value
-    return total
-
-
 @router.get("", response_class=HTMLResponse)
 def overview(request: Request, session: Session, created: str | None = None) -> Response:
     return render(
-        request, session, "overview.html", created=created, **overview_context(request, session)
+        request,
+        session,
+        "overview.html",
+        created=created,
+        **overview_context(console_state(request).monitor, session.account.admin()),
     )
 
 
 @router.get("/fragments/overview", response_class=HTMLResponse)
 def overview_fragment(request: Request, session: Session) -> Response:
-    return render(request, session, "_overview.html", **overview_context(request, session))
+    context = overview_context(console_state(request).monitor, session.account.admin())
+    return render(request, session, "_overview.html", **context)
 
 
 @router.post("/topics")
