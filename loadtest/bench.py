@@ -17,7 +17,7 @@ Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--s
 ``--queues`` (share groups, priorities, delayed delivery), ``--filters`` (server-side filters
 on a 10M-record backlog, push consumption with credits), ``--security`` (authentication and
 ACL checks on vs off), ``--kafka`` (librdkafka through the Kafka listener next to the native
-client),
+client), ``--console`` (the HTTP API's produce and the console's pages over real HTTP),
 ``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_backlog  # loadtest/ is this script's directory
+import bench_console
 import bench_filters
 import bench_kafka
 import bench_peers
@@ -388,6 +389,11 @@ def main() -> None:
         help="also Kafka clients through the Kafka listener vs the native client (bench_kafka.py)",
     )
     parser.add_argument(
+        "--console",
+        action="store_true",
+        help="also the HTTP API's produce and the console's page times (bench_console.py)",
+    )
+    parser.add_argument(
         "--security",
         action="store_true",
         help="also throughput with authentication + ACL checks on vs off (bench_security.py)",
@@ -485,6 +491,12 @@ def main() -> None:
                 kafka = bench_kafka.run(20_000 if args.quick else 200_000)
                 bench_kafka.print_kafka(kafka)
                 extra_rows.append({"figure": "kafka", **kafka, "machine": machine()})
+            if args.console:
+                console = bench_console.run(
+                    20_000 if args.quick else 200_000, 3 if args.quick else 100, 100
+                )
+                bench_console.print_console(console)
+                extra_rows.append({"figure": "console", **console, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)

@@ -186,7 +186,9 @@ def run(records: int, topics: int, groups: int) -> dict[str, Any]:
             producer.flush()
             for g in range(groups):
                 consumer = broker.consumer(
-                    f"page-{g % topics:04d}", group_id=f"group-{g:03d}", auto_offset_reset="earliest"
+                    f"page-{g % topics:04d}",
+                    group_id=f"group-{g:03d}",
+                    auto_offset_reset="earliest",
                 )
                 consumer.poll(1000)
                 consumer.commit()
@@ -235,7 +237,7 @@ def main() -> None:
     result = run(args.records, args.topics, args.groups)
     print_console(result)
     if args.json_out:
-        from measure import machine
+        from bench import machine
 
         with open(args.json_out, "a") as out:
             out.write(json.dumps({"figure": "console", **result, "machine": machine()}) + "\n")

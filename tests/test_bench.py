@@ -54,3 +54,13 @@ def test_filter_and_push_benchmarks_report_their_figures(shared_broker, import_l
     shared_broker.admin().create_topic(topic, partitions=bench_filters.PARTITIONS)
     bench_filters._fill(shared_broker, topic, 5_000)
     assert bench_filters._push_rate(shared_broker, topic, 5_000, 2, "consumer_callable") > 0
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_console_benchmark_reports_its_figures(import_loadtest) -> None:
+    bench_console = import_loadtest("bench_console")
+    result = bench_console.run(2_000, 2, 2)
+    assert result["api_produce_msgs_s"] > 0 and result["native_send_msgs_s"] > 0
+    assert set(result["pages"]) == {"overview", "overview_fragment", "topic", "group"}
+    assert all(page["p50_ms"] > 0 for page in result["pages"].values())
+    assert result["overview_render_1000_topics_100_groups"]["html_bytes"] > 100_000
