@@ -58,7 +58,7 @@ def browse(
         )
         consumer.assign(partitions)
         _position(consumer, partitions, offset, timestamp_ms)
-        return _read(consumer, limit)
+        return _read(consumer, partitions, limit)
     finally:
         broker.release(consumer)
 
@@ -80,14 +80,16 @@ def _position(
     consumer.seek_to_beginning(*partitions)
 
 
-def _read(consumer: Any, limit: int) -> list[Record]:
+def _read(consumer: Any, partitions: list[TopicPartition], limit: int) -> list[Record]:
+    """Poll until ``limit`` records, or every partition is read to its end as of now (no
+    waiting for records that are not there), or the deadline."""
     records: list[Record] = []
+    ends = consumer.end_offsets(partitions)
     deadline = time.monotonic() + BROWSE_DEADLINE_S
-    idle_polls = 0
-    while len(records) < limit and time.monotonic() < deadline and idle_polls < 2:
+    while len(records) < limit and time.monotonic() < deadline:
+        if all(consumer.position(tp) >= ends[tp] for tp in partitions):
+            break
         batch = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=limit - len(records))
-        found = [record for part in batch.values() for record in part]
-        idle_polls = 0 if found else idle_polls + 1
-        records.extend(found)
+        records.extend(record for part in batch.values() for record in part)
     records.sort(key=lambda r: (r.partition, r.offset))
     return records[:limit]

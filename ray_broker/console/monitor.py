@@ -8,8 +8,9 @@ Counters: ``in:<topic>`` — the topic's high watermarks summed (records written
 ``lag:<group>`` — the group's total lag.
 
 The loop never dies: a failed round is logged and kept as the last error, the previous
-snapshot stays, and the next round runs. A slow round stretches the interval (three times
-the round's duration), so a large broker is sampled less often rather than kept busy.
+snapshot stays, and the next round runs. A slow round stretches the interval to five times
+its duration (sampling takes at most a fifth of the time), so a large broker is sampled less
+often rather than kept busy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ray_broker.structs import GroupDescription, TopicDescription
 logger = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 2.0
-SLOW_ROUND_FACTOR = 3.0
+SLOW_ROUND_FACTOR = 5.0
 
 
 @dataclass(frozen=True)
