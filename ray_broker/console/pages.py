@@ -313,6 +313,7 @@ def topic_page(
             timestamp_ms=_since_ms(since),
             filter_text=filter or None,
             limit=limit,
+            described=context["topic"],
         )
     except BrokerError as exc:  # shown beside the form: the page itself is fine
         browse_error = f"{type(exc).__name__}: {exc}"
