@@ -346,6 +346,19 @@ def test_an_oversized_body_is_refused_before_it_is_read(api):
         headers={"content-type": "application/json"},
     )
     assert answer.status_code == 413 and answer.json()["error"] == "InvalidRequest"
+
+    def chunks():  # no Content-Length: counted while it streams in
+        yield b'{"value": {"type": "STRING", "data": "'
+        for _ in range(17):
+            yield b"x" * (1024 * 1024)
+        yield b'"}}'
+
+    streamed = api.post(
+        f"{api.cluster}/topics/{name}/records",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
+    assert streamed.status_code == 413 and streamed.json()["error"] == "InvalidRequest"
     # The broker keeps serving.
     ok = api.post(f"{api.cluster}/topics/{name}/records", json={"value": {"data": 1}})
     assert ok.status_code == 200 and ok.json()["offset"] == 0

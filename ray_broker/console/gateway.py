@@ -75,6 +75,7 @@ class Gateway:
         self._controller = controller
         self._coordinator = coordinator
         self._digest_key = secrets.token_bytes(32)
+        self._making = threading.Lock()
         self._accounts: ExpiringCache[bytes, Account] = ExpiringCache(
             MAX_ACCOUNTS, ACCOUNT_IDLE_S, clock, on_evict=Account.close
         )
@@ -112,8 +113,11 @@ class Gateway:
     def login(self, username: str, password: str) -> Account:
         """The account of ``username``, logging in on first use.
 
+        With security off there are no users: the anonymous account, whatever the credentials
+        (as Kafka's REST Proxy ignores them without authentication).
+
         Raises:
-            AuthenticationFailed: wrong credentials, or security is off (there are no users).
+            AuthenticationFailed: wrong credentials.
             BrokerNotRunning: the Controller did not answer.
         """
         if not self.secured:
@@ -121,13 +125,25 @@ class Gateway:
         key = hmac.new(
             self._digest_key, f"{username}\0{password}".encode(), hashlib.sha256
         ).digest()
-        account = self._accounts.get(key)
-        if account is None:
+
+        def log_in() -> Account:
             from ray_broker.session import UserSession
 
             session = UserSession(self._controller_handle, username, password)
-            account = self._account(f"User:{username}", session, key)
-            self._accounts.put(key, account)
+            return self._account(f"User:{username}", session, key)
+
+        return self._cached(key, log_in)
+
+    def _cached(self, key: bytes, make: Callable[[], Account]) -> Account:
+        """One account per key even when a user's first requests arrive together (a second
+        account would replace the first and close it under the other request)."""
+        account = self._accounts.get(key)
+        if account is None:
+            with self._making:
+                account = self._accounts.get(key)
+                if account is None:
+                    account = make()
+                    self._accounts.put(key, account)
         return account
 
     def from_token(self, token: str) -> Account:
@@ -135,20 +151,20 @@ class Gateway:
         Bearer``); the broker checks the token on every call.
 
         Raises:
-            AuthenticationFailed: a malformed token (a forged or expired one fails at its
-                first call).
+            AuthenticationFailed: a malformed, forged or expired token.
         """
         if not self.secured:
             return self.anonymous()
         from ray_broker.session import token_session
 
         key = b"token:" + hashlib.sha256(token.encode()).digest()
-        account = self._accounts.get(key)
-        if account is None:
+
+        def adopt() -> Account:
             account = self._account("", token_session(token), key)
             account.principal = account.broker.whoami()  # refuses a forged or expired token
-            self._accounts.put(key, account)
-        return account
+            return account
+
+        return self._cached(key, adopt)
 
     def forget(self, account: Account) -> None:
         """Log a console user out: their cached connection goes."""

@@ -30,7 +30,6 @@ from ray_broker.errors import AuthenticationFailed, BrokerError, InvalidRequest
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 TEMPLATES.env.filters["rate"] = rate_text
-TEMPLATES.env.filters["shown"] = lambda raw: _shown_text(raw)
 TEMPLATES.env.filters["when"] = lambda ms: (
     datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S") if ms and ms > 0 else "—"
 )
@@ -52,6 +51,9 @@ def _shown_text(raw: bytes | None) -> str:
     if found is None:
         return "null"
     return found["data"] if found["type"] == "STRING" else f"base64:{found['data']}"
+
+
+TEMPLATES.env.filters["shown"] = _shown_text
 
 
 # --- sessions ---------------------------------------------------------------------------------
@@ -117,10 +119,6 @@ def error_page(request: Request, exc: BrokerError) -> Response:
     )
 
 
-def checked_form(session: ConsoleSession, token: str) -> None:
-    check_csrf(session, token)
-
-
 def back(url: str, **notice: Any) -> RedirectResponse:
     query = "&".join(f"{k}={quote(str(v))}" for k, v in notice.items())
     return RedirectResponse(f"{url}?{query}" if query else url, status_code=303)
@@ -175,7 +173,7 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, session: Session, csrf_token: Annotated[str, Form()] = "") -> Response:
-    checked_form(session, csrf_token)
+    check_csrf(session, csrf_token)
     state = console_state(request)
     state.sessions.close(request.cookies.get(COOKIE))
     if state.gateway.secured:
@@ -268,7 +266,7 @@ def create_topic(
     replication_factor: Annotated[int | None, Form(ge=1, le=100)] = None,
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
-    checked_form(session, csrf_token)
+    check_csrf(session, csrf_token)
     session.account.admin().create_topic(name, partitions, replication_factor)
     return back(f"/console/topics/{quote(name)}", created=name)
 
@@ -373,7 +371,7 @@ def produce(
 ) -> Response:
     """One record from the form: key and value as UTF-8 text, headers as ``name=value``
     lines."""
-    checked_form(session, csrf_token)
+    check_csrf(session, csrf_token)
     parsed_headers = []
     for line in headers.splitlines():
         if line.strip():
@@ -431,7 +429,7 @@ def reset_group(
     value: Annotated[str, Form(max_length=40)] = "",
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
-    checked_form(session, csrf_token)
+    check_csrf(session, csrf_token)
     target = _since_ms(value) if to == "datetime" else _optional_int(value, "offset")
     moved = session.account.admin().reset_offsets(group_id, topic, to, target)
     return back(f"/console/groups/{quote(group_id)}", moved=len(moved))
@@ -471,7 +469,7 @@ def redrive(
     topic: str,
     csrf_token: Annotated[str, Form()] = "",
 ) -> Response:
-    checked_form(session, csrf_token)
+    check_csrf(session, csrf_token)
     count = session.account.admin().redrive_dead_letters(topic)
     return back(f"/console/dead-letters/{quote(topic)}", redriven=count)
 
