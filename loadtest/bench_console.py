@@ -159,7 +159,7 @@ def render_overview_in_memory(topics: int, groups: int) -> dict[str, float]:
     return {**_percentiles(samples), "html_bytes": len(html)}
 
 
-def run(records: int, topics: int, groups: int) -> dict[str, Any]:
+def run(records: int, topics: int, groups: int, settle_s: float = 5.0) -> dict[str, Any]:
     import ray_broker as rb
     from ray_broker.console import start_console
 
@@ -193,7 +193,7 @@ def run(records: int, topics: int, groups: int) -> dict[str, Any]:
                 consumer.poll(1000)
                 consumer.commit()
                 consumer.close()
-            time.sleep(5)  # two monitor rounds
+            time.sleep(settle_s)  # two monitor rounds
             result["pages"] = time_pages(
                 base,
                 {

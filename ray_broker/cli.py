@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -682,6 +683,90 @@ def consume(
                 break
         out.flush()
     Console(stderr=True).print(f"Consumed {count:,} records", style="dim", highlight=False)
+
+
+@app.command()
+def tail(
+    ctx: typer.Context,
+    topic: str,
+    group: Annotated[
+        str | None,
+        typer.Option("--group", "-g", help="Follow as a member of this group (commits)."),
+    ] = None,
+    filter_text: Annotated[
+        str | None,
+        typer.Option("--filter", "-f", help="Only records matching this broker-side filter."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Start this long ago (10m, 2h, 1d) instead of at the end."),
+    ] = None,
+    max_messages: Annotated[int | None, typer.Option("--max-messages", "-n")] = None,
+    timeout_ms: Annotated[
+        int, typer.Option(help="Stop after this long without a record; -1 follows forever.")
+    ] = -1,
+) -> None:
+    """Follow a log topic (written by ray_broker.logging) live: one coloured line per record,
+    or --output json; --since reads history first (by time, offsets_for_times)."""
+    from ray_broker import log_view
+    from ray_broker.structs import TopicPartition
+
+    as_json = _target(ctx).json
+    start_ms = None
+    try:
+        if since is not None:
+            start_ms = int(time.time() * 1000) - log_view.since_ms(since)
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    out = Console(highlight=False, soft_wrap=True)
+    shown = 0
+    idle_since = time.monotonic()
+    with _broker(ctx) as broker:
+        try:
+            consumer = broker.consumer(
+                group_id=group,
+                filter=filter_text,
+                auto_offset_reset="latest",
+                enable_auto_commit=group is not None,
+            )
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            if group is not None:
+                consumer.subscribe([topic])
+            else:
+                consumer.assign(partitions)
+                consumer.seek_to_end(*partitions)
+            if start_ms is not None and group is None:
+                found = consumer.offsets_for_times({tp: start_ms for tp in partitions})
+                for tp, hit in found.items():
+                    if hit is not None:
+                        consumer.seek(tp, hit.offset)
+            Console(stderr=True).print(f"following {topic} (Ctrl-C stops)", style="dim")
+            while max_messages is None or shown < max_messages:
+                batch = consumer.poll(timeout_ms=200)
+                records = sorted(
+                    (r for part in batch.values() for r in part), key=lambda r: r.timestamp
+                )
+                for record in records[: None if max_messages is None else max_messages - shown]:
+                    if as_json:
+                        document = log_view.parsed(record.value) or _record_json(record)
+                        document = {
+                            **document,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                        }
+                        print(json.dumps(document, ensure_ascii=False), flush=False)
+                    else:
+                        out.print(log_view.line(record.value))
+                    shown += 1
+                sys.stdout.flush()
+                if records:
+                    idle_since = time.monotonic()
+                elif timeout_ms >= 0 and (time.monotonic() - idle_since) * 1000 >= timeout_ms:
+                    break
+        except KeyboardInterrupt:
+            pass
+        except BrokerError as exc:
+            raise _fail(exc) from None
 
 
 def _text(value: bytes | None) -> str | None:
