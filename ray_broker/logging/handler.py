@@ -116,6 +116,7 @@ class BrokerHandler(logging.Handler):
         self.last_error: str | None = None
         self._outage_reported = False
         self._unreported_drops = 0
+        self._drop_cause = ""
         self._shipper = threading.Thread(
             target=self._ship, name="ray-broker-log-shipper", daemon=True
         )
@@ -166,6 +167,7 @@ class BrokerHandler(logging.Handler):
                 self._idle.clear()
             elif not self._outage_reported:
                 self._outage_reported = True
+                self._drop_cause = self.last_error or "the broker is slow"
                 _say(
                     f"ray_broker.logging: the buffer of {self._buffer.capacity} records for "
                     f"topic {self.topic!r} is full ({self.last_error or 'the broker is slow'}); "
@@ -274,7 +276,7 @@ class BrokerHandler(logging.Handler):
     def _drop_report(self, drops: int) -> bytes:
         message = (
             f"dropped {drops} log records: the buffer of {self._buffer.capacity} records was "
-            f"full ({self.last_error or 'the broker was slow'})"
+            f"full ({self._drop_cause or 'the broker was slow'})"
         )
         _say(f"ray_broker.logging: {message}")
         record = Captured(
