@@ -18,6 +18,7 @@ Optional parts: ``--latency-matrix``/``--latency-breakdown`` (latency.py), ``--s
 on a 10M-record backlog, push consumption with credits), ``--security`` (authentication and
 ACL checks on vs off), ``--kafka`` (librdkafka through the Kafka listener next to the native
 client), ``--console`` (the HTTP API's produce and the console's pages over real HTTP),
+``--logging`` (what a logging call costs with ``BrokerHandler``, and shipping),
 ``--peers`` (Redis Streams and RabbitMQ throughput, when their servers answer on 127.0.0.1),
 ``--backlog N`` (memory, disk and replay of an N-record backlog), ``--replication`` (RF=1 vs
 RF=3 and failover on a local multi-node cluster, in its own process).
@@ -43,6 +44,7 @@ import bench_backlog  # loadtest/ is this script's directory
 import bench_console
 import bench_filters
 import bench_kafka
+import bench_logging
 import bench_peers
 import bench_plots
 import bench_queues
@@ -394,6 +396,11 @@ def main() -> None:
         help="also the HTTP API's produce and the console's page times (bench_console.py)",
     )
     parser.add_argument(
+        "--logging",
+        action="store_true",
+        help="also the logging handler's call cost and shipping rate (bench_logging.py)",
+    )
+    parser.add_argument(
         "--security",
         action="store_true",
         help="also throughput with authentication + ACL checks on vs off (bench_security.py)",
@@ -497,6 +504,10 @@ def main() -> None:
                 )
                 bench_console.print_console(console)
                 extra_rows.append({"figure": "console", **console, "machine": machine()})
+            if args.logging:
+                shipping = bench_logging.run(20_000 if args.quick else 200_000)
+                bench_logging.print_logging(shipping)
+                extra_rows.append({"figure": "logging", **shipping, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)
