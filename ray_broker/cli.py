@@ -712,6 +712,8 @@ def tail(
     from ray_broker.structs import TopicPartition
 
     as_json = _target(ctx).json
+    if since is not None and group is not None:
+        raise typer.BadParameter("--since reads by time; a --group starts at its committed offsets")
     start_ms = None
     try:
         if since is not None:
@@ -735,7 +737,7 @@ def tail(
             else:
                 consumer.assign(partitions)
                 consumer.seek_to_end(*partitions)
-            if start_ms is not None and group is None:
+            if start_ms is not None:
                 found = consumer.offsets_for_times({tp: start_ms for tp in partitions})
                 for tp, hit in found.items():
                     if hit is not None:

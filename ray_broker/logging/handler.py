@@ -110,8 +110,6 @@ class BrokerHandler(logging.Handler):
         self._seq = itertools.count()
         self._closing = False
         self._close_deadline = float("inf")
-        self._idle = threading.Event()
-        self._idle.set()
         self.shipped = 0
         self.last_error: str | None = None
         self._outage_reported = False
@@ -163,14 +161,12 @@ class BrokerHandler(logging.Handler):
                 self._task_id() if self._task_id else None,
                 next(self._seq),
             )
-            if self._buffer.append(captured):
-                self._idle.clear()
-            elif not self._outage_reported:
+            if not self._buffer.append(captured) and not self._outage_reported:
                 self._outage_reported = True
                 self._drop_cause = self.last_error or "the broker is slow"
                 _say(
                     f"ray_broker.logging: the buffer of {self._buffer.capacity} records for "
-                    f"topic {self.topic!r} is full ({self.last_error or 'the broker is slow'}); "
+                    f"topic {self.topic!r} is full ({self._drop_cause}); "
                     "dropping records until it drains, and counting them"
                 )
         except Exception:
@@ -194,7 +190,7 @@ class BrokerHandler(logging.Handler):
         while self._buffer.pending:
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self._idle.wait(0.05)
+            time.sleep(0.01)
         return True
 
     def close(self) -> None:
@@ -205,11 +201,12 @@ class BrokerHandler(logging.Handler):
         self._close_deadline = time.monotonic() + CLOSE_TIMEOUT_S
         self._buffer.wake()
         self._shipper.join(CLOSE_TIMEOUT_S + 5)
-        left = self._buffer.pending
+        left = self._buffer.pending + self._unreported_drops
         if left:
             _say(
                 f"ray_broker.logging: {left} records for topic {self.topic!r} were not "
-                f"delivered before exit ({self.last_error or 'the broker did not answer'})"
+                f"delivered before exit, {self._unreported_drops} of them dropped earlier "
+                f"({self.last_error or 'the broker did not answer'})"
             )
         # Already failing, if it fails: what was lost is reported above.
         with contextlib.suppress(Exception):
@@ -236,7 +233,6 @@ class BrokerHandler(logging.Handler):
                     batch = self._buffer.take(self._batch_records, LINGER_S)
                     self._unreported_drops += self._buffer.take_dropped()
                     if not batch and not self._unreported_drops:
-                        self._idle.set()
                         continue
                 self._send(batch)
                 if self.last_error is not None:
