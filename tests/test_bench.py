@@ -56,6 +56,7 @@ def test_filter_and_push_benchmarks_report_their_figures(shared_broker, import_l
     assert bench_filters._push_rate(shared_broker, topic, 5_000, 2, "consumer_callable") > 0
 
 
+@pytest.mark.slow  # ~20 s; the API and pages it times are tested in tests/test_console_*.py
 @pytest.mark.usefixtures("ray_session")
 def test_console_benchmark_reports_its_figures(import_loadtest) -> None:
     bench_console = import_loadtest("bench_console")
