@@ -18,7 +18,6 @@ class Chart:
     height: int
     lines: list[Line]
     top: float  # the value at the top edge
-    latest: list[float]
 
 
 def chart(series: dict[str, list[float]], width: int = 480, height: int = 120) -> Chart:
@@ -35,8 +34,7 @@ def chart(series: dict[str, list[float]], width: int = 480, height: int = 120) -
             for i, v in enumerate(values)
         )
         lines.append(Line(points, css_class))
-    latest = [values[-1] if values else 0.0 for values in series.values()]
-    return Chart(width, height, lines, top, latest)
+    return Chart(width, height, lines, top)
 
 
 def rate_text(value: float) -> str:

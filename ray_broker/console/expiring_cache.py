@@ -71,10 +71,6 @@ class ExpiringCache(Generic[K, V]):
             self._evicted([found[1]])
         return None if found is None else found[1]
 
-    def values(self) -> list[V]:
-        with self._lock:
-            return [value for _, value in self._entries.values()]
-
     def clear(self) -> None:
         with self._lock:
             dropped = [value for _, value in self._entries.values()]
