@@ -101,6 +101,7 @@ def test_bad_browse_input_is_shown_beside_the_form(console):
     assert "TopicNotFound" in unknown.text or "UnknownTopicOrPartition" in unknown.text
 
 
+@pytest.mark.slow  # the browser test watches the same fragment in Chromium
 def test_group_page_shows_lag_falling_as_a_consumer_runs(console):
     name = new_topic_name()
     console.broker.admin().create_topic(name, 1)
@@ -133,6 +134,7 @@ def test_group_page_shows_lag_falling_as_a_consumer_runs(console):
     consumer.close()
 
 
+@pytest.mark.slow  # the browser test re-drives from this page; CSRF is tested on every form
 def test_dead_letters_page_redrives_with_the_csrf_token(console):
     import ray_broker as rb
 
