@@ -8,6 +8,50 @@ import socket
 from typing import Any
 
 
+def start_named(
+    cls: type,
+    name: str,
+    namespace: str,
+    args: tuple[Any, ...],
+    *,
+    max_concurrency: int,
+    ready: str,
+    what: str,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Start (or find) the detached, restartable actor ``name`` on the head node and return
+    what its ``ready`` method answers; an actor that does not get ready is killed.
+
+    Raises:
+        BrokerNotRunning: ``what`` did not start (its address is taken, for instance).
+    """
+    import ray
+
+    from ray_broker._ray import call
+    from ray_broker.config import HEAD_NODE_RESOURCE
+    from ray_broker.errors import BrokerNotRunning
+
+    actor = (
+        ray.remote(cls)
+        .options(
+            name=name,
+            namespace=namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_concurrency=max_concurrency,
+            num_cpus=0,
+            resources={HEAD_NODE_RESOURCE: 0.001},
+        )
+        .remote(*args)
+    )
+    try:
+        return call(getattr(actor, ready), timeout_s=timeout_s, unavailable=BrokerNotRunning)
+    except Exception as exc:
+        ray.kill(actor, no_restart=True)
+        raise BrokerNotRunning(f"{what} did not start: {exc}") from None
+
+
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.bind((host, 0))

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray_broker.config import HEAD_NODE_RESOURCE
-from ray_broker.edge_actors import describe_named, free_port, stop_named
-from ray_broker.errors import BrokerNotRunning, InvalidConfig
+from ray_broker.edge_actors import describe_named, free_port, start_named, stop_named
+from ray_broker.errors import InvalidConfig
 
 if TYPE_CHECKING:
     from ray_broker.broker import Broker
@@ -36,32 +35,20 @@ def start_console(broker: Broker, address: str = DEFAULT_ADDRESS) -> dict[str, A
         InvalidConfig: a malformed address.
         BrokerNotRunning: the console could not start (the address is taken, for instance).
     """
-    import ray
-
-    from ray_broker._ray import call
     from ray_broker.console.server import ConsoleServer
 
     host, port = parse_address(address)
     bound_port = port or free_port(host)  # resolved once: a restarted console binds it again
-    actor = (
-        ray.remote(ConsoleServer)
-        .options(
-            name=f"{NAME_PREFIX}{host}:{port}",
-            namespace=broker.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_concurrency=4,
-            num_cpus=0,
-            resources={HEAD_NODE_RESOURCE: 0.001},
-        )
-        .remote(broker.namespace, dict(broker._settings), host, bound_port)
+    return start_named(
+        ConsoleServer,
+        f"{NAME_PREFIX}{host}:{port}",
+        broker.namespace,
+        (broker.namespace, dict(broker._settings), host, bound_port),
+        max_concurrency=4,
+        ready="describe",
+        what=f"the console on {host}:{port}",
+        timeout_s=START_TIMEOUT_S,
     )
-    try:
-        return call(actor.describe, timeout_s=START_TIMEOUT_S, unavailable=BrokerNotRunning)
-    except Exception as exc:
-        ray.kill(actor, no_restart=True)
-        raise BrokerNotRunning(f"the console on {host}:{port} did not start: {exc}") from None
 
 
 def console_url(namespace: str) -> list[str]:

@@ -12,9 +12,8 @@ import base64
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ray_broker.config import HEAD_NODE_RESOURCE
-from ray_broker.edge_actors import describe_named, free_port, stop_named
-from ray_broker.errors import BrokerNotRunning, InvalidConfig
+from ray_broker.edge_actors import describe_named, free_port, start_named, stop_named
+from ray_broker.errors import InvalidConfig
 
 if TYPE_CHECKING:
     from ray_broker.broker import Broker
@@ -59,41 +58,27 @@ def start_listener(broker: Broker, host: str, port: int) -> dict[str, Any]:
     Raises:
         BrokerNotRunning: the listener could not start (the address is taken, for instance).
     """
-    import ray
-
-    from ray_broker._ray import call
     from ray_broker.kafka.listener import KafkaListener
 
     # Port 0 is resolved here, once: a listener Ray restarts binds the same port again.
     bound_port = port or free_port(host)
-    actor = (
-        ray.remote(KafkaListener)
-        .options(
-            name=f"{NAME_PREFIX}{host}:{port}",
-            namespace=broker.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_concurrency=10_000,
-            num_cpus=0,
-            resources={HEAD_NODE_RESOURCE: 0.001},
-        )
-        .remote(
+    return start_named(
+        KafkaListener,
+        f"{NAME_PREFIX}{host}:{port}",
+        broker.namespace,
+        (
             broker.namespace,
             dict(broker._settings),
             host,
             bound_port,
             broker.secured,
             cluster_id(broker.namespace),
-        )
+        ),
+        max_concurrency=10_000,
+        ready="start",
+        what=f"the Kafka listener on {host}:{port}",
+        timeout_s=START_TIMEOUT_S,
     )
-    try:
-        return call(actor.start, timeout_s=START_TIMEOUT_S, unavailable=BrokerNotRunning)
-    except Exception as exc:
-        ray.kill(actor, no_restart=True)
-        raise BrokerNotRunning(
-            f"the Kafka listener on {host}:{port} did not start: {exc}"
-        ) from None
 
 
 def describe_listeners(namespace: str) -> list[dict[str, Any]]:
