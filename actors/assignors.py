@@ -2,7 +2,8 @@
 
 Each takes the members' subscriptions (member id → topics), the partition count of each topic and
 the current assignment (for the sticky ones) and returns member id → set of (topic, partition).
-Members are ordered by id so every run gives the same answer for the same input.
+Members are ordered by name so every run gives the same answer for the same input (the group
+names static members by their instance id, so a restart does not reshuffle them).
 
 ``cooperative-sticky`` computes the same target as ``sticky``; what differs is the client: it
 keeps consuming the partitions it retains and gives up only those that move (KIP-429), while the

@@ -93,6 +93,13 @@ class Member:
             self.subscribed = {t for t in self.topics if t in partitions}
 
 
+def _rank(member: Member) -> str:
+    """The name a member is ordered by in assignment: static members by instance id, first."""
+    if member.instance_id:
+        return f"0:{member.instance_id}"
+    return f"1:{member.member_id}"
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     """What a member learns from the coordinator: its generation and what it may consume."""
@@ -252,16 +259,20 @@ class Group:
         """Recompute targets; a new generation if any target changed."""
         if not self.members:
             return False
-        subscriptions = {m.member_id: m.subscribed for m in self.members.values()}
+        # The assignors order members by name. Static members are named by their instance id
+        # (and come first, as in Kafka's KIP-345), so a restarted static member whose new member
+        # id sorts elsewhere still gets the same range after any later rebalance.
+        by_rank = {_rank(m): m for m in self.members.values()}
+        subscriptions = {rank: m.subscribed for rank, m in by_rank.items()}
         relevant = {
             t: n for t, n in self.partitions.items() if any(t in s for s in subscriptions.values())
         }
-        current = {m.member_id: m.target for m in self.members.values()}
+        current = {rank: m.target for rank, m in by_rank.items()}
         assert self.strategy is not None
         targets = ASSIGNORS[self.strategy](subscriptions, relevant, current)
-        changed = any(targets[m] != current[m] for m in targets)
-        for member_id, target in targets.items():
-            self.members[member_id].target = target
+        changed = any(targets[rank] != current[rank] for rank in targets)
+        for rank, target in targets.items():
+            by_rank[rank].target = target
         if changed or force:
             self.generation += 1
         return changed

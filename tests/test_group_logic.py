@@ -69,6 +69,23 @@ def test_static_member_rejoin_keeps_assignment_without_new_generation():
     assert second.member_id in group.members
 
 
+@pytest.mark.parametrize("restarts", range(8))
+def test_a_restarted_static_member_keeps_its_range_through_later_rebalances(restarts):
+    """Its new member id sorts anywhere; the order comes from the instance id (KIP-345)."""
+    group = Group("g")
+    group.update_partitions({"t": 4})
+    group.join(None, "host-1", "c", ["t"], None, "range", 10_000, 0)
+    group.join(None, "host-2", "c", ["t"], None, "range", 10_000, 0)
+    for now in range(restarts + 1):
+        again = group.join(None, "host-1", "c", ["t"], None, "range", 10_000, now)
+    assert again.target == [("t", 0), ("t", 1)]
+    dynamic = group.join(None, None, "c", ["t"], None, "range", 10_000, 20)
+    assert sorted(group.members[again.member_id].target) == [("t", 0), ("t", 1)]
+    assert dynamic.target == [("t", 3)]  # static members first, then dynamic ones
+    group.leave(dynamic.member_id)
+    assert sorted(group.members[again.member_id].target) == [("t", 0), ("t", 1)]
+
+
 def test_a_partition_is_granted_only_after_its_old_owner_gives_it_up():
     group = Group("g")
     group.update_partitions({"t": 2})
