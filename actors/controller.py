@@ -36,6 +36,7 @@ from ray_broker.actors.data_dir import (
     release_topic_dir,
 )
 from ray_broker.actors.failover import plan_partition
+from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.partition import PartitionActor
 from ray_broker.actors.partition_state import PartitionState
@@ -83,6 +84,7 @@ class Controller(SecurityAdmin):
     owner of the security rules (``security_admin.py``)."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
+        skip_pandas_probe()
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         self.data_dir = Path(self.config.data_dir)

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from ray_broker.actors.access_guard import AccessGuard
 from ray_broker.actors.data_dir import internal_token
 from ray_broker.actors.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
+from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
 from ray_broker.errors import TopicExists, TopicNotFound
 from ray_broker.storage.log import wall_clock_ms
@@ -66,6 +67,7 @@ class DelayScheduler:
     """See the module docstring."""
 
     def __init__(self, settings: dict[str, Any], namespace: str) -> None:
+        skip_pandas_probe()
         self._settings = settings
         self._config: BrokerConfig = parse_config(BrokerConfig, settings)
         self._namespace = namespace

@@ -25,6 +25,7 @@ from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.data_dir import internal_dir, internal_token, make_private
 from ray_broker.actors.group import Group, Heartbeat, compile_pattern
 from ray_broker.actors.guarded import GuardedActor
+from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.share_state_store import ShareStateStore, decode_share_key
 from ray_broker.config import (
@@ -156,6 +157,7 @@ class GroupCoordinator(GuardedActor):
     """All consumer groups of one broker namespace."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
+        skip_pandas_probe()
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         make_private()

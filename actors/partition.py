@@ -36,6 +36,7 @@ from ray_broker.actors.access_guard import DISABLED
 from ray_broker.actors.data_dir import make_private
 from ray_broker.actors.delay_index import TOPIC_HEADER
 from ray_broker.actors.guarded import GuardedActor
+from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.message_trace import traced_rows
 from ray_broker.actors.partition_core import Partition
 from ray_broker.actors.priority import serve_at_normal_priority
@@ -147,6 +148,7 @@ class PartitionActor(GuardedActor):
         token: str = "",
         namespace: str = "",
     ) -> None:
+        skip_pandas_probe()
         make_private()
         serve_at_normal_priority()
         self.core = Partition(

@@ -28,6 +28,7 @@ import ray
 from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.data_dir import internal_dir, internal_token, make_private
 from ray_broker.actors.guarded import GuardedActor
+from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.metadata_store import MetadataStore
 from ray_broker.actors.transaction_state import MarkerPlan, TransactionStates
 from ray_broker.config import (
@@ -65,6 +66,7 @@ class TransactionCoordinator(GuardedActor):
     """All transactional ids of one broker namespace."""
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
+        skip_pandas_probe()
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         make_private()
