@@ -83,8 +83,12 @@ FETCH_MAX_RECORDS = 1_000_000
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARKED_FETCHES_MAX = 256
 ISR_CHECK_INTERVAL_MS = 100
-# Offsets and ISR gauges (ray_broker.metrics) are set every this many ISR checks (1 s).
-METRICS_EVERY_ISR_CHECKS = 10
+# A leader without followers (or a follower) has no ISR to watch closely: it wakes once a
+# second, for its gauges and any late ISR change — ten wake-ups a second on every idle
+# partition actor were a measurable share of an idle broker's CPU.
+LONE_CHECK_INTERVAL_MS = 1_000
+# Offsets and ISR gauges (ray_broker.metrics) are set this often.
+METRICS_INTERVAL_S = 1.0
 ALTER_ISR_TIMEOUT_S = 5.0
 
 
@@ -965,11 +969,14 @@ class PartitionActor(GuardedActor):
     async def _isr_checks(self) -> None:
         """Shrink the ISR when a follower lags more than replica.lag.time.max.ms; expand it when
         a follower has caught up to the high watermark. The Controller records every change."""
-        rounds = 0
+        last_report = time.monotonic()
         while True:
-            await asyncio.sleep(ISR_CHECK_INTERVAL_MS / 1000)
-            rounds += 1
-            if rounds % METRICS_EVERY_ISR_CHECKS == 0:
+            watching = self.replica.followers or self.replica.pending_since is not None
+            await asyncio.sleep(
+                (ISR_CHECK_INTERVAL_MS if watching else LONE_CHECK_INTERVAL_MS) / 1000
+            )
+            if time.monotonic() - last_report >= METRICS_INTERVAL_S:
+                last_report = time.monotonic()
                 self._report_state()
             if self._controller is None:
                 continue
