@@ -26,6 +26,7 @@ import uuid
 from typing import Any
 
 import httpx
+import psutil
 
 VALUE_CHARS = 100
 BATCH_ENTRIES = 1_000
@@ -194,6 +195,8 @@ def run(records: int, topics: int, groups: int, settle_s: float = 5.0) -> dict[s
                 consumer.commit()
                 consumer.close()
             time.sleep(settle_s)  # two monitor rounds
+            # What the idle broker itself costs the box (% of all cores) before any page.
+            result["idle_cpu_percent"] = psutil.cpu_percent(interval=3.0)
             result["pages"] = time_pages(
                 base,
                 {
@@ -215,6 +218,7 @@ def print_console(result: dict[str, Any]) -> None:
     print(f"  native send() (same run)            {result['native_send_msgs_s']:>12,} msg/s")
     print(f"  ratio API / native                  {result['api_vs_native']:>12}")
     print(f"  pages with {result['topics']} topics, {result['groups']} groups (real HTTP):")
+    print(f"    machine CPU busy before pages (idle broker) {result['idle_cpu_percent']}%")
     for label, figures in result["pages"].items():
         print(f"    {label:<22} p50 {figures['p50_ms']:>7} ms  p99 {figures['p99_ms']:>7} ms")
     render = result["overview_render_1000_topics_100_groups"]

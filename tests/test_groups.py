@@ -117,13 +117,13 @@ def wait_until(condition, timeout_s: float = 30, step_s: float = 0.1) -> float:
 
 
 def test_members_share_partitions_disjointly_and_cover_all(broker, tmp_path):
-    topic = make_topic(broker, 12)
+    topic = make_topic(broker, 6)
     _, members = workers(broker, topic, tmp_path, 3)
     ray.get([m.poll_for.remote(3) for m in members])
     assignments = ray.get([m.assignment.remote() for m in members])
     flat = [tp for a in assignments for tp in a]
-    assert sorted(flat) == [(topic, p) for p in range(12)]
-    assert all(len(a) == 4 for a in assignments)
+    assert sorted(flat) == [(topic, p) for p in range(6)]
+    assert all(len(a) == 2 for a in assignments)
     ray.get([m.close.remote() for m in members])
 
 

@@ -44,8 +44,9 @@ def broker(shared_broker):
 
 @pytest.fixture
 def topic(shared_broker) -> str:
+    """One partition: these tests aim at partition 0 (each partition is an actor to start)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
-    shared_broker.admin().create_topic(name, partitions=3)
+    shared_broker.admin().create_topic(name, partitions=1)
     return name
 
 
