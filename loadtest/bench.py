@@ -43,6 +43,7 @@ from typing import Any
 import bench_backlog  # loadtest/ is this script's directory
 import bench_console
 import bench_filters
+import bench_idle
 import bench_kafka
 import bench_logging
 import bench_peers
@@ -401,6 +402,11 @@ def main() -> None:
         help="also the logging handler's call cost and shipping rate (bench_logging.py)",
     )
     parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="also the CPU and memory of idle partition actors (bench_idle.py)",
+    )
+    parser.add_argument(
         "--security",
         action="store_true",
         help="also throughput with authentication + ACL checks on vs off (bench_security.py)",
@@ -508,6 +514,10 @@ def main() -> None:
                 shipping = bench_logging.run(20_000 if args.quick else 200_000)
                 bench_logging.print_logging(shipping)
                 extra_rows.append({"figure": "logging", **shipping, "machine": machine()})
+            if args.idle:
+                idle = bench_idle.run(5 if args.quick else 20, 2 if args.quick else 10)
+                bench_idle.print_idle(idle)
+                extra_rows.append({"figure": "idle", **idle, "machine": machine()})
             if args.backlog:
                 backlog = bench_backlog.run_backlog(broker, args.backlog)
                 bench_backlog.print_backlog(backlog)

@@ -65,3 +65,13 @@ def test_console_benchmark_reports_its_figures(import_loadtest) -> None:
     assert set(result["pages"]) == {"overview", "overview_fragment", "topic", "group"}
     assert all(page["p50_ms"] > 0 for page in result["pages"].values())
     assert result["overview_render_1000_topics_100_groups"]["html_bytes"] > 100_000
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_idle_benchmark_reports_its_figures(import_loadtest) -> None:
+    bench_idle = import_loadtest("bench_idle")
+    result = bench_idle.run(partitions=2, seconds=1.0)
+    for side in ("bare_ray_actor", "partition_actor"):
+        assert result[side]["cpu_percent"] >= 0 and result[side]["rss_mib"] > 0
+    assert result["partition_actor"]["pandas_loaded"] is False
+    assert result["topic_create_s"] > 0
