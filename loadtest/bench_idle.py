@@ -35,7 +35,7 @@ def _rss_mib(pids: list[int]) -> float:
     return round(statistics.median(psutil.Process(p).memory_info().rss for p in pids) / 2**20)
 
 
-def _bare_actors(count: int, seconds: float) -> dict[str, Any]:
+def _bare_actors(count: int, seconds: float, settle_s: float) -> dict[str, Any]:
     import ray
 
     @ray.remote(num_cpus=0)
@@ -45,7 +45,7 @@ def _bare_actors(count: int, seconds: float) -> dict[str, Any]:
 
     actors = [Bare.remote() for _ in range(count)]
     pids = ray.get([a.pid.remote() for a in actors])
-    time.sleep(3)
+    time.sleep(settle_s)
     try:
         return {"cpu_percent": _cpu_percent(pids, seconds), "rss_mib": _rss_mib(pids)}
     finally:
@@ -53,13 +53,13 @@ def _bare_actors(count: int, seconds: float) -> dict[str, Any]:
             ray.kill(actor)
 
 
-def run(partitions: int = 20, seconds: float = 10.0) -> dict[str, Any]:
+def run(partitions: int = 20, seconds: float = 10.0, settle_s: float = 3.0) -> dict[str, Any]:
     import ray
 
     import ray_broker as rb
 
     result: dict[str, Any] = {"partitions": partitions, "seconds": seconds}
-    result["bare_ray_actor"] = _bare_actors(partitions, seconds)
+    result["bare_ray_actor"] = _bare_actors(partitions, seconds, settle_s)
     with tempfile.TemporaryDirectory(prefix="ray-broker-idle-") as data_dir:
         broker = rb.connect(data_dir=data_dir, namespace=f"idle-{uuid.uuid4().hex[:6]}")
         try:
@@ -80,7 +80,7 @@ def run(partitions: int = 20, seconds: float = 10.0) -> dict[str, Any]:
                     for h in leaders
                 ]
             )
-            time.sleep(3)
+            time.sleep(settle_s)  # past start-up work
             result["partition_actor"] = {
                 "cpu_percent": _cpu_percent(pids, seconds),
                 "rss_mib": _rss_mib(pids),

@@ -70,7 +70,7 @@ def test_console_benchmark_reports_its_figures(import_loadtest) -> None:
 @pytest.mark.usefixtures("ray_session")
 def test_idle_benchmark_reports_its_figures(import_loadtest) -> None:
     bench_idle = import_loadtest("bench_idle")
-    result = bench_idle.run(partitions=2, seconds=1.0)
+    result = bench_idle.run(partitions=1, seconds=0.5, settle_s=0.0)
     for side in ("bare_ray_actor", "partition_actor"):
         assert result[side]["cpu_percent"] >= 0 and result[side]["rss_mib"] > 0
     assert result["partition_actor"]["pandas_loaded"] is False
