@@ -840,7 +840,7 @@ class Controller(SecurityAdmin):
 
 PREFERRED_LEADER_EVERY_ROUNDS = 20
 # Followers and unreplicated leaders are probed once a second at the default interval (leaders
-# with followers every round): 4 probes a second cost each idle partition actor ~1% of a core.
+# with followers every round): 4 probes a second cost an idle partition actor ~0.5% of a core.
 PROBE_ALL_EVERY_ROUNDS = 4
 TRANSACTIONS_NUDGE_EVERY_ROUNDS = 20  # every 5 s at the default interval
 ROLE_CHANGE_TIMEOUT_S = 2.0
