@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import struct
 import subprocess
 import sys
@@ -55,7 +53,7 @@ import bench_transactions
 import latency
 import numpy as np
 import pyarrow as pa
-from measure import pace, percentile_ms, warm
+from measure import machine, pace, percentile_ms, warm
 
 VALUE_BYTES = 100
 BATCH_RECORDS = 10_000
@@ -67,10 +65,6 @@ LATENCY_LINGER_MS = 5
 GROUP_SESSION_TIMEOUT_MS = 3_000
 GROUP_RUNS = 3
 _STAMP = struct.Struct("<q")
-
-
-def machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def values(count: int) -> pa.Array:

@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import psutil
+from measure import run_standalone  # loadtest/ is this script's directory
 
 VALUE_CHARS = 100
 BATCH_ENTRIES = 1_000
@@ -235,16 +236,9 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=100)
     parser.add_argument("--json-out", type=str)
     args = parser.parse_args()
-    from ray_broker.runtime import ensure_ray
-
-    ensure_ray()
-    result = run(args.records, args.topics, args.groups)
-    print_console(result)
-    if args.json_out:
-        from bench import machine
-
-        with open(args.json_out, "a") as out:
-            out.write(json.dumps({"figure": "console", **result, "machine": machine()}) + "\n")
+    run_standalone(
+        "console", lambda: run(args.records, args.topics, args.groups), print_console, args.json_out
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Run: ``python loadtest/bench_idle.py [--partitions 20] [--seconds 10]`` (also ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -19,6 +18,7 @@ import uuid
 from typing import Any
 
 import psutil
+from measure import run_standalone  # loadtest/ is this script's directory
 
 
 def _cpu_percent(pids: list[int], seconds: float) -> float:
@@ -110,16 +110,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json-out", type=str)
     args = parser.parse_args()
-    from ray_broker.runtime import ensure_ray
-
-    ensure_ray()
-    result = run(args.partitions, args.seconds)
-    print_idle(result)
-    if args.json_out:
-        from bench import machine
-
-        with open(args.json_out, "a") as out:
-            out.write(json.dumps({"figure": "idle", **result, "machine": machine()}) + "\n")
+    run_standalone("idle", lambda: run(args.partitions, args.seconds), print_idle, args.json_out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import struct
 import tempfile
@@ -25,6 +24,8 @@ import threading
 import time
 import uuid
 from typing import Any
+
+from measure import run_standalone  # loadtest/ is this script's directory
 
 PARTITIONS = 4
 VALUE_BYTES = 100
@@ -234,14 +235,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--json-out", type=str)
     args = parser.parse_args()
-    from ray_broker.runtime import ensure_ray
-
-    ensure_ray()
-    result = run(args.records)
-    print_kafka(result)
-    if args.json_out:
-        with open(args.json_out, "a") as out:
-            out.write(json.dumps({"figure": "kafka", **result}) + "\n")
+    run_standalone("kafka", lambda: run(args.records), print_kafka, args.json_out)
 
 
 if __name__ == "__main__":

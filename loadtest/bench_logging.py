@@ -13,7 +13,6 @@ broker.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import logging.handlers
 import queue
@@ -22,6 +21,8 @@ import tempfile
 import time
 import uuid
 from typing import Any
+
+from measure import run_standalone  # loadtest/ is this script's directory
 
 
 def call_costs(log: logging.Logger, count: int) -> dict[str, float]:
@@ -88,16 +89,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--json-out", type=str)
     args = parser.parse_args()
-    from ray_broker.runtime import ensure_ray
-
-    ensure_ray()
-    result = run(args.records)
-    print_logging(result)
-    if args.json_out:
-        from bench import machine
-
-        with open(args.json_out, "a") as out:
-            out.write(json.dumps({"figure": "logging", **result, "machine": machine()}) + "\n")
+    run_standalone("logging", lambda: run(args.records), print_logging, args.json_out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import BATCH_RECORDS, values  # noqa: E402
+from measure import machine  # noqa: E402
 
 import ray_broker as rb  # noqa: E402
 
@@ -103,8 +103,7 @@ def main() -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    machine = f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
-    print(f"\nreplication on a local 4-node cluster (head + 3 workers) — {machine}")
+    print(f"\nreplication on a local 4-node cluster (head + 3 workers) — {machine()}")
     print(f"{'produce RF=1 acks=1 (rec/s)':44} {rf1:>14,.0f}")
     print(f"{'produce RF=3 acks=all, min.insync=2 (rec/s)':44} {rf3:>14,.0f}")
     print(f"{'RF=3 / RF=1':44} {rf3 / rf1:>14.2f}")
@@ -113,7 +112,7 @@ def main() -> None:
         f"{'partition writable again after kill (s)':44} "
         f"{times['partition_writable_again_s']:>14.2f}"
     )
-    print(json.dumps({"rf1": rf1, "rf3": rf3, "ratio": rf3 / rf1, **times, "machine": machine}))
+    print(json.dumps({"rf1": rf1, "rf3": rf3, "ratio": rf3 / rf1, **times, "machine": machine()}))
 
 
 if __name__ == "__main__":

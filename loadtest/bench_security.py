@@ -18,13 +18,13 @@ neighbour does not land on one side only.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 import uuid
 from typing import Any
 
 import pyarrow as pa
+from measure import run_standalone  # loadtest/ is this script's directory
 
 PARTITIONS = 4
 CHUNK = 10_000
@@ -147,14 +147,7 @@ def main() -> None:
     parser.add_argument("--keyed", type=int, default=200_000)
     parser.add_argument("--json-out", type=str)
     args = parser.parse_args()
-    from ray_broker.runtime import ensure_ray
-
-    ensure_ray()
-    result = run(args.records, args.keyed)
-    print_security(result)
-    if args.json_out:
-        with open(args.json_out, "a") as out:
-            out.write(json.dumps({"figure": "security", **result}) + "\n")
+    run_standalone("security", lambda: run(args.records, args.keyed), print_security, args.json_out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@ every figure is measured the same way)."""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import tempfile
 import time
 import uuid
@@ -12,6 +15,30 @@ from typing import Any, TypeVar
 import numpy as np
 
 T = TypeVar("T")
+
+
+def machine() -> str:
+    """Where a figure was measured; every JSON row of the benchmarks carries it."""
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run_standalone(
+    figure: str,
+    run: Callable[[], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None],
+    json_out: str | None,
+) -> dict[str, Any]:
+    """A ``bench_*.py`` script run on its own: attach to (or start) Ray, measure, print, and
+    append the figures as one JSON row to ``json_out``."""
+    from ray_broker.runtime import ensure_ray
+
+    ensure_ray()
+    result = run()
+    report(result)
+    if json_out:
+        with open(json_out, "a") as out:
+            out.write(json.dumps({"figure": figure, **result, "machine": machine()}) + "\n")
+    return result
 
 
 def pace(send: Callable[[], Any], rate: int, seconds: float) -> int:
