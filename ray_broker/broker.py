@@ -426,23 +426,25 @@ def _unwrapped(handle: Any) -> Any:
     return getattr(handle, "unwrapped", handle)
 
 
-def singleton(cls: type, name: str, settings: dict[str, Any], namespace: str) -> Any:
-    """The namespace's one ``cls`` actor, created if none runs (a restarting one is reused)."""
+def head_node_actor(cls: type, name: str, namespace: str, **options: Any) -> Any:
+    """``cls`` as the namespace's detached, always-restarted actor ``name`` on the head node
+    (found if it already runs); ``.remote(...)`` on the answer starts or finds it."""
     import ray
 
-    return (
-        ray.remote(cls)
-        .options(
-            name=name,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=-1,
-            num_cpus=0,
-            # On the head node, beside their metadata logs; losing the head loses the cluster
-            # anyway unless GCS fault tolerance is set up (see README).
-            resources={HEAD_NODE_RESOURCE: 0.001},
-        )
-        .remote(settings, namespace)
+    return ray.remote(cls).options(
+        name=name,
+        namespace=namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        num_cpus=0,
+        # On the head node, beside their metadata logs; losing the head loses the cluster
+        # anyway unless GCS fault tolerance is set up (see README).
+        resources={HEAD_NODE_RESOURCE: 0.001},
+        **options,
     )
+
+
+def singleton(cls: type, name: str, settings: dict[str, Any], namespace: str) -> Any:
+    """The namespace's one ``cls`` actor, created if none runs (a restarting one is reused)."""
+    return head_node_actor(cls, name, namespace, max_task_retries=-1).remote(settings, namespace)

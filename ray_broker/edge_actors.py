@@ -28,23 +28,10 @@ def start_named(
     import ray
 
     from ray_broker._ray import call
-    from ray_broker.config import HEAD_NODE_RESOURCE
+    from ray_broker.broker import head_node_actor
     from ray_broker.errors import BrokerNotRunning
 
-    actor = (
-        ray.remote(cls)
-        .options(
-            name=name,
-            namespace=namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_concurrency=max_concurrency,
-            num_cpus=0,
-            resources={HEAD_NODE_RESOURCE: 0.001},
-        )
-        .remote(*args)
-    )
+    actor = head_node_actor(cls, name, namespace, max_concurrency=max_concurrency).remote(*args)
     try:
         return call(getattr(actor, ready), timeout_s=timeout_s, unavailable=BrokerNotRunning)
     except Exception as exc:
