@@ -4,7 +4,12 @@ Every partition is a Ray worker process, so what one costs while nothing happens
 the partition count: it decides how many topics a node holds before the box is busy doing
 nothing. Baseline (same run): a bare async Ray actor, the floor any actor pays.
 
-Run: ``python loadtest/bench_idle.py [--partitions 20] [--seconds 10]`` (also ``bench.py --idle``).
+Also what Ray's dashboard (and job server) costs an idle Ray head as ``ray-broker start`` starts
+it: the same head with and without it, one after the other (``--dashboard``; baseline: the head
+without it).
+
+Run: ``python loadtest/bench_idle.py [--partitions 20] [--seconds 10]`` (also ``bench.py --idle``);
+``python loadtest/bench_idle.py --dashboard [--seconds 60]``.
 """
 
 from __future__ import annotations
@@ -21,14 +26,26 @@ import psutil
 from measure import run_standalone  # loadtest/ is this script's directory
 
 
-def _cpu_percent(pids: list[int], seconds: float) -> float:
-    """Mean CPU of the processes over ``seconds``, in % of one core."""
+def _cpu_seconds(process: psutil.Process) -> float:
+    try:
+        return sum(process.cpu_times()[:2])
+    except psutil.Error:  # gone meanwhile: it used nothing more
+        return 0.0
+
+
+def _cpu_used(pids: list[int], seconds: float) -> float:
+    """CPU the processes used over ``seconds``, in % of one core (all of them together)."""
     processes = [psutil.Process(pid) for pid in pids]
-    before = [sum(p.cpu_times()[:2]) for p in processes]
+    before = [_cpu_seconds(p) for p in processes]
     time.sleep(seconds)
-    after = [sum(p.cpu_times()[:2]) for p in processes]
-    used = sum(b - a for a, b in zip(before, after, strict=True))
-    return round(100 * used / seconds / len(pids), 2)
+    after = [_cpu_seconds(p) for p in processes]
+    used = sum(max(0.0, b - a) for a, b in zip(before, after, strict=True))
+    return 100 * used / seconds
+
+
+def _cpu_percent(pids: list[int], seconds: float) -> float:
+    """Mean CPU of one of the processes over ``seconds``, in % of one core."""
+    return round(_cpu_used(pids, seconds) / len(pids), 2)
 
 
 def _rss_mib(pids: list[int]) -> float:
@@ -91,6 +108,49 @@ def run(partitions: int = 20, seconds: float = 10.0, settle_s: float = 3.0) -> d
     return result
 
 
+def ray_head_idle(seconds: float = 60.0, settle_s: float = 20.0) -> dict[str, Any]:
+    """An idle Ray head as ``ray-broker start`` starts it, without the dashboard (baseline) and
+    with it: CPU of all its processes together, and their memory."""
+    from ray_broker.service import local_ray_processes, start_local_ray, stop_local_ray
+
+    result: dict[str, Any] = {"seconds": seconds}
+    for label, dashboard in (("without_dashboard", False), ("with_dashboard", True)):
+        address = start_local_ray(dashboard=dashboard)
+        try:
+            time.sleep(settle_s)  # past start-up work
+            pids = [p.pid for p in local_ray_processes(address)]
+            # USS: the dashboard's modules are forked and share pages an RSS sum counts twice.
+            uss = sum(psutil.Process(pid).memory_full_info().uss for pid in pids)
+            result[label] = {
+                "processes": len(pids),
+                "cpu_percent": round(_cpu_used(pids, seconds), 2),
+                "uss_mib": round(uss / 2**20),
+            }
+        finally:
+            stop_local_ray(address)
+    result["dashboard_cpu_percent"] = round(
+        result["with_dashboard"]["cpu_percent"] - result["without_dashboard"]["cpu_percent"], 2
+    )
+    result["dashboard_uss_mib"] = (
+        result["with_dashboard"]["uss_mib"] - result["without_dashboard"]["uss_mib"]
+    )
+    return result
+
+
+def print_ray_head_idle(result: dict[str, Any]) -> None:
+    print(f"\nIdle Ray head as `ray-broker start` starts it ({result['seconds']} s)")
+    for label in ("without_dashboard", "with_dashboard"):
+        row = result[label]
+        print(
+            f"  {label.replace('_', ' '):<22} {row['cpu_percent']:>6}% of a core  "
+            f"{row['uss_mib']} MiB (USS) in {row['processes']} processes"
+        )
+    print(
+        f"  the dashboard costs        {result['dashboard_cpu_percent']:>6}% of a core  "
+        f"{result['dashboard_uss_mib']} MiB"
+    )
+
+
 def print_idle(result: dict[str, Any]) -> None:
     bare, ours = result["bare_ray_actor"], result["partition_actor"]
     print(f"\nIdle cost per actor ({result['partitions']} actors, {result['seconds']} s)")
@@ -109,7 +169,21 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json-out", type=str)
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="instead: an idle Ray head with and without its dashboard",
+    )
     args = parser.parse_args()
+    if args.dashboard:
+        run_standalone(
+            "ray_head_idle",
+            lambda: ray_head_idle(args.seconds),
+            print_ray_head_idle,
+            args.json_out,
+            attach=False,  # the figure starts the Rays it measures; no other may idle beside them
+        )
+        return
     run_standalone("idle", lambda: run(args.partitions, args.seconds), print_idle, args.json_out)
 
 

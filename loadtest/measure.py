@@ -27,12 +27,16 @@ def run_standalone(
     run: Callable[[], dict[str, Any]],
     report: Callable[[dict[str, Any]], None],
     json_out: str | None,
+    *,
+    attach: bool = True,
 ) -> dict[str, Any]:
-    """A ``bench_*.py`` script run on its own: attach to (or start) Ray, measure, print, and
-    append the figures as one JSON row to ``json_out``."""
+    """A ``bench_*.py`` script run on its own: attach to (or start) Ray unless ``attach`` is
+    False (the figure starts its own), measure, print, and append the figures as one JSON row
+    to ``json_out``."""
     from ray_broker.runtime import ensure_ray
 
-    ensure_ray()
+    if attach:
+        ensure_ray()
     result = run()
     report(result)
     if json_out:

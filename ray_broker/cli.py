@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -130,6 +131,17 @@ def password_from_env_or_prompt(user: str) -> str:
     return password
 
 
+@dataclass(frozen=True)
+class RootOptions:
+    """The root command's options as written (None: not given)."""
+
+    address: str | None = None
+    data_dir: Path | None = None
+    namespace: str | None = None
+    output: str = "table"
+    user: str | None = None
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -142,18 +154,59 @@ def _root(
     """A Kafka-class message broker on Ray.
 
     After ``ray-broker start`` the other commands find the running broker without flags."""
-    from ray_broker.service import ServiceRecord
-
     if output not in ("table", "json"):
         raise typer.BadParameter(f"--output is table or json, got {output!r}")
-    record = ServiceRecord.load() if address is None else None
-    if record is not None and namespace in (None, record.namespace):
-        address = record.address
-    ctx.obj = Target(address, data_dir, namespace or DEFAULT_NAMESPACE, output, user)
+    ctx.obj = RootOptions(address, data_dir, namespace, output, user)
+
+
+def _options(ctx: typer.Context) -> RootOptions:
+    return ctx.find_root().obj or RootOptions()
 
 
 def _target(ctx: typer.Context) -> Target:
-    return ctx.find_root().obj or Target()
+    """The broker this command acts on: ``--address``/``--namespace`` if given, else the one
+    ``ray-broker start`` started on this machine; with several started and no ``--namespace``
+    it asks which (or, with no terminal to ask on, says how to choose)."""
+    root = ctx.find_root()
+    if not hasattr(root, "resolved_target"):
+        root.resolved_target = _resolve_target(_options(ctx))  # type: ignore[attr-defined]
+    return root.resolved_target  # type: ignore[attr-defined]
+
+
+def _resolve_target(options: RootOptions) -> Target:
+    from ray_broker.service_records import ServiceRecord
+
+    chosen: ServiceRecord | None = None
+    if options.address is None:
+        records = ServiceRecord.all()
+        if options.namespace is not None:
+            chosen = next((r for r in records if r.namespace == options.namespace), None)
+        elif len(records) == 1:
+            [chosen] = records
+        elif records:
+            chosen = _ask_which(records, interactive=options.output == "table")
+    namespace = options.namespace or (chosen.namespace if chosen else DEFAULT_NAMESPACE)
+    address = options.address or (chosen.address if chosen else None)
+    return Target(address, options.data_dir, namespace, options.output, options.user)
+
+
+def _ask_which(records: list[Any], *, interactive: bool) -> Any:
+    """Several brokers were started here and the command named none."""
+    from ray_broker.errors import InvalidConfig
+
+    listing = "; ".join(r.describe() for r in records)
+    if not (interactive and sys.stdin.isatty()):
+        raise _fail(
+            InvalidConfig(
+                f"{len(records)} brokers run on this machine ({listing}): name one with --namespace"
+            )
+        )
+    for number, record in enumerate(records, 1):
+        Console(stderr=True).print(f"  {number}. {record.describe()}", highlight=False)
+    choice = typer.prompt(
+        "Which broker?", type=click.IntRange(1, len(records)), err=True, default=1
+    )
+    return records[choice - 1]
 
 
 def _fail(exc: BrokerError) -> typer.Exit:
@@ -878,13 +931,30 @@ def start(
             help="Also serve the HTTP API and web console on HOST:PORT (e.g. 127.0.0.1:8080).",
         ),
     ] = None,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="Start the local Ray with its dashboard and job server (`ray job submit`), on "
+            "127.0.0.1. --no-dashboard saves its idle CPU; Ray jobs then run only as scripts "
+            "on this machine.",
+        ),
+    ] = True,
 ) -> None:
     """Start the broker service: attach to Ray (--address, RAY_ADDRESS) or start a local Ray on
-    127.0.0.1, then the broker's actors. Running it again changes nothing, but for listeners
-    it adds."""
+    127.0.0.1 with token authentication and Ray's job server, then the broker's actors.
+    Running it again changes nothing, but for listeners it adds."""
     from ray_broker import service
 
-    target = _target(ctx)
+    options = _options(ctx)
+    # `start` names a broker to start, never one to choose among those running.
+    target = Target(
+        options.address,
+        options.data_dir,
+        options.namespace or DEFAULT_NAMESPACE,
+        options.output,
+        options.user,
+    )
     credentials = target.credentials()
     if superuser is not None:
         credentials = {
@@ -899,6 +969,7 @@ def start(
             secure=superuser is not None,
             kafka_listeners=kafka_listener,
             http=http,
+            dashboard=dashboard,
             **credentials,
         )
     except BrokerError as exc:
@@ -914,6 +985,7 @@ def start(
             console.print(f"Kafka listener on {listener['host']}:{listener['port']}")
         for url in started["consoles"]:
             console.print(f"web console at {url} (API docs at {url.removesuffix('/console')}/docs)")
+        _print_job_api(started["job_api"])
 
     _emit(ctx, started, show)
 
@@ -947,7 +1019,29 @@ def stop(ctx: typer.Context) -> None:
         stopped = service.stop(target.address, target.namespace, **target.credentials())
     except BrokerError as exc:
         raise _fail(exc) from None
-    _emit(ctx, stopped, lambda: console.print(f"ray-broker stopped: namespace {target.namespace}"))
+
+    def show() -> None:
+        console.print(
+            f"ray-broker stopped: namespace [bold]{target.namespace}[/] at {stopped['address']}"
+            + (", and the Ray it ran on" if stopped["stopped_ray"] else "")
+        )
+        if stopped["still_running_there"]:
+            console.print(
+                "Ray keeps running for the brokers in namespaces "
+                + ", ".join(stopped["still_running_there"])
+            )
+
+    _emit(ctx, stopped, show)
+
+
+def _print_job_api(url: str | None) -> None:
+    if url is None:
+        console.print("no Ray job API (Ray runs without its dashboard)")
+        return
+    console.print(
+        f"Ray job API at {url}: RAY_AUTH_MODE=token ray job submit --address {url} "
+        "--working-dir . -- python job.py"
+    )
 
 
 @app.command()
@@ -961,7 +1055,11 @@ def status(ctx: typer.Context) -> None:
 
 
 def _render_status(report: dict[str, Any]) -> None:
-    console.print(f"namespace [bold]{report['namespace']}[/], data in {report['data_dir']}")
+    console.print(
+        f"namespace [bold]{report['namespace']}[/] at {report['address']}, "
+        f"data in {report['data_dir']}"
+    )
+    _print_job_api(report["job_api"])
     nodes = Table(title="nodes")
     for column in ("node", "address", "CPUs", "leaders", "disk"):
         nodes.add_column(column, justify="left" if column in ("node", "address") else "right")

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ray_broker.runtime import dashboard_url
+
 DISK_SCAN_TIMEOUT_S = 30.0
 
 
@@ -105,6 +107,8 @@ def collect(broker: Any) -> dict[str, Any]:
         )
     return {
         "namespace": broker.namespace,
+        "address": ray.get_runtime_context().gcs_address,
+        "job_api": dashboard_url(),
         "data_dir": str(broker.data_dir),
         "nodes": [
             {
