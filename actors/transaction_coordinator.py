@@ -37,6 +37,7 @@ from ray_broker.config import (
     TRANSACTIONAL_ID_SPACE,
     BrokerConfig,
     parse_config,
+    validate_transactional_id,
 )
 from ray_broker.errors import (
     BrokerError,
@@ -162,15 +163,13 @@ class TransactionCoordinator(GuardedActor):
         aborting a transaction they left open.
 
         Raises:
-            InvalidTxnState: an empty id or a bad timeout.
+            InvalidTransactionalId: not a printable id of 1..249 characters.
+            InvalidTransactionTimeout: a timeout outside [1, 15 minutes].
             Unauthorized: without write on the transactional id.
         """
-        await self._access(session, "write", "transactional_id", str(transactional_id))
+        validate_transactional_id(transactional_id)
+        await self._access(session, "write", "transactional_id", transactional_id)
         self._start()
-        if not isinstance(transactional_id, str) or not transactional_id:
-            raise InvalidTxnState(
-                f"transactional_id must be a non-empty str, got {transactional_id!r}"
-            )
         async with self._lock(transactional_id):
             unfinished = self.states.pending_plan(transactional_id)
             if unfinished is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from ray_broker.errors import (
     ConcurrentTransactions,
+    InvalidTransactionTimeout,
     InvalidTxnState,
     ProducerFenced,
     TransactionalIdNotFound,
@@ -156,7 +157,7 @@ class TransactionStates:
             ConcurrentTransactions: the previous transaction is still being completed.
         """
         if not isinstance(timeout_ms, int) or not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
-            raise InvalidTxnState(
+            raise InvalidTransactionTimeout(
                 f"transaction.timeout.ms must be an int in [1, {MAX_TIMEOUT_MS}], got "
                 f"{timeout_ms!r}"
             )

@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ray_broker.errors import InvalidConfig, InvalidGroupId, InvalidTopicName
+from ray_broker.errors import (
+    BrokerError,
+    InvalidConfig,
+    InvalidGroupId,
+    InvalidTopicName,
+    InvalidTransactionalId,
+)
 from ray_broker.storage.config import SEGMENT_BYTES, LogConfig, merge_config, parse_config
 
 # Ray's built-in resource of the head node: actors that must live there ask for a sliver of it.
@@ -306,7 +312,8 @@ class ShareConsumerConfig(BaseModel):
     value_deserializer: Callable[[bytes], Any] | None = Field(None, alias="value.deserializer")
 
 
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+# Used with fullmatch: `^...$` with match() admits a name ending in "\n".
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 
 
 def validate_topic_name(name: object, internal: bool = False) -> str:
@@ -323,7 +330,7 @@ def validate_topic_name(name: object, internal: bool = False) -> str:
         raise InvalidTopicName(
             f"topic name is {len(name)} characters; the limit is {TOPIC_NAME_MAX_CHARS}"
         )
-    if not _TOPIC_NAME.match(name):
+    if not _TOPIC_NAME.fullmatch(name):
         raise InvalidTopicName(
             f"topic name {name!r} may only contain ASCII letters, digits, '.', '_' and '-'"
         )
@@ -373,19 +380,31 @@ def validate_group_id(group_id: object) -> str:
         InvalidGroupId: not a str, empty, too long, or with control characters (a NUL once
             broke the coordinator's recovery).
     """
-    if not isinstance(group_id, str):
-        raise InvalidGroupId(f"a group id is a str, got {type(group_id).__name__}")
-    if not group_id or len(group_id) > GROUP_ID_MAX_CHARS:
-        raise InvalidGroupId(
-            f"a group id has 1 to {GROUP_ID_MAX_CHARS} characters, got {len(group_id)}"
-        )
-    if any(not ch.isprintable() for ch in group_id):
-        raise InvalidGroupId(f"group id {group_id!r} contains control or unprintable characters")
+    return _printable_id(group_id, "group id", InvalidGroupId)
+
+
+def validate_transactional_id(transactional_id: object) -> str:
+    """A transactional id: the same rules as a group id (it is stored in the transaction log
+    and shown by tools the way group ids are).
+
+    Raises:
+        InvalidTransactionalId: not a str, empty, too long, or with control characters.
+    """
+    return _printable_id(transactional_id, "transactional id", InvalidTransactionalId)
+
+
+def _printable_id(value: object, what: str, error: type[BrokerError]) -> str:
+    if not isinstance(value, str):
+        raise error(f"a {what} is a str, got {type(value).__name__}")
+    if not value or len(value) > GROUP_ID_MAX_CHARS:
+        raise error(f"a {what} has 1 to {GROUP_ID_MAX_CHARS} characters, got {len(value)}")
+    if any(not ch.isprintable() for ch in value):
+        raise error(f"{what} {value!r} contains control or unprintable characters")
     try:
-        group_id.encode("utf-8")
+        value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidGroupId(f"group id {group_id!r} is not valid Unicode text") from None
-    return group_id
+        raise error(f"{what} {value!r} is not valid Unicode text") from None
+    return value
 
 
 def default_data_dir(namespace: str) -> Path:

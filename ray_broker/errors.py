@@ -222,6 +222,16 @@ class InvalidTxnState(BrokerError):
     outside a transaction, offsets without a group); the message names the state and the fix."""
 
 
+class InvalidTransactionTimeout(InvalidTxnState):
+    """``transaction.timeout.ms`` is outside what the coordinator allows (Kafka's
+    INVALID_TRANSACTION_TIMEOUT)."""
+
+
+class InvalidTransactionalId(InvalidTxnState):
+    """A transactional id is empty, too long, or has control or unprintable characters; the
+    same rules as a group id."""
+
+
 class TransactionTimedOut(BrokerError):
     """The transaction ran past transaction.timeout.ms and the coordinator aborted it; call
     ``abort_transaction()`` and begin a new one."""

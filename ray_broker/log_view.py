@@ -19,7 +19,7 @@ LEVEL_STYLES = {
     "ERROR": "bold red",
     "CRITICAL": "bold white on red",
 }
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1_000}
 
 
@@ -29,7 +29,7 @@ def since_ms(text: str) -> int:
     Raises:
         InvalidConfig: anything else.
     """
-    found = _DURATION.match(text)
+    found = _DURATION.fullmatch(text)
     if not found:
         raise InvalidConfig(f"--since is a duration like 10m, 90s, 2h or 1d, got {text!r}")
     return int(float(found.group(1)) * _UNIT_MS[found.group(2)])

@@ -48,14 +48,12 @@ class ConsoleServer:
         self._port = self._server.servers[0].sockets[0].getsockname()[1]
 
     def describe(self) -> dict[str, Any]:
+        # No stop method: a console stops with its broker (``Broker.shutdown`` kills the
+        # actor), never by a call any Ray driver could make without the broker's session.
         return {
             "host": self._host,
             "port": self._port,
             "url": f"http://{self._host}:{self._port}/console",
             "secured": self._state.gateway.secured,
+            "serving": self._thread.is_alive(),
         }
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._state.close()

@@ -11,6 +11,7 @@ from ray_broker.errors import (
     BrokerError,
     InvalidRecord,
     OutOfOrderSequence,
+    RecordTooLarge,
     UnknownTopicOrPartition,
 )
 from ray_broker.kafka.context import NODE_ID, Connection
@@ -142,6 +143,10 @@ async def _append(
         answer["error_code"] = ErrorCode.CORRUPT_MESSAGE
         answer["error_message"] = str(exc)
         return topic, answer, 0
+    except RecordTooLarge as exc:
+        answer["error_code"] = ErrorCode.MESSAGE_TOO_LARGE
+        answer["error_message"] = str(exc)
+        return topic, answer, 0
     link = conn.listener.link
     timeout_s = max(request.body.timeout_ms, 1_000) / 1000 + 5
     throttle = 0
@@ -210,16 +215,16 @@ def _producer_state(
     return producer_id, epoch, sequence
 
 
+# The most one Fetch answer carries, whatever it asks: the partition actors' own cap per fetch.
+MAX_FETCH_RESPONSE_BYTES = 64 * 1024 * 1024
+
 # --- Fetch --------------------------------------------------------------------------------------
 
 
 async def fetch(conn: Connection, request: Request) -> dict[str, Any]:
     body = request.body
-    wanted = [
-        (topic.topic, part.partition, part.fetch_offset, part.partition_max_bytes)
-        for topic in body.topics
-        for part in topic.partitions
-    ]
+    budget = _response_budget(body)
+    wanted = _wanted_partitions(body, budget)
     read_committed = body.isolation_level == 1
     answers = await asyncio.gather(
         *(_fetch_partition(conn, request, *w, 0, read_committed) for w in wanted)
@@ -228,6 +233,7 @@ async def fetch(conn: Connection, request: Request) -> dict[str, Any]:
     failed = any(a["error_code"] for _, a, _ in answers)
     if wanted and size < max(body.min_bytes, 1) and body.max_wait_ms > 0 and not failed:
         answers = await _long_poll(conn, request, wanted, read_committed, answers)
+    answers = _within_budget(answers, budget)
     by_topic, throttle = _by_topic(answers, request.version >= FETCH_SELF_THROTTLE_VERSION)
     return {
         "throttle_time_ms": throttle,
@@ -235,6 +241,47 @@ async def fetch(conn: Connection, request: Request) -> dict[str, Any]:
         "session_id": 0,  # no incremental fetch sessions (KIP-227): clients send full fetches
         "responses": [{"topic": name, "partitions": parts} for name, parts in by_topic.items()],
     }
+
+
+def _response_budget(body: Any) -> int:
+    """The bytes one Fetch answer may carry: the request's ``max_bytes`` (v3+, Kafka's
+    ``fetch.max.bytes``), never more than the broker's own cap per fetch."""
+    asked = getattr(body, "max_bytes", None)
+    if asked is None or asked <= 0:
+        return MAX_FETCH_RESPONSE_BYTES
+    return min(asked, MAX_FETCH_RESPONSE_BYTES)
+
+
+def _wanted_partitions(body: Any, budget: int) -> list[tuple[str, int, int, int]]:
+    """(topic, partition, offset, byte cap) per partition the request lists, each once (the
+    first listing wins, as a repeated partition would answer the same records again), none
+    asking for more than the whole answer may carry."""
+    wanted: dict[tuple[str, int], tuple[str, int, int, int]] = {}
+    for topic in body.topics:
+        for part in topic.partitions:
+            cap = max(1, min(part.partition_max_bytes, budget))
+            wanted.setdefault(
+                (topic.topic, part.partition),
+                (topic.topic, part.partition, part.fetch_offset, cap),
+            )
+    return list(wanted.values())
+
+
+def _within_budget(
+    answers: list[tuple[str, dict[str, Any], int]], budget: int
+) -> list[tuple[str, dict[str, Any], int]]:
+    """Kafka's rule for ``max_bytes``: partitions fill the answer in request order; the first
+    with records is answered whole (so a record larger than the budget still moves the
+    consumer), and a later one that would overflow answers empty this time (its client asks
+    again from the same offset: nothing is skipped)."""
+    used = 0
+    for _, answer, _ in answers:
+        size = len(answer["records"] or b"")
+        if size and used and used + size > budget:
+            answer["records"] = b""
+        else:
+            used += size
+    return answers
 
 
 async def _long_poll(

@@ -95,6 +95,7 @@ _BY_CLASS: list[tuple[type[BaseException], ErrorCode]] = [
     (e.TransactionTimedOut, ErrorCode.INVALID_PRODUCER_EPOCH),
     (e.TransactionalIdNotFound, ErrorCode.INVALID_TXN_STATE),
     (e.ConcurrentTransactions, ErrorCode.CONCURRENT_TRANSACTIONS),
+    (e.InvalidTransactionTimeout, ErrorCode.INVALID_TRANSACTION_TIMEOUT),
     (e.InvalidTxnState, ErrorCode.INVALID_TXN_STATE),
     (e.GroupNotFound, ErrorCode.GROUP_ID_NOT_FOUND),
     (e.GroupNotEmpty, ErrorCode.NON_EMPTY_GROUP),

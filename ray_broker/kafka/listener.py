@@ -17,11 +17,20 @@ to one partition keep their arrival order (``data_handlers.produce``).
 for ApiVersions, as Kafka does), a client that stops mid-frame for ``FRAME_TIMEOUT_S``, any
 unexpected failure while answering. Record batches are checked (length, magic, CRC-32C)
 before anything is written (``record_batch.py``).
+
+**Strangers cost little.** A connection is *pending* until it has logged in (security on) or
+sent its first request (security off). Pending connections may send frames of at most
+``MAX_FRAME_BEFORE_LOGIN_BYTES`` (Kafka's ``sasl.server.max.receive.size``), must leave that
+state within ``LOGIN_TIMEOUT_S``, and at most ``MAX_PENDING_CONNECTIONS`` exist: a new one
+closes the oldest pending one, so a flood of idle sockets cannot lock a real client out. One
+client address holds at most ``MAX_CONNECTIONS_PER_ADDRESS`` connections (Kafka's
+``max.connections.per.ip``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -52,6 +61,10 @@ MAX_IN_FLIGHT = 16
 FRAME_TIMEOUT_S = 30.0
 IDLE_TIMEOUT_S = 600.0  # Kafka's connections.max.idle.ms
 MAX_CONNECTIONS = 2_000
+MAX_CONNECTIONS_PER_ADDRESS = 1_000
+MAX_PENDING_CONNECTIONS = 64
+MAX_FRAME_BEFORE_LOGIN_BYTES = 512 * 1024
+LOGIN_TIMEOUT_S = 10.0
 GROUP_TICK_S = 0.05
 
 API_VERSIONS = 18
@@ -131,7 +144,16 @@ class KafkaListener:
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self.counters = {"connections": 0, "requests": 0, "closed_for_errors": 0}
+        # Pending connections, oldest first (see the module docstring).
+        self._pending: collections.OrderedDict[asyncio.Task[None], None] = collections.OrderedDict()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self.counters = {
+            "connections": 0,
+            "requests": 0,
+            "closed_for_errors": 0,
+            "refused": 0,
+            "evicted_before_login": 0,
+        }
         # An async actor's __init__ runs on its event loop: bind now, so a listener Ray
         # restarts after a crash serves again without anyone calling start().
         self._binding = asyncio.get_event_loop().create_task(self._bind())
@@ -151,23 +173,16 @@ class KafkaListener:
         return await self.describe()
 
     async def describe(self) -> dict[str, Any]:
+        # No stop method: a listener stops with its broker (``Broker.shutdown`` kills the
+        # actor), never by a call any Ray driver could make without the broker's session.
         return {
             "host": self._host,
             "port": self._port,
+            "serving": self._server is not None and self._server.is_serving(),
             "open_connections": len(self._connections),
             "groups": len(self._state.groups.groups),
             **self.counters,
         }
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            self._server = None
-        if self._ticker is not None:
-            self._ticker.cancel()
-            self._ticker = None
 
     async def _tick(self) -> None:
         while True:
@@ -182,12 +197,21 @@ class KafkaListener:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._connections) >= MAX_CONNECTIONS:
+        peername = writer.get_extra_info("peername")
+        address = str(peername[0]) if isinstance(peername, tuple) else str(peername)
+        if (
+            len(self._connections) >= MAX_CONNECTIONS
+            or self._per_address[address] >= MAX_CONNECTIONS_PER_ADDRESS
+        ):
+            self.counters["refused"] += 1
             writer.close()
             return
+        self._make_room_for_a_pending_connection()
         self._connections.add(task)
+        self._pending[task] = None
+        self._per_address[address] += 1
         self.counters["connections"] += 1
-        peer = str(writer.get_extra_info("peername"))
+        peer = str(peername)
         conn = Connection(self._state, peer)
         try:
             await self._serve(conn, reader, writer)
@@ -201,8 +225,24 @@ class KafkaListener:
             logger.exception("Kafka connection %s failed", peer)
         finally:
             self._connections.discard(task)
+            self._pending.pop(task, None)
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def _make_room_for_a_pending_connection(self) -> None:
+        while len(self._pending) >= MAX_PENDING_CONNECTIONS:
+            oldest, _ = self._pending.popitem(last=False)
+            self.counters["evicted_before_login"] += 1
+            oldest.cancel()
+
+    def _admitted(self, conn: Connection) -> None:
+        """The connection logged in (or, without security, spoke): no longer pending."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._pending.pop(task, None)
 
     async def _serve(
         self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -210,10 +250,24 @@ class KafkaListener:
         answers: asyncio.Queue[asyncio.Task[bytes | None] | None] = asyncio.Queue()
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         sender = asyncio.create_task(self._send_answers(answers, slots, writer))
+        login_deadline = time.monotonic() + LOGIN_TIMEOUT_S
+        pending = True
         try:
             while True:
+                if pending:
+                    # Without security anyone may produce anyway: only the deadline applies.
+                    limit = (
+                        MAX_FRAME_BEFORE_LOGIN_BYTES
+                        if conn.listener.security_enabled
+                        else MAX_REQUEST_BYTES
+                    )
+                    wait_s = login_deadline - time.monotonic()
+                    if wait_s <= 0:
+                        raise _Close(f"no login within {LOGIN_TIMEOUT_S:.0f} s")
+                else:
+                    limit, wait_s = MAX_REQUEST_BYTES, IDLE_TIMEOUT_S
                 # A refused request ends the connection at once, not at the client's next frame.
-                reading = asyncio.ensure_future(self._read_frame(reader))
+                reading = asyncio.ensure_future(self._read_frame(reader, limit, wait_s))
                 await asyncio.wait({reading, sender}, return_when=asyncio.FIRST_COMPLETED)
                 if not reading.done():
                     reading.cancel()
@@ -228,6 +282,9 @@ class KafkaListener:
                 if not conn.authenticated:
                     # Logging in is a conversation: the next request may depend on this one.
                     await asyncio.wait([task])
+                if pending and conn.authenticated:
+                    pending = False
+                    self._admitted(conn)
             answers.put_nowait(None)
             await sender
         finally:
@@ -240,14 +297,18 @@ class KafkaListener:
                 if pending is not None:
                     pending.cancel()
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
+    async def _read_frame(
+        self, reader: asyncio.StreamReader, limit: int, wait_s: float
+    ) -> bytes | None:
+        """The next frame, refused by its length prefix before any of it is read when it is
+        longer than ``limit``; None when the client closed or said nothing for ``wait_s``."""
         try:
-            prefix = await asyncio.wait_for(reader.readexactly(4), IDLE_TIMEOUT_S)
+            prefix = await asyncio.wait_for(reader.readexactly(4), wait_s)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError):
             return None
         size = int.from_bytes(prefix, "big", signed=True)
-        if not 8 <= size <= MAX_REQUEST_BYTES:
-            raise _Close(f"a frame of {size} bytes (at most {MAX_REQUEST_BYTES})")
+        if not 8 <= size <= limit:
+            raise _Close(f"a frame of {size} bytes (at most {limit} here)")
         try:
             return await asyncio.wait_for(reader.readexactly(size), FRAME_TIMEOUT_S)
         except asyncio.TimeoutError:

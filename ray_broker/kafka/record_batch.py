@@ -19,6 +19,7 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 from crc32c import crc32c
 
 from ray_broker.errors import InvalidRecord
+from ray_broker.kafka.bounded_decompress import decompress
 from ray_broker.storage.schema import HEADER_TYPE
 
 MAGIC_V2 = 2
@@ -29,6 +30,11 @@ HEADER_SIZE = struct.calcsize(">qiibIhiqqqhii")
 LENGTH_OFFSET = 12  # what the batch length counts from (after base offset and length)
 CRC_FROM = 21  # the CRC covers attributes to the end
 NO_PRODUCER_ID = -1
+COMPRESSION_MASK = 0x07  # the attribute bits naming the codec
+# What one compressed batch may inflate to. Kafka bounds the *compressed* batch by
+# max.message.bytes (1 MiB by default) and producers batch 16 KiB by default; 32 MiB leaves a
+# ratio of 32 over the largest default batch, and refuses a bomb after inflating that much.
+MAX_INFLATED_BATCH_BYTES = 32 * 1024 * 1024
 
 PRODUCED_SCHEMA = pa.schema(
     [
@@ -80,16 +86,20 @@ def split_batches(data: bytes | memoryview) -> list[memoryview]:
     return batches
 
 
-def decode_produced(data: bytes | memoryview) -> list[ProducedBatch]:
-    """The producer batches of one partition's record set.
+def decode_produced(
+    data: bytes | memoryview, max_inflated_bytes: int = MAX_INFLATED_BATCH_BYTES
+) -> list[ProducedBatch]:
+    """The producer batches of one partition's record set. A compressed batch inflates to
+    at most ``max_inflated_bytes``, checked while it inflates.
 
     Raises:
         InvalidRecord: see ``split_batches``; a control batch (only brokers write them);
             a batch that does not decompress or parse; a batch with no records.
+        RecordTooLarge: a compressed batch inflates past ``max_inflated_bytes``.
     """
     decoded = []
     for raw in split_batches(data):
-        batch = DefaultRecordBatch(bytes(raw))
+        batch = DefaultRecordBatch(_inflated(raw, max_inflated_bytes))
         if batch.is_control_batch:
             raise InvalidRecord("a producer may not write control batches")
         try:
@@ -118,6 +128,20 @@ def decode_produced(data: bytes | memoryview) -> list[ProducedBatch]:
             )
         )
     return decoded
+
+
+def _inflated(raw: memoryview, limit: int) -> bytes:
+    """The batch with its records decompressed (bounded, see ``bounded_decompress``), so the
+    compiled codec only parses: it would inflate any ratio into memory at once."""
+    (attributes,) = struct.unpack_from(">h", raw, CRC_FROM)
+    codec = attributes & COMPRESSION_MASK
+    if codec == 0:
+        return bytes(raw)
+    plain = decompress(codec, raw[HEADER_SIZE:], limit)
+    header = bytearray(raw[:HEADER_SIZE])
+    struct.pack_into(">h", header, CRC_FROM, attributes & ~COMPRESSION_MASK)
+    struct.pack_into(">i", header, 8, HEADER_SIZE - LENGTH_OFFSET + len(plain))
+    return bytes(header) + plain  # the CRC was checked on the batch as sent
 
 
 def _headers(per_record: list[list[tuple[str, bytes | None]]]) -> pa.Array:

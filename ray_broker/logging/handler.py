@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from ray_broker.errors import TopicNotFound
 from ray_broker.logging.log_buffer import BUFFER_RECORDS, LogBuffer
-from ray_broker.logging.log_json import Captured, document, extras_of, message_of
+from ray_broker.logging.log_json import Captured, document, extras_of, message_of, truncated
 
 BATCH_RECORDS = 5_000
 LINGER_S = 0.05
@@ -40,6 +40,8 @@ SEND_TIMEOUT_S = 30.0
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 5.0
 CLOSE_TIMEOUT_S = 10.0
+# What a captured record costs besides its message: the fixed fields, the extras' references.
+CAPTURED_OVERHEAD_BYTES = 200
 LOG_RETENTION_MS = 3 * 24 * 3600 * 1000
 DEFAULT_PARTITIONS = 4
 
@@ -150,18 +152,23 @@ class BrokerHandler(logging.Handler):
                 exception = logging.Formatter().formatException(record.exc_info)
             if record.stack_info:
                 exception = (exception + "\n" if exception else "") + record.stack_info
+            # Cut at the call, not at shipping: a 10 MB message must not sit in the buffer.
+            message = truncated(message_of(record))
+            if exception is not None:
+                exception = truncated(exception)
             captured = Captured(
                 record.created,
                 record.levelname,
                 record.name,
-                message_of(record),
+                message,
                 exception,
                 record.threadName,
                 extras_of(record),
                 self._task_id() if self._task_id else None,
                 next(self._seq),
             )
-            if not self._buffer.append(captured) and not self._outage_reported:
+            size = len(message) + len(exception or "") + CAPTURED_OVERHEAD_BYTES
+            if not self._buffer.append(captured, size) and not self._outage_reported:
                 self._outage_reported = True
                 self._drop_cause = self.last_error or "the broker is slow"
                 _say(
@@ -257,7 +264,9 @@ class BrokerHandler(logging.Handler):
                 self._renew_producer()
 
     def _send(self, batch: list[Captured]) -> None:
-        values = [document(c, self.service, self._host, self._pid, self._ray_ids) for c in batch]
+        values = [
+            document(c, self.service, self._host, self._pid, self._ray_ids) for c in batch
+        ]  # document() never raises: a batch always encodes, so it never blocks later ones
         drops = self._unreported_drops
         if drops:
             values.append(self._drop_report(drops))

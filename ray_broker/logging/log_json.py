@@ -58,7 +58,30 @@ def extras_of(record: logging.LogRecord) -> dict[str, Any] | None:
 def document(
     captured: Captured, service: str, host: str, pid: int, ray_ids: dict[str, str]
 ) -> bytes:
-    """The JSON bytes of one record, at most about ``MAX_MESSAGE_BYTES`` + the fixed fields."""
+    """The JSON bytes of one record, at most about ``MAX_MESSAGE_BYTES`` + the fixed fields.
+    Never raises: an extra field JSON cannot hold (a cycle, a dict with tuple keys, an int past
+    Python's digit limit) ships as its ``repr``, and a record that still fails ships as a
+    document that says so."""
+    try:
+        return _document(captured, service, host, pid, ray_ids)
+    except Exception as exc:  # a shipper that cannot encode one record must ship the rest
+        return json.dumps(
+            {
+                "ts": int(captured.created * 1000),
+                "level": captured.level,
+                "logger": captured.logger,
+                "message": truncated(str(captured.message)),
+                "service": service,
+                "seq": captured.seq,
+                "encoding_error": _safe_repr(exc),
+            },
+            ensure_ascii=False,
+        ).encode("utf-8", errors="replace")
+
+
+def _document(
+    captured: Captured, service: str, host: str, pid: int, ray_ids: dict[str, str]
+) -> bytes:
     body: dict[str, Any] = {
         "ts": int(captured.created * 1000),
         "time": datetime.fromtimestamp(captured.created, timezone.utc).isoformat(
@@ -81,16 +104,26 @@ def document(
     for field, names in _TRACE_ATTRIBUTES:
         for name in names:
             if name in extra:
-                body[field] = str(extra.pop(name))
+                body[field] = _safe_str(extra.pop(name))
                 break
     if extra:
-        body["extra"] = extra
+        body["extra"] = {str(key): _serialisable(value) for key, value in extra.items()}
     text = json.dumps(body, default=_safe_repr, ensure_ascii=False, separators=(",", ":"))
     data = text.encode("utf-8", errors="replace")
     if len(data) > 2 * MAX_MESSAGE_BYTES:  # huge extras: keep the record, drop the extras
         body["extra"] = truncated(_safe_repr(extra))
         data = json.dumps(body, default=_safe_repr, ensure_ascii=False).encode("utf-8", "replace")
     return data
+
+
+def _serialisable(value: Any) -> Any:
+    """``value`` if JSON can hold it (objects it does not know become their repr), else its
+    repr, cut to ``MAX_MESSAGE_BYTES``."""
+    try:
+        json.dumps(value, default=_safe_repr, ensure_ascii=False)
+    except Exception:  # ValueError (a cycle, a huge int), TypeError (non-str keys), recursion
+        return truncated(_safe_repr(value))
+    return value
 
 
 def truncated(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
@@ -105,5 +138,12 @@ def truncated(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
 def _safe_repr(value: Any) -> str:
     try:
         return repr(value)
-    except Exception:
+    except Exception:  # a __repr__ that raises, an int past the digit limit
         return f"<unrepresentable {type(value).__name__}>"
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return _safe_repr(value)
