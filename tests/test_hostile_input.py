@@ -407,3 +407,18 @@ def test_connect_listens_on_loopback_only_even_when_ray_was_imported_first(tmp_p
     assert addresses, "found no listening sockets at all: the check itself is broken"
     outside = [a for a in addresses if a not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
     assert not outside, f"Ray listens beyond loopback: {sorted(set(outside))}"
+
+
+@pytest.mark.parametrize("name", ["abc\n", "abc\r", "\nabc", "a\nb"])
+def test_a_topic_name_with_a_newline_is_refused(name: str) -> None:
+    with pytest.raises(errors.InvalidTopicName):
+        validate_topic_name(name)
+
+
+def test_a_bad_transactional_id_is_refused_by_the_coordinator(shared_broker) -> None:
+    producer = shared_broker.producer(transactional_id="order-app\n")
+    try:
+        with pytest.raises(errors.InvalidTransactionalId):
+            producer.init_transactions()
+    finally:
+        producer.close()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from kafka.record.default_records import DefaultRecordBatch as KafkaPythonBatch
 from kafka.record.default_records import DefaultRecordBatchBuilder as KafkaPythonBuilder
 
-from ray_broker.errors import InvalidRecord
+from ray_broker.errors import InvalidRecord, RecordTooLarge
 from ray_broker.kafka.record_batch import (
     decode_produced,
     empty_batch,
@@ -152,3 +152,27 @@ def test_control_batches_from_a_producer_are_refused():
 def test_an_empty_producer_batch_is_refused():
     with pytest.raises(InvalidRecord, match="no records"):
         decode_produced(empty_batch(0, 0))
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_a_compression_bomb_is_refused_while_it_inflates(codec: int) -> None:
+    import tracemalloc
+
+    bomb = kafka_python_batch([(0, None, b"\0" * (64 * 2**20), [])], codec=codec)
+    assert len(bomb) < 4 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(RecordTooLarge):
+            decode_produced(bomb, max_inflated_bytes=8 * 2**20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"inflating the bomb took {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_batches_under_the_bound_decode_whole(codec: int) -> None:
+    records = [(i, b"k%d" % i, b"v" * 1000, [("h", b"x")]) for i in range(200)]
+    [batch] = decode_produced(kafka_python_batch(records, codec=codec), max_inflated_bytes=2**20)
+    assert batch.records.column("value").to_pylist() == [b"v" * 1000] * 200
+    assert batch.records.column("key").to_pylist() == [b"k%d" % i for i in range(200)]

@@ -156,3 +156,47 @@ def test_tail_lines_show_level_service_and_message_and_raw_values_as_they_are():
     assert any("red" in str(span.style) for span in shown.spans)
     assert line(b"plain text").plain == "plain text" and parsed(b"[1, 2]") is None
     assert line(None).plain == "" and parsed(b"\xff") is None
+
+
+def _cyclic() -> dict:
+    loop: dict = {}
+    loop["self"] = loop
+    return loop
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [_cyclic(), {(1, 2): "tuple key"}, 10**5000, Explodes()],
+    ids=["cycle", "tuple-keyed", "huge-int", "explodes"],
+)
+def test_an_extra_json_cannot_hold_still_ships_as_its_repr(bad):
+    doc = json.loads(document(captured("x", extra={"ctx": bad, "fine": 1}), "svc", "h", 1, {}))
+    assert doc["message"] == "x" and doc["extra"]["fine"] == 1
+    assert isinstance(doc["extra"]["ctx"], str)
+
+
+def test_messages_are_cut_when_captured_and_the_buffer_is_bounded_in_bytes():
+    from ray_broker.logging.handler import BrokerHandler
+
+    handler = BrokerHandler.__new__(BrokerHandler)  # no broker: only emit's capture is under test
+    logging.Handler.__init__(handler)
+    handler._buffer = LogBuffer(capacity=1_000, capacity_bytes=4 * MAX_MESSAGE_BYTES)
+    handler._task_id = None
+    handler._seq = iter(range(10**6))
+    handler._outage_reported = True  # quiet
+    handler.topic = "logs"
+    for _ in range(30):
+        handler.emit(record("%s", "m" * 10_000_000))
+    kept = handler._buffer.take(100, 0)
+    assert 1 <= len(kept) <= 4, "the byte bound let 10 MB messages pile up"
+    assert all(len(c.message.encode()) < MAX_MESSAGE_BYTES + 100 for c in kept)
+    assert handler._buffer.dropped_total == 30 - len(kept)
+
+
+def test_the_byte_bound_counts_what_is_in_flight_until_it_is_done():
+    buffer: LogBuffer[int] = LogBuffer(capacity=100, capacity_bytes=10)
+    assert buffer.append(1, 6) and not buffer.append(2, 6) and buffer.append(3, 4)
+    assert buffer.take(10, 0) == [1, 3] and buffer.pending_bytes == 10
+    assert not buffer.append(4, 1)
+    buffer.done(2)
+    assert buffer.pending_bytes == 0 and buffer.append(5, 10)

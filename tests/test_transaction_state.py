@@ -186,3 +186,29 @@ def test_a_retried_end_gets_the_next_epoch_not_a_fence(states: TransactionStates
     states.init_producer_id("app", 60_000)  # a newer incarnation: now the old epoch is fenced
     with pytest.raises(errors.ProducerFenced):
         states.end("app", 100, 0, commit=True)
+
+
+@pytest.mark.parametrize("timeout_ms", [0, -1, 2**31 - 1, "60000"])
+def test_a_timeout_out_of_range_is_kafkas_invalid_transaction_timeout(
+    states: TransactionStates, timeout_ms
+) -> None:
+    from ray_broker.errors import InvalidTransactionTimeout
+    from ray_broker.kafka.error_codes import ErrorCode, error_code
+
+    with pytest.raises(InvalidTransactionTimeout) as refused:
+        states.init_producer_id("app-1", timeout_ms)
+    assert error_code(refused.value) == ErrorCode.INVALID_TRANSACTION_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "transactional_id",
+    ["", "x" * 100_000, "a\0b", "line\n", "\u202eevil", 42, None],
+    ids=["empty", "100k", "nul", "newline", "rlo", "int", "none"],
+)
+def test_transactional_ids_follow_the_group_id_rules(transactional_id) -> None:
+    from ray_broker.config import validate_transactional_id
+    from ray_broker.errors import InvalidTransactionalId
+
+    with pytest.raises(InvalidTransactionalId):
+        validate_transactional_id(transactional_id)
+    assert validate_transactional_id("../../etc/passwd") == "../../etc/passwd"  # data, not a path
