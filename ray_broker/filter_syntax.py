@@ -268,7 +268,13 @@ def parse(text: str) -> RecordFilter:
         problem = exc.orig_exc
         if isinstance(problem, _Problem):
             raise _invalid(text, str(problem), problem.column) from None
-        raise
+        # A literal Python cannot turn into a value (a lone surrogate cannot be UTF-8).
+        printable = text[:200].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise InvalidFilter(
+            f"bad filter: {type(problem).__name__}: {problem}", filter=printable
+        ) from None
+    except RecursionError:  # "NOT NOT NOT ..." deeper than Python's stack
+        raise InvalidFilter("a filter nested too deeply", filter=text[:200]) from None
     except UnexpectedEOF:
         raise _invalid(text, "the filter ends too early", len(text) + 1) from None
     except UnexpectedCharacters as exc:

@@ -46,6 +46,34 @@ BASE_FIELDS: dict[str, pa.DataType] = {
 # batch, so an expression naming thousands of headers would make every read slow.
 FILTER_MAX_FIELDS = 32
 _MISSING_FIELD = re.compile(r"No match for FieldRef\.Name\((.*?)\) in ")
+# The compute functions a filter may call. A filter runs on every fetch of every consumer that
+# uses it, so only cheap, total functions: nothing that divides (a zero fails every fetch) or
+# grows its input (``binary_repeat(value, 2e7)`` cost 4.3 s of partition CPU per fetch).
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        "invert", "and", "or", "and_kleene", "or_kleene", "xor", "and_not", "and_not_kleene",
+        "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+        "is_null", "is_valid", "is_in", "if_else", "coalesce", "true_unless_null",
+        "match_like", "match_substring", "match_substring_regex", "starts_with", "ends_with",
+        "count_substring", "find_substring", "binary_length", "utf8_length",
+        "utf8_lower", "utf8_upper", "ascii_lower", "ascii_upper", "utf8_slice_codeunits",
+        "binary_slice", "add", "add_checked", "subtract", "subtract_checked", "multiply",
+        "multiply_checked", "negate", "negate_checked", "abs", "abs_checked", "cast",
+        "bit_wise_and", "bit_wise_or", "bit_wise_xor",
+    }
+)  # fmt: skip
+# Bounds every literal a filter carries (patterns, value sets): the expression's text form.
+FILTER_MAX_EXPRESSION_CHARS = 16_384
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\(")
+# Ordinary records (the first and one far on, in 2039): a filter must evaluate on them, or it
+# would fail every fetch — ``offset * 2**62`` overflows on the second.
+_SAMPLE_VALUES: dict[str, list[Any]] = {
+    "offset": [0, 2**40],
+    "timestamp": [0, 2**41],
+    "key": [b"", b"k" * 16],
+    "value": [b"", b"v" * 100],
+}
 
 
 def header_column(headers: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
@@ -95,8 +123,13 @@ class RecordFilter:
                 f"got {type(expression).__name__}",
                 filter=repr(expression)[:200],
             )
+        try:
+            rendered = str(expression)
+        except RecursionError:
+            raise InvalidFilter("a filter nested too deeply", filter=text[:200]) from None
+        shown = text or rendered
+        _check_calls(rendered, shown)
         names: list[str] = []
-        shown = text or str(expression)
         for _attempt in range(FILTER_MAX_FIELDS + 1):
             try:
                 _view_schema(names).empty_table().filter(expression)
@@ -117,11 +150,12 @@ class RecordFilter:
                     raise InvalidFilter(f"filter {shown!r}: {exc}", filter=shown) from None
                 names.append(name)
                 continue
-            except (pa.ArrowException, TypeError, ValueError) as exc:
+            except (pa.ArrowException, TypeError, ValueError, RecursionError) as exc:
                 raise InvalidFilter(
                     f"filter {shown!r} does not type-check: {exc}", filter=shown
                 ) from None
-            return cls(expression, tuple(names), text or str(expression))
+            _check_on_a_sample(expression, names, shown)
+            return cls(expression, tuple(names), text or rendered)
         raise InvalidFilter(
             f"filter {shown!r} names more than {FILTER_MAX_FIELDS} fields", filter=shown
         )
@@ -170,6 +204,43 @@ class RecordFilter:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return RecordFilter, (self.expression, self.fields, self.text)
+
+
+def _check_calls(rendered: str, shown: str) -> None:
+    """Raises InvalidFilter for a filter too long or calling a function not allowed."""
+    if len(rendered) > FILTER_MAX_EXPRESSION_CHARS:
+        raise InvalidFilter(
+            f"a filter expression is at most {FILTER_MAX_EXPRESSION_CHARS} characters as text, "
+            f"this one {len(rendered)}",
+            filter=shown[:200],
+        )
+    called = set(_CALL.findall(_QUOTED.sub('""', rendered)))
+    refused = sorted(called - ALLOWED_FUNCTIONS)
+    if refused:
+        raise InvalidFilter(
+            f"filter {shown[:200]!r} calls {', '.join(refused)}, which filters may not use "
+            "(allowed: comparisons, boolean logic, is_in, null tests, LIKE and substring "
+            "matching, lengths, add/subtract/multiply, cast)",
+            filter=shown[:200],
+        )
+
+
+def _check_on_a_sample(expression: pc.Expression, names: list[str], shown: str) -> None:
+    """Raises InvalidFilter when ``expression`` fails on one ordinary record: a filter that
+    type-checks on an empty table but divides by zero or overflows fails every fetch."""
+    sample = pa.table(
+        {
+            n: pa.array(_SAMPLE_VALUES.get(n, [b"", b"h"]), BASE_FIELDS.get(n, pa.binary()))
+            for n in names
+        }
+        or {"__nothing": pa.nulls(2)}
+    )
+    try:
+        sample.filter(expression)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise InvalidFilter(
+            f"filter {shown[:200]!r} fails on an ordinary record: {exc}", filter=shown[:200]
+        ) from None
 
 
 def _view_schema(names: list[str]) -> pa.Schema:

@@ -293,3 +293,37 @@ def test_a_filter_pickles_for_the_trip_to_the_partition() -> None:
     again = pickle.loads(pickle.dumps(flt))
     assert again.text == flt.text and again.fields == flt.fields
     assert again.expression.equals(flt.expression)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        pc.divide_checked(pc.field("offset"), 0) > 0,
+        pc.binary_length(pc.binary_repeat(pc.field("value"), 20_000_000)) > 0,
+        pc.multiply_checked(pc.field("offset"), 2**62) > 4,
+    ],
+    ids=["divide-by-zero", "binary-repeat", "overflow-on-a-later-offset"],
+)
+def test_a_filter_that_would_fail_every_fetch_is_refused_up_front(expression) -> None:
+    with pytest.raises(InvalidFilter):
+        RecordFilter.of(expression)
+
+
+def test_allowed_functions_still_make_filters() -> None:
+    made = RecordFilter.of(
+        pc.and_kleene(
+            pc.match_like(pc.field("value"), "%(order)%"),
+            pc.is_in(pc.field("key"), value_set=pa.array([b"a(", b"b"])),
+        )
+    )
+    assert set(made.fields) == {"value", "key"}
+
+
+@pytest.mark.parametrize(
+    "text", ["NOT " * 1000 + "offset = 1", "value = '\ud800'"], ids=["deep", "lone-surrogate"]
+)
+def test_filter_strings_that_break_the_parser_are_typed_refusals(text: str) -> None:
+    from ray_broker.filter_syntax import parse
+
+    with pytest.raises(InvalidFilter):
+        parse(text)
