@@ -45,6 +45,7 @@ from ray_broker.actors.security_registry import SecurityRegistry
 from ray_broker.actors.session_tokens import SessionClaims
 from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
 from ray_broker.config import (
+    CLIENT_VISIBLE_CONFIG,
     CONTROLLER_NAME,
     DELAY_TOPIC,
     GROUP_COORDINATOR_NAME,
@@ -833,9 +834,34 @@ class Controller(SecurityAdmin):
         return len(handles)
 
     async def broker_config(self, *, session: str = "") -> dict[str, Any]:
-        """Any authenticated caller: clients read limits from it (delay.max.ms)."""
-        await self._who(session)
-        return self.config.model_dump(by_alias=True)
+        """The whole broker config for callers allowed ``describe_configs`` on the cluster
+        (Kafka's rule for broker configs); any other authenticated caller gets the settings
+        clients need (``CLIENT_VISIBLE_CONFIG``: delay.max.ms, ...), never the data
+        directory, listener addresses or superusers."""
+        claims = await self._who(session)
+        config = self.config.model_dump(by_alias=True)
+        if self._guard.permits(claims, "describe_configs", "cluster", "cluster"):
+            return config
+        return {key: value for key, value in config.items() if key in CLIENT_VISIBLE_CONFIG}
+
+    async def describe_cluster(self, *, session: str = "") -> list[dict[str, Any]]:
+        """The live Ray nodes (id, address, CPUs, memory): the cluster's layout is for callers
+        allowed ``describe`` on the cluster, as Kafka's DescribeCluster, not for every tenant.
+
+        Raises:
+            Unauthorized
+        """
+        await self._access(session, "describe", "cluster", "cluster")
+        return [
+            {
+                "node_id": node["NodeID"],
+                "address": node.get("NodeManagerAddress"),
+                "cpus": node.get("Resources", {}).get("CPU", 0),
+                "memory_bytes": node.get("Resources", {}).get("memory", 0),
+            }
+            for node in ray.nodes()
+            if node.get("Alive")
+        ]
 
 
 PREFERRED_LEADER_EVERY_ROUNDS = 20

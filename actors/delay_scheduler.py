@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 POLL_MS = 50  # the longest the loop sleeps: also how soon a new near-due record is seen
 FIRE_BATCH = 10_000  # records per transaction
 RESTART_BACKOFF_S = 1.0
+MAX_SERVING_WAIT_S = 120.0
 LATENESS_SAMPLES = 100_000
 TRANSACTIONAL_ID = "ray-broker.delay-scheduler"
 POISON_AFTER_FAILURES = 3
@@ -81,6 +82,7 @@ class DelayScheduler:
         self._failures = 0  # rounds failed in a row (see _serve)
         self._token = internal_token(Path(self._config.data_dir))
         self._guard = AccessGuard(self._token)
+        self._serving = threading.Event()  # reading the schedule and able to fire
         self._thread = threading.Thread(target=self._run, name="delay-scheduler", daemon=True)
         self._thread.start()
 
@@ -110,6 +112,13 @@ class DelayScheduler:
     def ready(self, *, session: str = "") -> bool:
         self._check(session, None)  # any user whose delayed sends started this scheduler
         return self._thread.is_alive()
+
+    def serving(self, timeout_s: float = 0.0, *, session: str = "") -> bool:
+        """Whether the scheduler reads the schedule and can fire (waiting up to
+        ``timeout_s``): its start — a connection, a consumer, a transactional producer — takes
+        seconds on two cores, which a first delayed record would otherwise pay in lateness."""
+        self._check(session, None)
+        return self._serving.wait(max(0.0, min(float(timeout_s), MAX_SERVING_WAIT_S)))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -141,6 +150,7 @@ class DelayScheduler:
             consumer.seek_to_beginning()
             producer = broker.producer(transactional_id=TRANSACTIONAL_ID, linger_ms=0)
             producer.init_transactions()
+            self._serving.set()
             while not self._stop.is_set():
                 self._read(consumer)
                 # After repeated failures, one record per round: a record that can never be
@@ -152,6 +162,7 @@ class DelayScheduler:
                 if due:
                     self._fire(producer, due)
         finally:
+            self._serving.clear()
             broker.close()
 
     def _read(self, consumer: Any) -> None:

@@ -239,10 +239,13 @@ class TransactionCoordinator(GuardedActor):
         epoch: int,
         commit: bool,
         *,
+        allow_empty: bool = True,
         session: str = "",
     ) -> tuple[int, int]:
         """Commit or abort: returns (producer id, epoch) for the producer's next transaction
-        once every marker is written.
+        once every marker is written. ``allow_empty`` False (Kafka clients) refuses to end a
+        transaction nothing was added to, as a Kafka broker does; the Python producer ends
+        even an empty one, which moves its epoch on.
 
         Raises:
             ProducerFenced, TransactionTimedOut, TransactionalIdNotFound, InvalidTxnState,
@@ -261,7 +264,9 @@ class TransactionCoordinator(GuardedActor):
                         f"transaction {transactional_id!r} is already in {meta.state.value}"
                     )
             else:
-                meta, plan = self.states.end(transactional_id, producer_id, epoch, bool(commit))
+                meta, plan = self.states.end(
+                    transactional_id, producer_id, epoch, bool(commit), allow_empty=allow_empty
+                )
                 await self._persist(transactional_id)
             if plan is not None:
                 deadline = time.monotonic() + END_TXN_PATIENCE_S

@@ -239,7 +239,13 @@ class TransactionStates:
         return meta
 
     def end(
-        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        commit: bool,
+        *,
+        allow_empty: bool = True,
     ) -> tuple[TransactionMetadata, MarkerPlan | None]:
         """Start committing or aborting. Returns the markers to write (None: nothing to do,
         e.g. abort after a timeout already aborted it, or an empty transaction).
@@ -247,7 +253,7 @@ class TransactionStates:
         Raises:
             ProducerFenced, TransactionalIdNotFound,
             TransactionTimedOut: commit of a transaction the coordinator aborted on timeout,
-            InvalidTxnState: commit or abort with no transaction begun,
+            InvalidTxnState: ``allow_empty`` False and nothing was added to the transaction,
             ConcurrentTransactions: an end of this transaction is still being completed.
         """
         meta = self.txns.get(transactional_id)
@@ -275,6 +281,10 @@ class TransactionStates:
                 f"transaction {transactional_id!r} is completing ({meta.state.value}); retry"
             )
         if meta.state != TxnState.ONGOING:
+            if not allow_empty:  # Kafka's broker: EndTxn with nothing begun is INVALID_TXN_STATE
+                raise InvalidTxnState(
+                    f"no transaction of {transactional_id!r} is open (nothing was added to it)"
+                )
             # Nothing was sent in it: finishing is a local matter, but the epoch still moves
             # on so that the producer's next transaction starts fresh everywhere.
             meta.ended_epoch = meta.epoch

@@ -105,6 +105,14 @@ class Admin(AccessAdmin):
     def list_topics(self, include_internal: bool = False) -> list[str]:
         return self._call("list_topics", include_internal)
 
+    def describe_cluster(self) -> list[dict[str, Any]]:
+        """The broker's live Ray nodes: id, address, CPUs, memory.
+
+        Raises:
+            Unauthorized: without ``describe`` on the cluster (tenant users never have it).
+        """
+        return self._call("describe_cluster")
+
     def describe_topic(self, name: str) -> TopicDescription:
         """Partitions with leader, offsets and config. Raises TopicNotFound."""
         return self._call("describe_topic", name)

@@ -185,6 +185,38 @@ class Broker:
             self._session,
         )
 
+    def start_delay_scheduler(self, timeout_s: float = 120.0) -> None:
+        """Start delayed delivery now, so that the first delayed record is on time.
+
+        Without it the first ``send(delay_ms=...)`` starts the scheduler (its schedule topic,
+        its consumer and its transactional producer: seconds on two cores), and a short delay
+        runs out before the scheduler serves: that first record arrives late by the start-up
+        time. ``ray-broker start`` calls this for the brokers it starts.
+
+        Raises:
+            BrokerNotRunning: the scheduler did not start serving within ``timeout_s``.
+        """
+        from ray_broker._ray import call
+
+        self._delay_scheduler()
+        serving = call(
+            self._scheduler().serving,
+            timeout_s,
+            timeout_s=timeout_s + 30,
+            unavailable=BrokerNotRunning,
+        )
+        if not serving:
+            raise BrokerNotRunning(f"the delay scheduler did not start within {timeout_s} s")
+
+    def _scheduler(self) -> Any:
+        """The namespace's delay scheduler (started if none runs), calls carrying our session."""
+        from ray_broker.actors.delay_scheduler import DelayScheduler
+
+        return with_session(
+            singleton(DelayScheduler, DELAY_SCHEDULER_NAME, self._settings, self.namespace),
+            self._session,
+        )
+
     def _delay_scheduler(self) -> tuple[int, int]:
         """Make sure the schedule topic and the delay scheduler exist (started by the first
         delayed send); returns (delay.max.ms, schedule partitions) of the running broker.
@@ -193,18 +225,14 @@ class Broker:
             BrokerNotRunning: the Controller or the scheduler could not be reached.
         """
         from ray_broker._ray import call
-        from ray_broker.actors.delay_scheduler import DelayScheduler, ensure_schedule_topic
+        from ray_broker.actors.delay_scheduler import ensure_schedule_topic
 
         config = parse_config(
             BrokerConfig,
             call(self._controller.broker_config, timeout_s=60, unavailable=BrokerNotRunning),
         )
         ensure_schedule_topic(self._controller, config)
-        scheduler = with_session(
-            singleton(DelayScheduler, DELAY_SCHEDULER_NAME, self._settings, self.namespace),
-            self._session,
-        )
-        call(scheduler.ready, timeout_s=120, unavailable=BrokerNotRunning)
+        call(self._scheduler().ready, timeout_s=120, unavailable=BrokerNotRunning)
         partitions = self._metadata.topic(DELAY_TOPIC).num_partitions
         return config.delay_max_ms, partitions
 

@@ -312,6 +312,22 @@ class ShareConsumerConfig(BaseModel):
     value_deserializer: Callable[[bytes], Any] | None = Field(None, alias="value.deserializer")
 
 
+# The broker settings any authenticated client may read (what clients size themselves by);
+# the rest — data directory, listener addresses, superusers — needs describe_configs on the
+# cluster.
+CLIENT_VISIBLE_CONFIG = frozenset(
+    {
+        "auto.create.topics.enable",
+        "default.replication.factor",
+        "delay.max.ms",
+        "delay.schedule.partitions",
+        "fetch.max.wait.cap.ms",
+        "num.partitions",
+        "security.enabled",
+        "security.session.lifetime.ms",
+    }
+)
+
 # Used with fullmatch: `^...$` with match() admits a name ending in "\n".
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 

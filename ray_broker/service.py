@@ -256,6 +256,8 @@ def start(
         password=password,
     ) as broker:
         data_dir_used = str(broker.data_dir)
+        # A service's first delayed record must be on time: start the scheduler with it.
+        broker.start_delay_scheduler()
         listeners = broker.kafka_listeners()
         if http:
             from ray_broker.console import start_console

@@ -161,3 +161,44 @@ def test_console_pages_need_a_login_and_the_cookie_carries_the_user(secured):
     logout = secured.post("/console/logout", data={"csrf_token": token}, follow_redirects=False)
     assert logout.status_code == 303
     assert secured.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_a_tenants_user_sees_neither_nodes_nor_broker_paths(secured):
+    from ray_broker._ray import call
+
+    tenant = ("acme/bob", "bob-pw")
+    secured.broker.admin().create_user(*tenant)
+    assert secured.get(f"{secured.cluster}/brokers", headers=basic(tenant)).status_code == 403
+    assert secured.get(f"{secured.cluster}/brokers", headers=basic(ADMIN)).status_code == 200
+    as_tenant = rb.connect(
+        namespace=secured.broker.namespace, username=tenant[0], password=tenant[1]
+    )
+    try:
+        seen = call(as_tenant._controller.broker_config, timeout_s=60)
+        assert "log.dirs" not in seen and "kafka.listeners" not in seen
+        assert "super.users" not in seen and "delay.max.ms" in seen
+        with pytest.raises(rb.errors.Unauthorized):
+            as_tenant.admin().describe_cluster()
+    finally:
+        as_tenant.close()
+    assert "log.dirs" in call(secured.broker._controller.broker_config, timeout_s=60)
+
+
+def test_the_api_docs_need_a_login_on_a_secured_broker(secured):
+    assert secured.get("/openapi.json").status_code == 401
+    assert secured.get("/docs").status_code == 401
+    assert "paths" in secured.get("/openapi.json", headers=basic(ADMIN)).json()
+    assert secured.get("/docs", headers=basic(ADMIN)).status_code == 200
+
+
+def test_a_request_for_another_host_name_is_refused(secured):
+    from fastapi.testclient import TestClient
+
+    from ray_broker.console.app import allowed_hosts, create_app
+
+    app = create_app(secured.app.state.console, allowed_hosts("127.0.0.1"))
+    client = TestClient(app, base_url="http://127.0.0.1")
+    assert client.get("/openapi.json", headers=basic(ADMIN)).status_code == 200
+    rebound = client.get("/openapi.json", headers={**basic(ADMIN), "Host": "evil.example"})
+    assert rebound.status_code == 400
+    assert allowed_hosts("0.0.0.0") == ["*"]

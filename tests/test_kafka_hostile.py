@@ -6,6 +6,7 @@ the listener process's RSS with generous bounds (the old code grew it by gigabyt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
@@ -136,8 +137,8 @@ def _fetch_frame(topic: str, copies: int, max_bytes: int) -> bytes:
     return bytes(request.encode(header=True, framed=True))
 
 
-def _login(sock: socket.socket) -> None:
-    """SASL PLAIN as root over a raw socket (handshake v1, authenticate v0)."""
+def _login(sock: socket.socket, user: str = "root", password: str = "root-pw") -> None:
+    """SASL PLAIN over a raw socket (handshake v1, authenticate v0)."""
 
     def call(api_key: int, version: int, body: bytes) -> bytes:
         header = struct.pack(">hhih", api_key, version, 1, 4) + b"test"
@@ -146,7 +147,7 @@ def _login(sock: socket.socket) -> None:
 
     mechanism = b"PLAIN"
     assert call(17, 1, struct.pack(">h", len(mechanism)) + mechanism)[4:6] == b"\0\0"
-    token = b"\0root\0root-pw"
+    token = b"\0" + user.encode() + b"\0" + password.encode()
     answer = call(36, 0, struct.pack(">i", len(token)) + token)
     assert answer[4:6] == b"\0\0", "login failed"
 
@@ -176,3 +177,29 @@ def test_the_listener_has_no_stop_that_any_driver_could_call(secured):
         listener.stop.remote()
     described = ray.get(listener.describe.remote())
     assert described["serving"]
+
+
+def _metadata_frame(topic: str) -> bytes:
+    from kafka.protocol import metadata
+
+    request = build(metadata.MetadataRequest, {"topics": [{"name": topic}]}, 1)
+    request.with_header(correlation_id=9, client_id="hostile")
+    return bytes(request.encode(header=True, framed=True))
+
+
+def test_a_connection_of_a_deleted_user_is_closed(secured):
+    topic = f"h-{uuid.uuid4().hex[:6]}"
+    admin = secured.admin()
+    admin.create_topic(topic, 1)
+    admin.create_user("carol", "carol-pw")
+    sock = _connect(secured)
+    sock.settimeout(10)
+    _login(sock, "carol", "carol-pw")
+    sock.sendall(_metadata_frame(topic))
+    assert read_answer(sock)  # logged in: answered
+    admin.delete_user("carol")
+    sock.sendall(_metadata_frame(topic))
+    with contextlib.suppress(ConnectionError):
+        read_answer(sock)  # the refusal, then the close
+    assert closed(sock), "a deleted user's connection stayed open"
+    sock.close()

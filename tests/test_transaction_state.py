@@ -212,3 +212,16 @@ def test_transactional_ids_follow_the_group_id_rules(transactional_id) -> None:
     with pytest.raises(InvalidTransactionalId):
         validate_transactional_id(transactional_id)
     assert validate_transactional_id("../../etc/passwd") == "../../etc/passwd"  # data, not a path
+
+
+def test_kafka_clients_may_not_end_a_transaction_nothing_was_added_to(
+    states: TransactionStates,
+) -> None:
+    meta, _ = states.init_producer_id("app-1", 60_000)
+    producer_id, epoch = meta.producer_id, meta.epoch
+    for _attempt in range(2):  # the old coordinator answered success, twice
+        with pytest.raises(errors.InvalidTxnState, match="nothing was added"):
+            states.end("app-1", producer_id, epoch, False, allow_empty=False)
+    # The Python producer ends an empty transaction (its epoch moves on).
+    ended, plan = states.end("app-1", producer_id, epoch, False)
+    assert plan is None and ended.epoch == epoch + 1

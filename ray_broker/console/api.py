@@ -133,8 +133,9 @@ def get_cluster(request: Request, user: User) -> dict[str, Any]:
 
 @router.get(ClusterPath + "/brokers", dependencies=OfCluster)
 def list_nodes(request: Request, user: User) -> dict[str, Any]:
-    """Ray nodes with how many partition leaders each holds (as of the last sample)."""
-    user.admin().list_topics()  # authenticated: anyone logged in may see the nodes
+    """Ray nodes with how many partition leaders each holds (as of the last sample); for
+    users allowed ``describe`` on the cluster (a tenant's users are not)."""
+    user.admin().describe_cluster()  # raises Unauthorized (403) for the others
     snapshot = console_state(request).monitor.snapshot
     nodes = [{**n, "leaders": snapshot.leaders_on(n["node_id"])} for n in snapshot.nodes]
     return {"kind": "KafkaBrokerList", "data": nodes}

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ray_broker.console import api, pages
@@ -35,6 +38,7 @@ from ray_broker.errors import BrokerError, InvalidRequest
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+CONSOLE_HOSTS_VARIABLE = "RAY_BROKER_CONSOLE_HOSTS"
 STATIC_DIR = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -96,7 +100,23 @@ async def _nothing() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(state: ConsoleState) -> FastAPI:
+def allowed_hosts(bound_host: str) -> list[str]:
+    """The ``Host`` headers the console answers: the address it is bound to and loopback's
+    names, plus ``$RAY_BROKER_CONSOLE_HOSTS`` (comma-separated names it is reached by). A page
+    asked for under any other name is a DNS-rebinding attempt from a browser. Bound to every
+    interface (``0.0.0.0``), the operator chose exposure: any name is answered."""
+    if bound_host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    extra = os.environ.get(CONSOLE_HOSTS_VARIABLE, "")
+    return sorted(
+        {bound_host, "127.0.0.1", "localhost", "::1", "[::1]"}
+        | {name.strip() for name in extra.split(",") if name.strip()}
+    )
+
+
+def create_app(state: ConsoleState, hosts: list[str] | None = None) -> FastAPI:
+    """The console and HTTP API; ``hosts``: the Host headers answered (None: any)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -107,12 +127,19 @@ def create_app(state: ConsoleState) -> FastAPI:
         title="ray-broker",
         summary="Topics, records, groups, share groups, dead letters, users, ACLs and quotas",
         version="3",
+        # Served below, behind the same login as the API: a secured broker does not describe
+        # its API to strangers.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.console = state
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimit)
+    if hosts is not None and "*" not in hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Any:
@@ -164,6 +191,14 @@ def create_app(state: ConsoleState) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_json(_user: api.User) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(_user: api.User) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API")
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -475,7 +475,9 @@ def redrive(
 
 
 def nodes_context(request: Request, session: ConsoleSession) -> dict[str, Any]:
-    session.account.admin().list_topics()  # a live session may look
+    # The cluster's layout, and every topic's health, are for users allowed describe on the
+    # cluster: raises Unauthorized (an error page) for a tenant's users.
+    session.account.admin().describe_cluster()
     snapshot = console_state(request).monitor.snapshot
     return {
         "nodes": [{**n, "leaders": snapshot.leaders_on(n["node_id"])} for n in snapshot.nodes],

@@ -23,13 +23,13 @@ class ConsoleServer:
         import uvicorn
 
         from ray_broker.actors.priority import serve_at_normal_priority
-        from ray_broker.console.app import build_state, create_app
+        from ray_broker.console.app import allowed_hosts, build_state, create_app
 
         serve_at_normal_priority()
         self._host = host
         self._state = build_state(namespace, settings)
         config = uvicorn.Config(
-            create_app(self._state),
+            create_app(self._state, allowed_hosts(host)),
             host=host,
             port=port,
             log_level="warning",

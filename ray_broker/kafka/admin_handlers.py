@@ -207,6 +207,7 @@ async def end_txn(conn: Connection, request: Request) -> dict[str, Any]:
             producer_id,
             epoch,
             bool(body.committed),
+            allow_empty=False,
             session=conn.session,
         )
         epochs.ended(body.producer_id, body.producer_epoch, next_id, next_epoch)

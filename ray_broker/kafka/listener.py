@@ -108,6 +108,18 @@ HANDLERS: dict[str, Handler] = {
 assert set(HANDLERS) == {api.name for api in APIS.values()}
 
 
+def _says_logged_out(fields: Any) -> bool:
+    """Whether an answer carries SASL_AUTHENTICATION_FAILED anywhere (records are bytes, not
+    walked)."""
+    if isinstance(fields, dict):
+        if fields.get("error_code") == ErrorCode.SASL_AUTHENTICATION_FAILED:
+            return True
+        return any(isinstance(v, (dict, list)) and _says_logged_out(v) for v in fields.values())
+    if isinstance(fields, list):
+        return any(isinstance(v, (dict, list)) and _says_logged_out(v) for v in fields)
+    return False
+
+
 class _Close(Exception):
     """End this connection (after writing ``answer``, if any)."""
 
@@ -362,4 +374,9 @@ class KafkaListener:
             raise _Close(str(failed), answer) from None
         if fields is None:
             return None
-        return encode_response(request.api, version, correlation_id, fields)
+        answer = encode_response(request.api, version, correlation_id, fields)
+        if conn.authenticated and conn.session and _says_logged_out(fields):
+            # The user was deleted or the session revoked: answer, then close, so the client
+            # logs in again (and fails) instead of being refused request by request.
+            raise _Close("the session is no longer valid", answer)
+        return answer
