@@ -289,3 +289,18 @@ def test_duckdb_counts_errors_per_service_per_minute_over_the_parquet_segments(b
     assert 0 < sum(r[2] for r in rows) <= 200 and sealed > 0
     for handler in handlers.values():
         handler.close()
+
+
+def test_a_record_json_cannot_hold_ships_and_does_not_stop_the_ones_after_it(broker):
+    handler = BrokerHandler("odd-logs", broker=broker, service="odd")
+    log = logger_with(handler, "odd.app")
+    loop: dict = {}
+    loop["self"] = loop
+    log.info("cyclic", extra={"ctx": loop})
+    log.info("tuple keys", extra={"ctx": {(1, 2): 3}})
+    log.info("after them")
+    assert handler.flush(timeout_s=60)
+    handler.close()
+    shipped = [json.loads(r.value) for r in read_all(broker, "odd-logs", 3)]
+    assert [d["message"] for d in shipped] == ["cyclic", "tuple keys", "after them"]
+    assert shipped[0]["extra"]["ctx"] == "{'self': {...}}"
