@@ -87,16 +87,8 @@ def internal_token(data_dir: Path) -> str:
 
 
 def internal_dir(data_dir: Path, name: str) -> Path:
-    """``<data_dir>/__internal/<name>/partition=0``, moving a legacy ``<data_dir>/__<name>``
-    there first."""
-    target = data_dir / INTERNAL_DIR / name / "partition=0"
-    legacy = data_dir / f"__{name}" / "partition=0"
-    if legacy.is_dir() and not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        legacy.rename(target)
-        if not any(legacy.parent.iterdir()):
-            legacy.parent.rmdir()
-    return target
+    """``<data_dir>/__internal/<name>/partition=0``: where the broker's own logs live."""
+    return data_dir / INTERNAL_DIR / name / "partition=0"
 
 
 def claim_topic_dir(data_dir: Path, name: str, topic_id: str) -> None:

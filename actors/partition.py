@@ -2,9 +2,9 @@
 
 Everything that touches the log runs on the actor's single event loop, so the log needs no
 locks: a long-poll fetch waits with ``await`` (it never blocks produce), and the only blocking
-work — writing a rolled segment's Parquet file — runs on a worker thread. (DESIGN.md suggested
-produce/fetch concurrency groups; each group is its own thread and loop, which would share the
-log across threads and need cross-loop wake-ups on every append.)
+work — writing a rolled segment's Parquet file — runs on a worker thread. (Concurrency groups
+for produce and fetch were the other design: each group is its own thread and loop, which
+would share the log across threads and need cross-loop wake-ups on every append.)
 
 Replication is leader-driven: the leader runs one sender task per follower that reads the
 follower's missing records from its own log (memory or Parquet) and pushes them with

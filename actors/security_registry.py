@@ -34,7 +34,6 @@ LOGIN_EXCHANGE_TIMEOUT_S = 30.0
 MAX_PENDING_LOGINS = 10_000
 FREE_FAILURES = 5  # failed logins per user before back-off starts
 MAX_LOCKOUT_S = 60.0
-KEEP_OLD_KEYS = 1
 
 
 @dataclass

@@ -14,13 +14,13 @@ from ray_broker.config import (
     DELAY_SCHEDULER_NAME,
     DELAY_TOPIC,
     GROUP_COORDINATOR_NAME,
-    HEAD_NODE_RESOURCE,
     TRANSACTION_COORDINATOR_NAME,
     BrokerConfig,
     default_data_dir,
     parse_config,
 )
 from ray_broker.errors import AuthenticationFailed, BrokerNotRunning, DataDirInUse, InvalidConfig
+from ray_broker.placement import singleton
 from ray_broker.runtime import ensure_ray
 
 logger = logging.getLogger(__name__)
@@ -452,27 +452,3 @@ def _open_session(
 
 def _unwrapped(handle: Any) -> Any:
     return getattr(handle, "unwrapped", handle)
-
-
-def head_node_actor(cls: type, name: str, namespace: str, **options: Any) -> Any:
-    """``cls`` as the namespace's detached, always-restarted actor ``name`` on the head node
-    (found if it already runs); ``.remote(...)`` on the answer starts or finds it."""
-    import ray
-
-    return ray.remote(cls).options(
-        name=name,
-        namespace=namespace,
-        lifetime="detached",
-        get_if_exists=True,
-        max_restarts=-1,
-        num_cpus=0,
-        # On the head node, beside their metadata logs; losing the head loses the cluster
-        # anyway unless GCS fault tolerance is set up (see README).
-        resources={HEAD_NODE_RESOURCE: 0.001},
-        **options,
-    )
-
-
-def singleton(cls: type, name: str, settings: dict[str, Any], namespace: str) -> Any:
-    """The namespace's one ``cls`` actor, created if none runs (a restarting one is reused)."""
-    return head_node_actor(cls, name, namespace, max_task_retries=-1).remote(settings, namespace)

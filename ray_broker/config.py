@@ -60,8 +60,6 @@ TRANSACTIONAL_ID_SPACE = 2**40
 # Internal state lives under ``<data_dir>/__internal/``, outside the topic namespace: topic names
 # starting with "__" are reserved, so no topic can ever share a directory with it.
 INTERNAL_DIR = "__internal"
-OFFSETS_TOPIC = "__consumer_offsets"
-METADATA_TOPIC = "__cluster_metadata"
 RESERVED_PREFIX = "__"
 TOPIC_NAME_MAX_CHARS = 249
 GROUP_ID_MAX_CHARS = 249

@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from ray_broker.placement import head_node_actor
+
 
 def start_named(
     cls: type,
@@ -28,7 +30,6 @@ def start_named(
     import ray
 
     from ray_broker._ray import call
-    from ray_broker.broker import head_node_actor
     from ray_broker.errors import BrokerNotRunning
 
     actor = head_node_actor(cls, name, namespace, max_concurrency=max_concurrency).remote(*args)

@@ -232,10 +232,6 @@ class _ToExpression(Transformer):  # type: ignore[misc]
         return functools.reduce(pc.or_kleene, parts)
 
 
-def _mismatch(operand: _Typed, value: _Typed) -> str:
-    return f"{operand.text} is {operand.kind}, this is {value.kind}"
-
-
 def _need_field(operand: _Typed, what: str) -> None:
     if not operand.is_field:
         raise _Problem(f"{what} applies to a field, not a value", operand.column)

@@ -63,10 +63,6 @@ def wal_name(base_offset: int) -> str:
     return HIDDEN_PREFIX + segment_name(base_offset, WAL_SUFFIX)
 
 
-def base_offset_of(path: Path) -> int:
-    return int(path.name.removeprefix(HIDDEN_PREFIX)[:20])
-
-
 def fsync_path(path: Path) -> None:
     """Make a file's content, or a rename or unlink in a directory, durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -1,11 +1,13 @@
 """The console in a real headless Chromium (Debian's chromium and chromium-driver, driven by
 Selenium) against the console actor of a secured broker over real HTTP: log in, create a
 topic and produce from the forms, see the record (a script in it shown as text, never run),
-watch a group's lag fall without reloading, re-drive a dead letter. Screenshots land in
-``docs/console/`` (the README shows them)."""
+watch a group's lag fall without reloading, re-drive a dead letter. Screenshots land in a
+temporary directory; ``RAY_BROKER_SCREENSHOTS=docs/console pytest tests/test_console_browser.py``
+refreshes the ones the README shows."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -19,7 +21,7 @@ from tests.conftest import start_local_ray
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+SCREENSHOTS_VARIABLE = "RAY_BROKER_SCREENSHOTS"
 XSS = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 ADMIN = ("admin", "admin-pw")
 
@@ -68,13 +70,15 @@ def browser(tmp_path_factory):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    asked = os.environ.get(SCREENSHOTS_VARIABLE)
+    driver.screenshots = Path(asked) if asked else tmp_path_factory.mktemp("screenshots")
+    driver.screenshots.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
 
 
 def shot(driver, name: str) -> None:
-    path = SCREENSHOTS / f"{name}.png"
+    path = driver.screenshots / f"{name}.png"
     assert driver.save_screenshot(str(path)) and path.stat().st_size > 10_000
 
 

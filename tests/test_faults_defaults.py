@@ -19,7 +19,7 @@ import ray
 
 import ray_broker as rb
 from ray_broker import TopicPartition, errors
-from tests.test_replication import LocalCluster, partition_info, replica_pid, wait_until
+from tests.cluster_helpers import LocalCluster, partition_info, replica_pid, wait_until
 
 
 def _worker_led_partition(broker, topic: str, workers: set[str]) -> int:

@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 from ray_broker.kafka.deploy import NAME_PREFIX
 from ray_broker.kafka.listener import MAX_PENDING_CONNECTIONS
 from ray_broker.kafka.protocol import build
-from tests.test_kafka_listener import closed, listening_broker, read_answer
+from tests.kafka_helpers import closed, listening_broker, read_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

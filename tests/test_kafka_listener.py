@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import struct
 import threading
 import time
@@ -15,25 +14,10 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-import ray_broker as rb
 from ray_broker.structs import TopicPartition as NativeTP
-from tests.conftest import start_local_ray
+from tests.kafka_helpers import closed, frame, listening_broker, raw_connection, read_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def listening_broker(data_dir, name: str, config: dict, **login) -> rb.Broker:
-    """A fresh broker with one Kafka listener on a free loopback port (``.bootstrap``)."""
-    start_local_ray()
-    broker = rb.connect(
-        data_dir=data_dir,
-        namespace=f"{name}-{uuid.uuid4().hex[:8]}",
-        config={"kafka.listeners": "127.0.0.1:0", **config},
-        **login,
-    )
-    (listener,) = broker.kafka_listeners()
-    broker.bootstrap = f"127.0.0.1:{listener['port']}"
-    return broker
 
 
 @pytest.fixture(scope="module")
@@ -360,41 +344,6 @@ def test_aiokafka_lz4_round_trip(kafka):
 
 
 # --- hostile input -------------------------------------------------------------------------------
-
-
-def raw_connection(kafka) -> socket.socket:
-    host, port = kafka.bootstrap.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    return sock
-
-
-def frame(api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
-    header = struct.pack(">hhih", api_key, version, correlation_id, 4) + b"test"
-    return struct.pack(">i", len(header) + len(body)) + header + body
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    size = struct.unpack(">i", _exactly(sock, 4))[0]
-    return _exactly(sock, size)
-
-
-def _exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
-
-
-def closed(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def still_serves(kafka) -> None:

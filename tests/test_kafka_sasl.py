@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import TopicAuthorizationFailedError
 
 import ray_broker as rb
-from tests.test_kafka_listener import listening_broker, raw_connection, read_answer
+from tests.kafka_helpers import listening_broker, raw_connection, read_answer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -40,18 +40,6 @@ def test_an_interrupted_snapshot_swap_is_finished_or_discarded(tmp_path):
     assert not (tmp_path / "m.snapshot").exists()
 
 
-def test_state_of_the_earlier_layout_moves_under_internal(tmp_path):
-    from ray_broker.actors.data_dir import internal_dir
-
-    old = MetadataStore(tmp_path / "__cluster_metadata" / "partition=0")
-    old.put("topic:orders", {"partitions": 3})
-    old.close()
-    moved = internal_dir(tmp_path, "cluster_metadata")
-    assert moved == tmp_path / "__internal" / "cluster_metadata" / "partition=0"
-    assert not (tmp_path / "__cluster_metadata").exists()
-    assert MetadataStore(moved).load() == {"topic:orders": {"partitions": 3}}
-
-
 def test_one_broker_per_data_directory(tmp_path):
     import pytest
 

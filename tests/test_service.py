@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from ray_broker.service import stop_local_ray
-from tests.helpers import last_json, run_cli, stray_ray_processes, user_env
+from tests.service_helpers import last_json, run_cli, stray_ray_processes, user_env
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -126,7 +126,6 @@ class Monitor:
         self.history = History()
         self.last_error: str | None = None
         self._stop = threading.Event()
-        self._fresh = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -139,11 +138,7 @@ class Monitor:
         self.snapshot = snapshot
         self.history.add(self._clock(), counters(snapshot))
         self.last_error = None
-        self._fresh.set()
         return snapshot
-
-    def wait_first(self, timeout_s: float) -> bool:
-        return self._fresh.wait(timeout_s)
 
     def stop(self) -> None:
         self._stop.set()

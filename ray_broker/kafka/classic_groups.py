@@ -4,7 +4,7 @@ Kafka clients assign partitions themselves: the broker elects a leader member, h
 member's subscription, and relays the leader's assignment to the others, bytes it never reads.
 The broker's own group coordinator assigns on the server side (its clients are ours), so the
 listener runs this state machine itself and keeps committed offsets in the broker's group
-coordinator (``handlers.py``). A plain class: the listener drives it with the clock and a
+coordinator (``group_handlers.py``). A plain class: the listener drives it with the clock and a
 periodic ``tick``; tests drive it with a fake clock.
 
 States follow Kafka's ``GroupMetadata``: Empty → PreparingRebalance (members (re)join; the

@@ -19,6 +19,7 @@ from ray_broker.config import (
 )
 from ray_broker.errors import BrokerError, BrokerNotRunning
 from ray_broker.kafka.error_codes import ErrorCode, error_code
+from ray_broker.placement import singleton
 from ray_broker.structs import TopicMetadata
 
 METADATA_TTL_S = 5.0
@@ -53,7 +54,6 @@ class BrokerLink:
     def transactions(self) -> Any:
         """Started on first use, as a transactional producer of ours would."""
         from ray_broker.actors.transaction_coordinator import TransactionCoordinator
-        from ray_broker.broker import singleton
 
         return singleton(
             TransactionCoordinator, TRANSACTION_COORDINATOR_NAME, self.settings, self.namespace
