@@ -19,6 +19,12 @@ from ray_broker.config import (
     default_data_dir,
     parse_config,
 )
+from ray_broker.edge_actors import (
+    CONSOLE_PREFIX,
+    KAFKA_LISTENER_PREFIX,
+    describe_named,
+    stop_named,
+)
 from ray_broker.errors import AuthenticationFailed, BrokerNotRunning, DataDirInUse, InvalidConfig
 from ray_broker.placement import singleton
 from ray_broker.runtime import ensure_ray
@@ -210,7 +216,7 @@ class Broker:
 
     def _scheduler(self) -> Any:
         """The namespace's delay scheduler (started if none runs), calls carrying our session."""
-        from ray_broker.actors.delay_scheduler import DelayScheduler
+        from ray_broker.delay_scheduler import DelayScheduler
 
         return with_session(
             singleton(DelayScheduler, DELAY_SCHEDULER_NAME, self._settings, self.namespace),
@@ -225,7 +231,7 @@ class Broker:
             BrokerNotRunning: the Controller or the scheduler could not be reached.
         """
         from ray_broker._ray import call
-        from ray_broker.actors.delay_scheduler import ensure_schedule_topic
+        from ray_broker.delay_scheduler import ensure_schedule_topic
 
         config = parse_config(
             BrokerConfig,
@@ -239,9 +245,7 @@ class Broker:
     def kafka_listeners(self) -> list[dict[str, Any]]:
         """The Kafka protocol listeners serving this broker: host, port (the bound one, for a
         listener asked for port 0), open connections, requests served."""
-        from ray_broker.kafka.deploy import describe_listeners
-
-        return describe_listeners(self.namespace)
+        return describe_named(self.namespace, KAFKA_LISTENER_PREFIX)
 
     def shutdown(self) -> None:
         """Stop this namespace's broker actors (Controller and partitions), keeping their data.
@@ -253,12 +257,9 @@ class Broker:
         from ray_broker._ray import call
 
         self.close_clients()
-        from ray_broker.console.deploy import stop_consoles
-        from ray_broker.kafka.deploy import stop_listeners
-
         # The edges first — Kafka clients and the console reach everything below.
-        stop_listeners(self.namespace)
-        stop_consoles(self.namespace)
+        stop_named(self.namespace, KAFKA_LISTENER_PREFIX)
+        stop_named(self.namespace, CONSOLE_PREFIX)
         # Started on first use: stopped if they ever were, the delay scheduler first (it is a
         # client of the transaction coordinator).
         for name in (DELAY_SCHEDULER_NAME, TRANSACTION_COORDINATOR_NAME):

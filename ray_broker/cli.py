@@ -10,265 +10,39 @@ works as ``ray-broker --namespace x topic list`` does.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ray_broker.cli_root import (
+    Target,
+    app,
+    console,
+    dlq_app,
+    emit,
+    fail,
+    group_app,
+    open_broker,
+    options_of,
+    parse_config_pairs,
+    password_from_env_or_prompt,
+    running_broker,
+    share_app,
+    target_of,
+    topic_app,
+)
+from ray_broker.cli_security import acl_app, quota_app, user_app
 from ray_broker.config import DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError
-
-GLOBAL_OPTIONS = ("--address", "--data-dir", "--namespace", "--output", "--user")
-
-
-def hoist_global_options(args: list[str]) -> list[str]:
-    """Move the root command's options, wherever they were written, to the front."""
-    front: list[str] = []
-    rest: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        name = arg.split("=", 1)[0]
-        if name in GLOBAL_OPTIONS:
-            if "=" in arg:
-                front.append(arg)
-            else:
-                front.extend(args[index : index + 2])
-                index += 1
-        else:
-            rest.append(arg)
-        index += 1
-    return front + rest
-
-
-class _HoistingGroup(typer.core.TyperGroup):
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_global_options(args))
-
-
-app = typer.Typer(
-    help="A Kafka-class message broker on Ray.", no_args_is_help=True, cls=_HoistingGroup
-)
-topic_app = typer.Typer(help="Create, list, describe and delete topics.", no_args_is_help=True)
-app.add_typer(topic_app, name="topic")
-group_app = typer.Typer(
-    help="List, describe, reset and delete consumer groups.", no_args_is_help=True
-)
-app.add_typer(group_app, name="group")
-share_app = typer.Typer(
-    help="List, describe, reset and delete share groups (queues).", no_args_is_help=True
-)
-app.add_typer(share_app, name="share-group")
-dlq_app = typer.Typer(help="Read and re-drive dead-letter topics.", no_args_is_help=True)
-app.add_typer(dlq_app, name="dlq")
-console = Console()
-
-AddressOption = Annotated[
-    str | None, typer.Option("--address", envvar="RAY_ADDRESS", help="Ray cluster to attach to.")
-]
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Broker data directory (default: $RAY_BROKER_DATA_DIR or ~/.ray_broker, then "
-        "/<namespace>).",
-    ),
-]
-NamespaceOption = Annotated[
-    str | None,
-    typer.Option("--namespace", help=f"Broker's Ray namespace (default {DEFAULT_NAMESPACE})."),
-]
-OutputOption = Annotated[
-    str, typer.Option("--output", "-o", help="table (for people) or json (for scripts).")
-]
-UserOption = Annotated[
-    str | None,
-    typer.Option(
-        "--user",
-        envvar="RAY_BROKER_USER",
-        help="User of a secured broker; the password comes from $RAY_BROKER_PASSWORD or a prompt.",
-    ),
-]
-
-
-@dataclass(frozen=True)
-class Target:
-    """Which broker the command talks to (the root command's options)."""
-
-    address: str | None = None
-    data_dir: Path | None = None
-    namespace: str = DEFAULT_NAMESPACE
-    output: str = "table"
-    user: str | None = None
-
-    @property
-    def json(self) -> bool:
-        return self.output == "json"
-
-    def credentials(self) -> dict[str, str]:
-        """``username``/``password`` for ``connect`` (none without ``--user``)."""
-        if self.user is None:
-            return {}
-        return {"username": self.user, "password": password_from_env_or_prompt(self.user)}
-
-
-def password_from_env_or_prompt(user: str) -> str:
-    """Never a command-line argument: those show up in ``ps`` and shell history."""
-    password = os.environ.get("RAY_BROKER_PASSWORD")
-    if password is None:
-        password = typer.prompt(f"password for {user}", hide_input=True)
-    return password
-
-
-@dataclass(frozen=True)
-class RootOptions:
-    """The root command's options as written (None: not given)."""
-
-    address: str | None = None
-    data_dir: Path | None = None
-    namespace: str | None = None
-    output: str = "table"
-    user: str | None = None
-
-
-@app.callback()
-def _root(
-    ctx: typer.Context,
-    address: AddressOption = None,
-    data_dir: DataDirOption = None,
-    namespace: NamespaceOption = None,
-    output: OutputOption = "table",
-    user: UserOption = None,
-) -> None:
-    """A Kafka-class message broker on Ray.
-
-    After ``ray-broker start`` the other commands find the running broker without flags."""
-    if output not in ("table", "json"):
-        raise typer.BadParameter(f"--output is table or json, got {output!r}")
-    ctx.obj = RootOptions(address, data_dir, namespace, output, user)
-
-
-def _options(ctx: typer.Context) -> RootOptions:
-    return ctx.find_root().obj or RootOptions()
-
-
-def _target(ctx: typer.Context) -> Target:
-    """The broker this command acts on: ``--address``/``--namespace`` if given, else the one
-    ``ray-broker start`` started on this machine; with several started and no ``--namespace``
-    it asks which (or, with no terminal to ask on, says how to choose)."""
-    root = ctx.find_root()
-    if not hasattr(root, "resolved_target"):
-        root.resolved_target = _resolve_target(_options(ctx))  # type: ignore[attr-defined]
-    return root.resolved_target  # type: ignore[attr-defined]
-
-
-def _resolve_target(options: RootOptions) -> Target:
-    from ray_broker.service_records import ServiceRecord
-
-    chosen: ServiceRecord | None = None
-    if options.address is None:
-        records = ServiceRecord.all()
-        if options.namespace is not None:
-            chosen = next((r for r in records if r.namespace == options.namespace), None)
-        elif len(records) == 1:
-            [chosen] = records
-        elif records:
-            chosen = _ask_which(records, interactive=options.output == "table")
-    namespace = options.namespace or (chosen.namespace if chosen else DEFAULT_NAMESPACE)
-    address = options.address or (chosen.address if chosen else None)
-    return Target(address, options.data_dir, namespace, options.output, options.user)
-
-
-def _ask_which(records: list[Any], *, interactive: bool) -> Any:
-    """Several brokers were started here and the command named none."""
-    from ray_broker.errors import InvalidConfig
-
-    listing = "; ".join(r.describe() for r in records)
-    if not (interactive and sys.stdin.isatty()):
-        raise _fail(
-            InvalidConfig(
-                f"{len(records)} brokers run on this machine ({listing}): name one with --namespace"
-            )
-        )
-    for number, record in enumerate(records, 1):
-        Console(stderr=True).print(f"  {number}. {record.describe()}", highlight=False)
-    choice = typer.prompt(
-        "Which broker?", type=click.IntRange(1, len(records)), err=True, default=1
-    )
-    return records[choice - 1]
-
-
-def _fail(exc: BrokerError) -> typer.Exit:
-    """One line on stderr, exit code 1: no traceback for an error the user can act on."""
-    Console(stderr=True).print(f"[bold red]{type(exc).__name__}:[/] {exc}", highlight=False)
-    return typer.Exit(1)
-
-
-def _emit(ctx: typer.Context, data: Any, render: Any = None) -> None:
-    """Print ``data`` as JSON with ``--output json``, else call ``render()`` (or print it)."""
-    if _target(ctx).json or render is None:
-        print(json.dumps(data, default=str, indent=None))
-    else:
-        render()
-
-
-@contextmanager
-def _broker(ctx: typer.Context) -> Any:
-    import ray_broker as rb
-
-    target = _target(ctx)
-    try:
-        with rb.connect(
-            target.address,
-            data_dir=target.data_dir,
-            namespace=target.namespace,
-            **target.credentials(),
-        ) as broker:
-            yield broker
-    except BrokerError as exc:
-        raise _fail(exc) from None
-
-
-@contextmanager
-def _running_broker(ctx: typer.Context) -> Any:
-    """``_broker`` for commands that need the broker service `start` started (they must not
-    start an embedded one that would vanish with the command)."""
-    from ray_broker import service
-    from ray_broker.errors import BrokerNotRunning
-    from ray_broker.runtime import ensure_ray
-
-    target = _target(ctx)
-    if target.address is None:
-        raise _fail(BrokerNotRunning("no broker service runs here (start: ray-broker start)"))
-    try:
-        ensure_ray(target.address, target.namespace)
-        service.require_broker(target.address, target.namespace)
-    except BrokerError as exc:
-        raise _fail(exc) from None
-    with _broker(ctx) as broker:
-        yield broker
-
-
-def _parse_config(pairs: list[str]) -> dict[str, str]:
-    config = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--config takes key=value, got {pair!r}")
-        config[key.strip()] = value.strip()
-    return config
-
 
 # --- topics -------------------------------------------------------------------------------------
 
@@ -282,11 +56,11 @@ def topic_create(
     config: Annotated[list[str], typer.Option("--config", "-c", help="key=value")] = [],  # noqa: B006
 ) -> None:
     """Create a topic."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         described = broker.admin().create_topic(
-            name, partitions, replication_factor, _parse_config(config)
+            name, partitions, replication_factor, parse_config_pairs(config)
         )
-    _emit(
+    emit(
         ctx,
         {"created": name, "partitions": len(described.partitions)},
         lambda: console.print(
@@ -300,9 +74,9 @@ def topic_list(
     ctx: typer.Context,
 ) -> None:
     """List topics."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         names = broker.admin().list_topics()
-    _emit(ctx, names, lambda: [console.print(name) for name in names])
+    emit(ctx, names, lambda: [console.print(name) for name in names])
 
 
 @topic_app.command("describe")
@@ -311,10 +85,10 @@ def topic_describe(
     name: str,
 ) -> None:
     """Show a topic's partitions, offsets and settings."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         described = broker.admin().describe_topic(name)
-    if _target(ctx).json:
-        _emit(ctx, asdict(described))
+    if target_of(ctx).json:
+        emit(ctx, asdict(described))
         return
     table = Table(title=f"topic {name} ({described.topic_id})")
     for column in ("partition", "leader epoch", "log start", "high watermark", "log end", "node"):
@@ -341,9 +115,9 @@ def topic_delete(
     name: str,
 ) -> None:
     """Delete a topic and its data."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         broker.admin().delete_topic(name)
-    _emit(ctx, {"deleted": name}, lambda: console.print(f"Deleted topic [bold]{name}[/]"))
+    emit(ctx, {"deleted": name}, lambda: console.print(f"Deleted topic [bold]{name}[/]"))
 
 
 # --- consumer groups ------------------------------------------------------------------------------
@@ -354,10 +128,10 @@ def group_list(
     ctx: typer.Context,
 ) -> None:
     """List consumer groups with their state and member count."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         groups = broker.admin().list_groups()
-    if _target(ctx).json:
-        _emit(ctx, [asdict(g) for g in groups])
+    if target_of(ctx).json:
+        emit(ctx, [asdict(g) for g in groups])
         return
     table = Table(title="consumer groups")
     for column in ("group", "state", "members"):
@@ -373,10 +147,10 @@ def group_describe(
     group_id: str,
 ) -> None:
     """Show a group's members, committed offsets and lag per partition."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         described = broker.admin().describe_group(group_id)
-    if _target(ctx).json:
-        _emit(ctx, asdict(described))
+    if target_of(ctx).json:
+        emit(ctx, asdict(described))
         return
     title = (
         f"group {group_id}: {described.state}, generation {described.generation}, "
@@ -416,7 +190,7 @@ def group_reset_offsets(
 ) -> None:
     """Move an inactive group's committed offsets on a topic."""
     target, value = _reset_target(to_earliest, to_latest, to_offset, to_datetime)
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         moved = broker.admin().reset_offsets(group_id, topic, target, value)
     _emit_moves(ctx, moved)
 
@@ -458,7 +232,7 @@ def _emit_moves(ctx: typer.Context, moved: dict[Any, int]) -> None:
         {"topic": tp.topic, "partition": tp.partition, "offset": offset}
         for tp, offset in sorted(moved.items())
     ]
-    _emit(
+    emit(
         ctx,
         rows,
         lambda: [console.print(f"{r['topic']}-{r['partition']} -> {r['offset']:,}") for r in rows],
@@ -471,9 +245,9 @@ def group_delete(
     group_id: str,
 ) -> None:
     """Delete an inactive group and its committed offsets."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         broker.admin().delete_group(group_id)
-    _emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted group [bold]{group_id}[/]"))
+    emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted group [bold]{group_id}[/]"))
 
 
 # --- share groups, dead letters, delayed records ----------------------------------------------
@@ -482,19 +256,19 @@ def group_delete(
 @share_app.command("list")
 def share_group_list(ctx: typer.Context) -> None:
     """List share groups."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         groups = broker.admin().list_share_groups()
-    _emit(ctx, groups, lambda: [console.print(g, highlight=False) for g in groups])
+    emit(ctx, groups, lambda: [console.print(g, highlight=False) for g in groups])
 
 
 @share_app.command("describe")
 def share_group_describe(ctx: typer.Context, group_id: str) -> None:
     """Show a share group's members and, per partition, records in flight, available,
     dead-lettered, and the lag."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         described = broker.admin().describe_share_group(group_id)
-    if _target(ctx).json:
-        _emit(ctx, asdict(described))
+    if target_of(ctx).json:
+        emit(ctx, asdict(described))
         return
     table = Table(title=f"share group {group_id}")
     columns = ("topic", "partition", "start", "high watermark", "in flight", "available")
@@ -530,7 +304,7 @@ def share_group_reset(
 ) -> None:
     """Start a share group over on a topic (no record may be locked by a member)."""
     target, value = _reset_target(to_earliest, to_latest, to_offset, with_datetime=False)
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         moved = broker.admin().reset_share_group(group_id, topic, target, value)
     _emit_moves(ctx, moved)
 
@@ -538,9 +312,9 @@ def share_group_reset(
 @share_app.command("delete")
 def share_group_delete(ctx: typer.Context, group_id: str) -> None:
     """Forget a share group's state (stop its members first)."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         broker.admin().delete_share_group(group_id)
-    _emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted share group {group_id}"))
+    emit(ctx, {"deleted": group_id}, lambda: console.print(f"Deleted share group {group_id}"))
 
 
 @dlq_app.command("list")
@@ -550,11 +324,11 @@ def dlq_list(
     max_records: Annotated[int, typer.Option("--max-records", "-n")] = 100,
 ) -> None:
     """Show the records of a dead-letter topic with where they came from and why."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         letters = broker.admin().list_dead_letters(topic, max_records)
-    if _target(ctx).json:
+    if target_of(ctx).json:
         rows = [{**asdict(d), "key": _text(d.key), "value": _text(d.value)} for d in letters]
-        _emit(ctx, rows)
+        emit(ctx, rows)
         return
     table = Table(title=f"dead letters in {topic}")
     for column in ("offset", "from", "deliveries", "reason", "error", "value"):
@@ -578,17 +352,17 @@ def dlq_redrive(
     max_records: Annotated[int | None, typer.Option("--max-records", "-n")] = None,
 ) -> None:
     """Send a dead-letter topic's records back to their original topics (exactly once)."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         moved = broker.admin().redrive_dead_letters(topic, max_records)
-    _emit(ctx, {"redriven": moved}, lambda: console.print(f"Re-drove {moved:,} record(s)"))
+    emit(ctx, {"redriven": moved}, lambda: console.print(f"Re-drove {moved:,} record(s)"))
 
 
 @app.command()
 def delayed(ctx: typer.Context) -> None:
     """Show the delay scheduler: pending delayed records, next due time, lateness."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         found = broker.admin().describe_delayed()
-    _emit(ctx, found, lambda: console.print_json(data=found))
+    emit(ctx, found, lambda: console.print_json(data=found))
 
 
 @app.command()
@@ -605,7 +379,7 @@ def trace(
     by_place = None not in (topic, partition, offset)
     if by_place == (trace_id is not None):
         raise typer.BadParameter("give TOPIC PARTITION OFFSET or --id, not both or neither")
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         admin = broker.admin()
         if trace_id is not None:
             events = admin.trace_by_id(trace_id)
@@ -616,7 +390,7 @@ def trace(
             what = f"{topic}/{partition}/{offset}"
     rows = [asdict(e) for e in events]
     if not events:
-        _emit(
+        emit(
             ctx,
             {"traced": False, "record": what},
             lambda: console.print(
@@ -625,7 +399,7 @@ def trace(
             ),
         )
         return
-    _emit(ctx, rows, lambda: console.print(_trail_table(events)))
+    emit(ctx, rows, lambda: console.print(_trail_table(events)))
 
 
 def _trail_table(events: list[Any]) -> Table:
@@ -655,7 +429,7 @@ def produce(
     source = file.open("rb") if file else sys.stdin.buffer
     total = file.stat().st_size if file else None
     sent = 0
-    with _broker(ctx) as broker, _progress() as progress:
+    with open_broker(ctx) as broker, _progress() as progress:
         task = progress.add_task("producing", total=total)
         producer = broker.producer()
         for line in source:
@@ -667,7 +441,7 @@ def produce(
             sent += 1
             progress.advance(task, len(line))
         producer.flush()
-    _emit(
+    emit(
         ctx,
         {"produced": sent, "topic": topic},
         lambda: console.print(f"Produced {sent:,} records to [bold]{topic}[/]"),
@@ -707,7 +481,7 @@ def consume(
     reset = "earliest" if from_beginning else "latest"
     count = 0
     out = sys.stdout.buffer
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         consumer = broker.consumer(
             auto_offset_reset=reset,
             consumer_timeout_ms=timeout_ms,
@@ -723,7 +497,7 @@ def consume(
             raise typer.BadParameter("--offset needs --partition")
         else:
             consumer.subscribe([topic])
-        as_json = _target(ctx).json
+        as_json = target_of(ctx).json
         for record in consumer:
             if as_json:
                 out.write(json.dumps(_record_json(record)).encode() + b"\n")
@@ -764,7 +538,7 @@ def tail(
     from ray_broker import log_view
     from ray_broker.structs import TopicPartition
 
-    as_json = _target(ctx).json
+    as_json = target_of(ctx).json
     if since is not None and group is not None:
         raise typer.BadParameter("--since reads by time; a --group starts at its committed offsets")
     start_ms = None
@@ -772,11 +546,11 @@ def tail(
         if since is not None:
             start_ms = int(time.time() * 1000) - log_view.since_ms(since)
     except BrokerError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     out = Console(highlight=False, soft_wrap=True)
     shown = 0
     idle_since = time.monotonic()
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         try:
             consumer = broker.consumer(
                 group_id=group,
@@ -821,7 +595,7 @@ def tail(
         except KeyboardInterrupt:
             pass
         except BrokerError as exc:
-            raise _fail(exc) from None
+            raise fail(exc) from None
 
 
 def _text(value: bytes | None) -> str | None:
@@ -898,9 +672,6 @@ def demo(
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    app()
-
 
 # --- the service ----------------------------------------------------------------------------------
 
@@ -946,7 +717,7 @@ def start(
     Running it again changes nothing, but for listeners it adds."""
     from ray_broker import service
 
-    options = _options(ctx)
+    options = options_of(ctx)
     # `start` names a broker to start, never one to choose among those running.
     target = Target(
         options.address,
@@ -973,7 +744,7 @@ def start(
             **credentials,
         )
     except BrokerError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     verb = "already running" if started["already_running"] else "started"
 
     def show() -> None:
@@ -987,7 +758,7 @@ def start(
             console.print(f"web console at {url} (API docs at {url.removesuffix('/console')}/docs)")
         _print_job_api(started["job_api"])
 
-    _emit(ctx, started, show)
+    emit(ctx, started, show)
 
 
 @app.command("console")
@@ -1001,12 +772,12 @@ def web_console(
     start`) and print its address; it keeps running until `ray-broker stop`."""
     from ray_broker.console import start_console
 
-    with _running_broker(ctx) as broker:
+    with running_broker(ctx) as broker:
         try:
             served = start_console(broker, http)
         except BrokerError as exc:
-            raise _fail(exc) from None
-    _emit(ctx, served, lambda: console.print(f"web console at {served['url']}"))
+            raise fail(exc) from None
+    emit(ctx, served, lambda: console.print(f"web console at {served['url']}"))
 
 
 @app.command()
@@ -1014,11 +785,11 @@ def stop(ctx: typer.Context) -> None:
     """Stop the broker's actors (their data stays), and the local Ray `start` started."""
     from ray_broker import service
 
-    target = _target(ctx)
+    target = target_of(ctx)
     try:
         stopped = service.stop(target.address, target.namespace, **target.credentials())
     except BrokerError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
     def show() -> None:
         console.print(
@@ -1031,7 +802,7 @@ def stop(ctx: typer.Context) -> None:
                 + ", ".join(stopped["still_running_there"])
             )
 
-    _emit(ctx, stopped, show)
+    emit(ctx, stopped, show)
 
 
 def _print_job_api(url: str | None) -> None:
@@ -1049,9 +820,9 @@ def status(ctx: typer.Context) -> None:
     """Nodes, partitions (leader, ISR, offsets), unhealthy partitions, disk and group lag."""
     from ray_broker.status import collect
 
-    with _running_broker(ctx) as broker:
+    with running_broker(ctx) as broker:
         report = collect(broker)
-    _emit(ctx, report, lambda: _render_status(report))
+    emit(ctx, report, lambda: _render_status(report))
 
 
 def _render_status(report: dict[str, Any]) -> None:
@@ -1109,20 +880,22 @@ def validate_config(
     try:
         prepared = validate_cluster_config(file)
     except BrokerError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     summary = {
         "valid": str(file),
         "cluster_name": prepared.get("cluster_name"),
         "provider": prepared.get("provider", {}).get("type"),
         "node_types": sorted(prepared.get("available_node_types", {})),
     }
-    _emit(ctx, summary, lambda: console.print(f"{file}: valid for ray up ({summary['provider']})"))
+    emit(ctx, summary, lambda: console.print(f"{file}: valid for ray up ({summary['provider']})"))
 
 
-# --- security: registered last, its commands use the helpers above ---------------------------
-
-from ray_broker.cli_security import acl_app, quota_app, user_app  # noqa: E402
+# --- security -------------------------------------------------------------------------------------
 
 app.add_typer(user_app, name="user")
 app.add_typer(acl_app, name="acl")
 app.add_typer(quota_app, name="quota")
+
+
+if __name__ == "__main__":
+    app()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ray_broker.cli import _broker, _emit, console
+from ray_broker.cli_root import console, emit, open_broker
 from ray_broker.structs import Acl, QuotaEntity
 
 user_app = typer.Typer(help="Create, list and delete users (SCRAM).", no_args_is_help=True)
@@ -31,23 +31,23 @@ def user_add(
     password = os.environ.get("RAY_BROKER_NEW_PASSWORD")
     if password is None:
         password = typer.prompt(f"new password for {name}", hide_input=True)
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         broker.admin().create_user(name, password, superuser=superuser)
-    _emit(ctx, {"user": name}, lambda: console.print(f"User [bold]{name}[/] saved"))
+    emit(ctx, {"user": name}, lambda: console.print(f"User [bold]{name}[/] saved"))
 
 
 @user_app.command("delete")
 def user_delete(ctx: typer.Context, name: str) -> None:
     """Delete a user; its sessions end at once."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         broker.admin().delete_user(name)
-    _emit(ctx, {"deleted": name}, lambda: console.print(f"Deleted user [bold]{name}[/]"))
+    emit(ctx, {"deleted": name}, lambda: console.print(f"Deleted user [bold]{name}[/]"))
 
 
 @user_app.command("list")
 def user_list(ctx: typer.Context) -> None:
     """List users (never their credentials)."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         users = broker.admin().list_users()
 
     def render() -> None:
@@ -63,7 +63,7 @@ def user_list(ctx: typer.Context) -> None:
             )
         console.print(table)
 
-    _emit(ctx, [asdict(u) for u in users], render)
+    emit(ctx, [asdict(u) for u in users], render)
 
 
 PrincipalOption = Annotated[str | None, typer.Option("--principal", help="User:<name> or User:*")]
@@ -98,9 +98,9 @@ def acl_add(
         )
         for op in operation
     ]
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         created = broker.admin().create_acls(acls)
-    _emit(
+    emit(
         ctx,
         [asdict(a) for a in created],
         lambda: console.print(f"Added {len(created)} ACL(s) for [bold]{principal}[/]"),
@@ -124,9 +124,9 @@ def acl_list(
     name: NameOption = None,
 ) -> None:
     """List ACLs matching the filters."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         acls = broker.admin().describe_acls(principal, resource_type, name)
-    _emit(ctx, [asdict(a) for a in acls], lambda: console.print(_acl_table(acls, "ACLs")))
+    emit(ctx, [asdict(a) for a in acls], lambda: console.print(_acl_table(acls, "ACLs")))
 
 
 @acl_app.command("remove")
@@ -139,9 +139,9 @@ def acl_remove(
     """Remove every ACL matching the filters (at least one filter)."""
     if principal is None and resource_type is None and name is None:
         raise typer.BadParameter("name at least one of --principal, --resource-type, --name")
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         gone = broker.admin().delete_acls(principal, resource_type, name)
-    _emit(ctx, [asdict(a) for a in gone], lambda: console.print(_acl_table(gone, "removed")))
+    emit(ctx, [asdict(a) for a in gone], lambda: console.print(_acl_table(gone, "removed")))
 
 
 @quota_app.command("set")
@@ -166,15 +166,15 @@ def quota_set(
         "controller_mutation_rate": controller_mutation_rate,
     }
     values = {k: (None if remove else v) for k, v in given.items() if v is not None}
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         now = broker.admin().alter_quotas(QuotaEntity(user, client_id, tenant), values)
-    _emit(ctx, now, lambda: console.print(f"Quotas now: {now or 'none'}"))
+    emit(ctx, now, lambda: console.print(f"Quotas now: {now or 'none'}"))
 
 
 @quota_app.command("list")
 def quota_list(ctx: typer.Context) -> None:
     """Every entity's quotas."""
-    with _broker(ctx) as broker:
+    with open_broker(ctx) as broker:
         quotas = broker.admin().describe_quotas()
 
     def render() -> None:
@@ -186,4 +186,4 @@ def quota_list(ctx: typer.Context) -> None:
                 table.add_row(entity, kind, f"{rate:,.0f}")
         console.print(table)
 
-    _emit(ctx, quotas, render)
+    emit(ctx, quotas, render)

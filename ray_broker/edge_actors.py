@@ -9,6 +9,11 @@ from typing import Any
 
 from ray_broker.placement import head_node_actor
 
+# Name prefixes of the edge actors: here, so that the broker can find and stop them by name
+# without importing the edges (which import the broker).
+KAFKA_LISTENER_PREFIX = "ray_broker.kafka:"
+CONSOLE_PREFIX = "ray_broker.console:"
+
 
 def start_named(
     cls: type,

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ray_broker.edge_actors import describe_named, free_port, start_named, stop_named
+from ray_broker.edge_actors import (
+    CONSOLE_PREFIX,
+    describe_named,
+    free_port,
+    start_named,
+    stop_named,
+)
 from ray_broker.errors import InvalidConfig
 
 if TYPE_CHECKING:
     from ray_broker.broker import Broker
 
-NAME_PREFIX = "ray_broker.console:"
+NAME_PREFIX = CONSOLE_PREFIX
 START_TIMEOUT_S = 120.0
 DEFAULT_ADDRESS = "127.0.0.1:8080"
 

@@ -12,13 +12,19 @@ import base64
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ray_broker.edge_actors import describe_named, free_port, start_named, stop_named
+from ray_broker.edge_actors import (
+    KAFKA_LISTENER_PREFIX,
+    describe_named,
+    free_port,
+    start_named,
+    stop_named,
+)
 from ray_broker.errors import InvalidConfig
 
 if TYPE_CHECKING:
     from ray_broker.broker import Broker
 
-NAME_PREFIX = "ray_broker.kafka:"
+NAME_PREFIX = KAFKA_LISTENER_PREFIX
 START_TIMEOUT_S = 60.0
 
 

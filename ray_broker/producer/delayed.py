@@ -1,6 +1,6 @@
 """Delayed sends (``send(..., delay_ms=...)`` or ``deliver_at=``): the record goes to the
 broker's schedule topic with headers naming where and when it belongs, and the delay scheduler
-(``actors/delay_scheduler.py``) moves it there when due — durable, replicated and exactly once
+(``ray_broker/delay_scheduler.py``) moves it there when due — durable, replicated and exactly once
 like any transactional write, for consumer groups and share groups alike.
 
 The target partition is chosen now (the key's partition, or the one given, or one at random),

@@ -2,12 +2,14 @@
 
 Why an actor: records then go partition → dispatcher → handler, and the subscriber's own
 process (a driver that may sit on a laptop) is not in the data path. The dispatcher runs the
-same ``PushLoop`` as an in-process subscription (``ray_broker/push.py``) on a thread of its own;
-``stats`` and ``close`` are answered beside it (a threaded actor).
+same ``PushLoop`` as an in-process subscription (``ray_broker/push_loop.py``) on a thread of
+its own; ``stats`` and ``close`` are answered beside it (a threaded actor).
 
-It is not detached: it lives as long as the process that subscribed. If it dies, a share
-group's locks expire and its records go to other members; a consumer group rebalances and the
-next member reads from the last committed offset — nothing acknowledged is lost.
+A client of the broker that runs as an actor (it connects like any subscriber), so it lives in
+the client layer, not among the broker's own actors. It is not detached: it lives as long as
+the process that subscribed. If it dies, a share group's locks expire and its records go to
+other members; a consumer group rebalances and the next member reads from the last committed
+offset — nothing acknowledged is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 from typing import Any
 
 from ray_broker.errors import BrokerError
-from ray_broker.push import ActorTarget, PushLoop
+from ray_broker.push_loop import ActorTarget, PushLoop
 
 
 class PushDispatcher:

@@ -5,7 +5,9 @@ with ``delay_ms``/``deliver_at``; ``max_restarts=-1``). It is a client of the br
 other: a ``read_committed`` consumer of every schedule partition feeds a ``DelayIndex``, and a
 transactional producer writes each round of due records to their topics together with a fired
 marker in the schedule partition (see ``actors/delay_index.py``). A restarted scheduler fences
-the old one (same transactional id), replays the schedule topic and fires what is left.
+the old one (same transactional id), replays the schedule topic and fires what is left. Being a
+client, it lives in the client layer: exactly-once moves need the transactional producer, and a
+second, actor-side one would duplicate the hardest client code.
 
 Its loop runs on a thread of its own and survives any error: it logs, waits, and starts over
 from the schedule topic (the index is rebuilt; nothing fired twice, by the markers).
