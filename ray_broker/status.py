@@ -62,8 +62,8 @@ def collect(broker: Any) -> dict[str, Any]:
         description = admin.describe_topic(name)
         rows = []
         for p in description.partitions:
-            is_offline = not p.leader
-            is_under = len(p.isr) < len(p.replicas)
+            is_offline = p.offline
+            is_under = p.under_replicated
             offline += is_offline
             under_replicated += is_under
             partitions_on[p.leader_node_id] = partitions_on.get(p.leader_node_id, 0) + 1

@@ -99,6 +99,18 @@ class PartitionInfo:
     high_watermark: int
     log_end_offset: int
 
+    @property
+    def offline(self) -> bool:
+        """No leader: nothing can be read or written until one is elected."""
+        return not self.leader
+
+    @property
+    def under_replicated(self) -> bool:
+        """Led, but with fewer in-sync replicas than replicas (Kafka's
+        UnderReplicatedPartitions). An offline partition is offline, not under-replicated:
+        the two counts never hold the same partition."""
+        return bool(self.leader) and len(self.isr) < len(self.replicas)
+
 
 @dataclass(frozen=True)
 class TopicDescription:

@@ -199,3 +199,12 @@ def test_summed_rates_use_totals_for_everything_and_sums_for_a_subset():
     assert history.summed_rate_series("in", {"a", "b", "c"}) == [110.0, 20.0]
     assert history.summed_rate_series("in", {"b"}) == [100.0, 0.0]
     assert history.summed_rate_series("out", set()) == [0.0, 0.0]
+
+
+def test_an_offline_partition_is_offline_and_not_also_under_replicated():
+    offline = PartitionInfo(0, "", "", 3, ["r0", "r1", "r2"], ["r1"], 0, 5, 5)
+    lagging = PartitionInfo(1, "r0", "n", 3, ["r0", "r1", "r2"], ["r0", "r1"], 0, 5, 5)
+    healthy = PartitionInfo(2, "r0", "n", 3, ["r0", "r1"], ["r0", "r1"], 0, 5, 5)
+    assert (offline.offline, offline.under_replicated) == (True, False)
+    assert (lagging.offline, lagging.under_replicated) == (False, True)
+    assert (healthy.offline, healthy.under_replicated) == (False, False)

@@ -151,9 +151,9 @@ def health(user: User) -> dict[str, Any]:
         if isinstance(topic, BrokerError):
             continue
         for p in topic.partitions:
-            if not p.leader:
+            if p.offline:
                 offline.append({"topic_name": name, "partition_id": p.partition})
-            elif len(p.isr) < len(p.replicas):
+            elif p.under_replicated:
                 under.append({"topic_name": name, "partition_id": p.partition})
     return {"under_replicated_partitions": under, "offline_partitions": offline}
 
@@ -206,8 +206,8 @@ def partition_json(p: Any) -> dict[str, Any]:
         "log_start_offset": p.log_start_offset,
         "high_watermark": p.high_watermark,
         "log_end_offset": p.log_end_offset,
-        "under_replicated": bool(p.leader) and len(p.isr) < len(p.replicas),
-        "offline": not p.leader,
+        "under_replicated": p.under_replicated,
+        "offline": p.offline,
     }
 
 

@@ -48,7 +48,7 @@ class Snapshot:
             (t.name, p.partition)
             for t in self.topics.values()
             for p in t.partitions
-            if p.leader and len(p.isr) < len(p.replicas)
+            if p.under_replicated
         ]
 
     @property
@@ -57,7 +57,7 @@ class Snapshot:
             (t.name, p.partition)
             for t in self.topics.values()
             for p in t.partitions
-            if not p.leader
+            if p.offline
         ]
 
     def leaders_on(self, node_id: str) -> int:

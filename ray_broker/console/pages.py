@@ -205,12 +205,10 @@ def overview_context(monitor: Monitor, admin: Any) -> dict[str, Any]:
                 else None,
                 "in_rate": history.rate(f"in:{name}"),
                 "out_rate": history.rate(f"out:{name}"),
-                "under_replicated": sum(
-                    1 for p in described.partitions if p.leader and len(p.isr) < len(p.replicas)
-                )
+                "under_replicated": sum(p.under_replicated for p in described.partitions)
                 if described
                 else 0,
-                "offline": sum(1 for p in described.partitions if not p.leader) if described else 0,
+                "offline": sum(p.offline for p in described.partitions) if described else 0,
             }
         )
     groups = []
