@@ -17,9 +17,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
-from ray_broker.service import start_local_ray, stop_local_ray
+from ray_broker.service import local_ray_processes, start_local_ray, stop_local_ray
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -116,14 +117,35 @@ CLIENT = textwrap.dedent(
 )
 
 
+def _dashboard_http_ports(address: str) -> set[int]:
+    """The ports the dashboard was told to serve HTTP on that a process of this Ray listens on
+    (without the dashboard, Ray still runs its head process, headless)."""
+    processes = local_ray_processes(address)
+    asked = {
+        int(arg.split("=", 1)[1])
+        for process in processes
+        for arg in process.cmdline()
+        if arg.startswith("--port=") and any("dashboard.py" in a for a in process.cmdline())
+    }
+    pids = {process.pid for process in processes}
+    listening = {
+        c.laddr.port
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+    return asked & listening
+
+
 def test_the_broker_runs_on_a_ray_cluster_with_tls_and_token_authentication(tmp_path):
     ray_security = {
         **_certificates(tmp_path),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
-    address = start_local_ray(ray_security)  # what `ray-broker start` runs, on 127.0.0.1
+    # What `ray-broker start --no-dashboard` runs, on 127.0.0.1.
+    address = start_local_ray(ray_security, dashboard=False)
     port = int(address.rsplit(":", 1)[1])
+    assert _dashboard_http_ports(address) == set(), "--no-dashboard still serves the job API"
     env = {**os.environ, **ray_security, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     try:
         # The GCS port speaks TLS, with a certificate of the cluster's CA.
