@@ -112,7 +112,7 @@ def test_group_commands_show_lag_reset_and_delete(cli, tmp_path):
 
 
 def test_root_options_may_be_written_anywhere_on_the_line() -> None:
-    from ray_broker.cli_root import hoist_global_options
+    from ray_broker.cli import hoist_global_options
 
     line = ["topic", "list", "--namespace", "x", "--data-dir=/tmp/d", "--address", "a:1"]
     assert hoist_global_options(line) == [

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ray_broker.cli_root import console, emit, open_broker
+from ray_broker.cli.root import console, emit, open_broker
 from ray_broker.structs import Acl, QuotaEntity
 
 user_app = typer.Typer(help="Create, list and delete users (SCRAM).", no_args_is_help=True)

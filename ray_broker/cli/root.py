@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ray_broker.config import DEFAULT_NAMESPACE
 from ray_broker.errors import BrokerError
@@ -259,3 +260,24 @@ def parse_config_pairs(pairs: list[str]) -> dict[str, str]:
             raise typer.BadParameter(f"--config takes key=value, got {pair!r}")
         config[key.strip()] = value.strip()
     return config
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def printable(value: bytes | None) -> str | None:
+    """Bytes as UTF-8 where they decode, else as hex."""
+    if value is None:
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.hex()
