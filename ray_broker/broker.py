@@ -18,6 +18,7 @@ from ray_broker.config import (
     BrokerConfig,
     default_data_dir,
     parse_config,
+    parse_kafka_listeners,
 )
 from ray_broker.edge_actors import (
     CONSOLE_PREFIX,
@@ -390,7 +391,7 @@ def connect(
 
         try:
             for host, port in listeners:
-                start_listener(broker, host, port)
+                start_listener(namespace, settings, broker.secured, host, port)
         except BaseException:
             broker.close()
             raise
@@ -402,9 +403,7 @@ def _kafka_listeners(settings: dict[str, Any]) -> list[tuple[str, int]]:
     spec = settings.get("kafka.listeners")
     if not spec:
         return []
-    from ray_broker.kafka.deploy import parse_listeners
-
-    return parse_listeners(spec)
+    return parse_kafka_listeners(spec)
 
 
 def _open_session(

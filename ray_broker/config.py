@@ -435,3 +435,26 @@ def client_config(model: type[BaseModel], options: dict[str, Any]) -> Any:
     if not isinstance(options, dict):
         raise InvalidConfig(f"options must be a dict, got {type(options).__name__}")
     return parse_config(model, options)
+
+
+def parse_kafka_listeners(spec: object) -> list[tuple[str, int]]:
+    """``"HOST:PORT[,HOST:PORT...]"`` (a ``PLAINTEXT://`` or ``SASL_PLAINTEXT://`` scheme is
+    accepted and ignored: security follows the broker's). Port 0 picks a free port.
+
+    Raises:
+        InvalidConfig: not a list of host:port pairs.
+    """
+    if isinstance(spec, str):
+        items = [item.strip() for item in spec.split(",") if item.strip()]
+    elif isinstance(spec, (list, tuple)):
+        items = [str(item).strip() for item in spec]
+    else:
+        raise InvalidConfig(f"kafka.listeners is 'HOST:PORT[,HOST:PORT]', got {spec!r}")
+    listeners = []
+    for item in items:
+        address = item.split("://", 1)[-1]
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65_535:
+            raise InvalidConfig(f"a Kafka listener address is HOST:PORT, got {item!r}")
+        listeners.append((host.strip("[]"), int(port)))
+    return listeners

@@ -54,10 +54,7 @@ class Snapshot:
     @property
     def offline(self) -> list[tuple[str, int]]:
         return [
-            (t.name, p.partition)
-            for t in self.topics.values()
-            for p in t.partitions
-            if p.offline
+            (t.name, p.partition) for t in self.topics.values() for p in t.partitions if p.offline
         ]
 
     def leaders_on(self, node_id: str) -> int:
