@@ -263,10 +263,10 @@ class KafkaListener:
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         sender = asyncio.create_task(self._send_answers(answers, slots, writer))
         login_deadline = time.monotonic() + LOGIN_TIMEOUT_S
-        pending = True
+        logging_in = True  # pending: not logged in (or, without security, silent) yet
         try:
             while True:
-                if pending:
+                if logging_in:
                     # Without security anyone may produce anyway: only the deadline applies.
                     limit = (
                         MAX_FRAME_BEFORE_LOGIN_BYTES
@@ -294,8 +294,8 @@ class KafkaListener:
                 if not conn.authenticated:
                     # Logging in is a conversation: the next request may depend on this one.
                     await asyncio.wait([task])
-                if pending and conn.authenticated:
-                    pending = False
+                if logging_in and conn.authenticated:
+                    logging_in = False
                     self._admitted(conn)
             answers.put_nowait(None)
             await sender
