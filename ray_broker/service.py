@@ -49,10 +49,18 @@ def _free_loopback_port(preferred: int = 0) -> int:
 def _ensure_auth_token(ray_cli: str, env: dict[str, str]) -> None:
     """A token for the new cluster where Ray looks for one (``~/.ray/auth_token``), made by
     Ray itself, as ``ray.init()`` does for a new local cluster."""
-    if token_available():
-        return
+    if not token_available():
+        _run_ray(ray_cli, ["get-auth-token", "--generate"], env)
+
+
+def _run_ray(ray_cli: str, args: list[str], env: dict[str, str]) -> None:
+    """``ray ARGS`` in ``env``.
+
+    Raises:
+        BrokerNotRunning: it failed (the end of its error output is in the message).
+    """
     result = subprocess.run(
-        [ray_cli, "get-auth-token", "--generate"],
+        [ray_cli, *args],
         env=env,
         capture_output=True,
         text=True,
@@ -60,7 +68,7 @@ def _ensure_auth_token(ray_cli: str, env: dict[str, str]) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise BrokerNotRunning(f"`ray get-auth-token --generate` failed: {result.stderr[-500:]}")
+        raise BrokerNotRunning(f"`ray {' '.join(args[:2])}` failed: {result.stderr.strip()[-500:]}")
 
 
 def local_ray_temp_dir(address: str) -> Path:
@@ -97,9 +105,9 @@ def start_local_ray(extra_env: dict[str, str] | None = None, *, dashboard: bool 
         ]
     else:
         web = ["--include-dashboard=false"]
-    result = subprocess.run(
+    _run_ray(
+        ray_cli,
         [
-            ray_cli,
             "start",
             "--head",
             f"--node-ip-address={LOOPBACK}",
@@ -110,14 +118,8 @@ def start_local_ray(extra_env: dict[str, str] | None = None, *, dashboard: bool 
             f"--ray-client-server-port={_free_loopback_port(RAY_CLIENT_PORT)}",
             "--disable-usage-stats",
         ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=LOCAL_RAY_START_TIMEOUT_S,
-        check=False,
+        env,
     )
-    if result.returncode != 0:
-        raise BrokerNotRunning(f"`ray start --head` failed: {result.stderr.strip()[-500:]}")
     return address
 
 
@@ -196,25 +198,22 @@ def _attach(address: str | None, namespace: str, dashboard: bool) -> tuple[str, 
     record = ServiceRecord.load(namespace)
     named = address or os.environ.get("RAY_ADDRESS")
     recorded = None if named else (record.address if record else shared_local_ray())
-    if named is None and recorded is None:
-        address = start_local_ray(dashboard=dashboard)
-        ensure_ray(address, namespace)
-        return address, True
     target = named or recorded
-    assert target is not None
-    try:
-        ensure_ray(target, namespace)
-    except BrokerNotRunning:
-        if recorded is None:
-            raise
-        for gone in ServiceRecord.all():
-            if gone.address == recorded:
-                gone.forget()
-        address = start_local_ray(dashboard=dashboard)
-        ensure_ray(address, namespace)
-        return address, True
-    owned = any(r.started_ray for r in ServiceRecord.all() if r.address == target)
-    return target, owned
+    if target is not None:
+        try:
+            ensure_ray(target, namespace)
+        except BrokerNotRunning:
+            if recorded is None:
+                raise
+            for gone in ServiceRecord.all():
+                if gone.address == recorded:
+                    gone.forget()
+        else:
+            owned = any(r.started_ray for r in ServiceRecord.all() if r.address == target)
+            return target, owned
+    address = start_local_ray(dashboard=dashboard)
+    ensure_ray(address, namespace)
+    return address, True
 
 
 def start(
@@ -311,9 +310,10 @@ def stop(
     require_broker(address, namespace)
     rb.connect(address, namespace=namespace, username=username, password=password).shutdown()
     stopped_ray = False
+    others = others_at(address, namespace)
     if record is not None and record.address == address:
         record.forget()
-        if record.started_ray and not others_at(address, namespace):
+        if record.started_ray and not others:
             import ray
 
             ray.shutdown()
@@ -323,5 +323,5 @@ def stop(
         "stopped": namespace,
         "address": address,
         "stopped_ray": stopped_ray,
-        "still_running_there": [r.namespace for r in others_at(address, namespace)],
+        "still_running_there": [r.namespace for r in others],
     }

@@ -128,6 +128,8 @@ def _serialisable(value: Any) -> Any:
 
 def truncated(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     """``text`` cut to ``limit`` UTF-8 bytes, with a marker saying how much went."""
+    if len(text) * 4 <= limit:  # a character is at most 4 bytes: short texts need no encoding
+        return text
     data = text.encode("utf-8", errors="replace")
     if len(data) <= limit:
         return text
