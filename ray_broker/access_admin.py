@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ray_broker.actors.scram import MECHANISMS, credentials_for
+from ray_broker.actors.security.scram import MECHANISMS, credentials_for
 from ray_broker.structs import Acl, QuotaEntity, UserDescription
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from ray_broker._ray import call, resolve, retrying, submit
 from ray_broker.access_admin import AccessAdmin
-from ray_broker.actors.access_guard import with_session
+from ray_broker.actors.security.access_guard import with_session
 from ray_broker.errors import BrokerError, BrokerNotRunning, GroupNotEmpty, TopicNotFound
 from ray_broker.metadata import MetadataCache
 from ray_broker.structs import (

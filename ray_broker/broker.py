@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray_broker.actors.access_guard import with_session
+from ray_broker.actors.security.access_guard import with_session
 from ray_broker.config import (
     CONTROLLER_NAME,
     DEFAULT_NAMESPACE,
@@ -180,7 +180,7 @@ class Broker:
     def _transaction_coordinator(self) -> Any:
         """The namespace's transaction coordinator, started by the first transactional
         producer (brokers that never use transactions run no such actor)."""
-        from ray_broker.actors.transaction_coordinator import TransactionCoordinator
+        from ray_broker.actors.coordination.transaction_coordinator import TransactionCoordinator
 
         return with_session(
             singleton(
@@ -350,8 +350,8 @@ def connect(
     import ray
 
     from ray_broker._ray import call
-    from ray_broker.actors.controller import Controller
-    from ray_broker.actors.group_coordinator import GroupCoordinator
+    from ray_broker.actors.controller.actor import Controller
+    from ray_broker.actors.coordination.group_coordinator import GroupCoordinator
 
     controller = singleton(Controller, CONTROLLER_NAME, settings, namespace)
     try:
@@ -421,7 +421,7 @@ def _open_session(
         AuthenticationFailed: see ``connect``.
     """
     from ray_broker._ray import call
-    from ray_broker.actors.scram import credentials_for
+    from ray_broker.actors.security.scram import credentials_for
     from ray_broker.session import UserSession, token_session
 
     if (username is None) != (password is None):

@@ -51,7 +51,10 @@ TRANSACTION_COORDINATOR_NAME = "ray_broker.transaction_coordinator"
 DELAY_SCHEDULER_NAME = "ray_broker.delay_scheduler"
 # Delayed records wait here until the delay scheduler moves them to their topic.
 DELAY_TOPIC = "__delay_schedule"
-# Trace events of traced records (actors/message_trace.py), and the header naming a trace.
+# The header naming the topic a scheduled record is for (``ray_broker/delay_index.py`` has the
+# rest): the schedule partition checks that its writer may write that topic.
+DELAY_TARGET_HEADER = "delay.topic"
+# Trace events of traced records (actors/partition/message_trace.py), and the header naming a trace.
 TRACE_TOPIC = "__message_trace"
 TRACE_ID_HEADER = "trace.id"
 # Transactional producers get ids below this bound from the transaction coordinator; idempotent
@@ -118,8 +121,8 @@ class TopicConfig(LogConfig):
     # Starvation rule: every n-th delivery of a share partition takes its oldest available
     # record, whatever the priorities.
     priority_fifo_every: int = Field(10, alias="priority.fifo.every", ge=2, le=1_000)
-    # Trace every record of the topic (actors/message_trace.py); off, only records sent with
-    # send(trace=True) are traced.
+    # Trace every record of the topic (actors/partition/message_trace.py); off, only records
+    # sent with send(trace=True) are traced.
     message_trace: bool = Field(False, alias="message.trace")
 
     @field_validator("share_dlq_topic")

@@ -180,7 +180,7 @@ class _Leader:
     ) -> None:
         import ray
 
-        from ray_broker.actors.access_guard import with_session
+        from ray_broker.actors.security.access_guard import with_session
         from ray_broker.metadata import MetadataCache
 
         def lookup() -> Any:

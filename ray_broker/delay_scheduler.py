@@ -4,7 +4,7 @@ A named, detached actor (one per broker namespace, started by the first producer
 with ``delay_ms``/``deliver_at``; ``max_restarts=-1``). It is a client of the broker like any
 other: a ``read_committed`` consumer of every schedule partition feeds a ``DelayIndex``, and a
 transactional producer writes each round of due records to their topics together with a fired
-marker in the schedule partition (see ``actors/delay_index.py``). A restarted scheduler fences
+marker in the schedule partition (see ``ray_broker/delay_index.py``). A restarted scheduler fences
 the old one (same transactional id), replays the schedule topic and fires what is left. Being a
 client, it lives in the client layer: exactly-once moves need the transactional producer, and a
 second, actor-side one would duplicate the hardest client code.
@@ -25,11 +25,11 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from ray_broker.actors.access_guard import AccessGuard
 from ray_broker.actors.data_dir import internal_token
-from ray_broker.actors.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
 from ray_broker.actors.lean_arrow import skip_pandas_probe
+from ray_broker.actors.security.access_guard import AccessGuard
 from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
+from ray_broker.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
 from ray_broker.errors import TopicExists, TopicNotFound
 from ray_broker.storage.log import wall_clock_ms
 

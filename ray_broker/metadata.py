@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ray_broker._ray import call, retrying
-from ray_broker.actors.access_guard import with_session
+from ray_broker.actors.security.access_guard import with_session
 from ray_broker.errors import BrokerError, BrokerNotRunning
 from ray_broker.structs import TopicMetadata
 
@@ -35,7 +35,7 @@ class MetadataCache:
         request_timeout_ms: int = METADATA_REQUEST_TIMEOUT_MS,
         session: Callable[[], str] | None = None,
     ) -> None:
-        self._session = session  # leaders' handles carry it (actors/access_guard.py)
+        self._session = session  # leaders' handles carry it (actors/security/access_guard.py)
         self._controller = controller
         self._lookup = lookup
         self._max_age_s = max_age_ms / 1000

@@ -1,5 +1,6 @@
 """A client's session on a secured broker: SCRAM login, then a short-lived token that every
-call carries (see ``actors/access_guard.py``), renewed by logging in again before it expires.
+call carries (see ``actors/security/access_guard.py``), renewed by logging in again before it
+expires.
 
 The password stays in this process's memory only (Kafka clients keep their JAAS password the
 same way, to re-authenticate); what crosses to other processes — a Ray Data read task, a push
@@ -14,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ray_broker._ray import call
-from ray_broker.actors.access_guard import fixed_session
-from ray_broker.actors.scram import DEFAULT_MECHANISM, ScramClient
+from ray_broker.actors.security.access_guard import fixed_session
+from ray_broker.actors.security.scram import DEFAULT_MECHANISM, ScramClient
 from ray_broker.errors import AuthenticationFailed, BrokerNotRunning
 
 LOGIN_TIMEOUT_S = 30.0

@@ -1,4 +1,5 @@
-"""Reading a traced record's trail back from the trace topic (``actors/message_trace.py``).
+"""Reading a traced record's trail back from the trace topic
+(``actors/partition/message_trace.py``).
 
 The trail is found with a server-side filter on the trace topic — by the event key
 ``"<topic>/<partition>/<offset>"`` or by the ``trace.id`` header — so only the record's own

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ray_broker.actors.delay_index import (
+from ray_broker.delay_index import (
     DUE_HEADER,
     FIRED_HEADER,
     PARTITION_HEADER,

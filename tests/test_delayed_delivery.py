@@ -10,8 +10,8 @@ import uuid
 import pytest
 import ray
 
-from ray_broker.actors.delay_index import DUE_HEADER
 from ray_broker.config import DELAY_SCHEDULER_NAME, DELAY_TOPIC
+from ray_broker.delay_index import DUE_HEADER
 from ray_broker.errors import InvalidRecord
 
 TOLERANCE_MS = 5_000  # generous: this checks correctness; the benchmark reports lateness

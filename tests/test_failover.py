@@ -1,9 +1,9 @@
-"""The failover planner's rules without Ray (``actors/failover.py``)."""
+"""The failover planner's rules without Ray (``actors/controller/failover.py``)."""
 
 from __future__ import annotations
 
-from ray_broker.actors.failover import plan_partition
-from ray_broker.actors.partition_state import PartitionState
+from ray_broker.actors.controller.failover import plan_partition
+from ray_broker.actors.controller.partition_state import PartitionState
 
 
 def choose_from(nodes: list[str]):

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from ray_broker.actors.assignors import ASSIGNORS
-from ray_broker.actors.group import Group, GroupState
+from ray_broker.actors.coordination.assignors import ASSIGNORS
+from ray_broker.actors.coordination.group import Group, GroupState
 from ray_broker.errors import (
     CommitFailed,
     IllegalGeneration,
@@ -200,7 +200,7 @@ test_group_never_double_assigns = GroupMachine.TestCase
 def test_a_subscription_pattern_has_a_time_budget(monkeypatch):
     """A catastrophic pattern must not stall the coordinator's loop: matching stops at the
     budget (here none at all) with what it has, and never raises."""
-    from ray_broker.actors import group
+    from ray_broker.actors.coordination import group
 
     topics = ["a" * 40 + "c"] * 100 + ["orders"]
     assert group.match_topics("ord.*", topics) == {"orders"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ray_broker.actors.partition_state import PartitionState
+from ray_broker.actors.controller.partition_state import PartitionState
 
 
 def test_election_prefers_in_sync_replicas_in_preferred_order_and_bumps_the_epoch():

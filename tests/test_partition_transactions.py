@@ -7,8 +7,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_broker.actors.partition_core import Partition
-from ray_broker.actors.partition_transactions import PartitionTransactions
+from ray_broker.actors.partition.core import Partition
+from ray_broker.actors.partition.transactions import PartitionTransactions
 from ray_broker.config import TopicConfig
 
 VALUES = pa.table({"value": pa.array([b"x", b"y"], pa.binary())})

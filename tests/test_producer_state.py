@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ray_broker.actors.producer_state import ProducerStates
+from ray_broker.actors.partition.producer_state import ProducerStates
 from ray_broker.errors import OutOfOrderSequence, ProducerFenced
 
 
@@ -96,7 +96,7 @@ def test_sequences_wrap_after_two_to_the_31():
 
 
 def test_rebuild_follows_a_wrapped_sequence_column():
-    from ray_broker.actors.partition_core import _with_producer_columns
+    from ray_broker.actors.partition.core import _with_producer_columns
 
     table = _with_producer_columns(pa.table({"value": [b"v"] * 4}), 9, 0, 2**31 - 2)
     assert table.column("sequence").to_pylist() == [2**31 - 2, 2**31 - 1, 0, 1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_broker.actors.replica import Replica, Role
+from ray_broker.actors.partition.replica import Replica, Role
 from ray_broker.errors import FencedLeaderEpoch, NotLeader
 from tests.sim.memory_partition import MemoryPartition
 
@@ -111,7 +111,7 @@ def test_the_real_partition_serves_as_the_replica_log(tmp_path) -> None:
     protocol reads must exist on it, not only on the simulator's in-memory log."""
     import pyarrow as pa
 
-    from ray_broker.actors.partition_core import Partition
+    from ray_broker.actors.partition.core import Partition
     from ray_broker.config import TopicConfig
 
     partition = Partition("t", 0, tmp_path, TopicConfig())

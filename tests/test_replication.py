@@ -369,8 +369,8 @@ def test_share_state_and_delayed_records_survive_leader_node_loss(shared_cluster
     accepted before is never delivered again, everything else is. Then (the cluster topped up)
     the node holding the schedule topic's leader dies with delayed records pending: each
     appears once, none early, none lost."""
-    from ray_broker.actors.delay_index import DUE_HEADER
     from ray_broker.config import DELAY_TOPIC
+    from ray_broker.delay_index import DUE_HEADER
 
     local = shared_cluster
     broker = rb.connect(

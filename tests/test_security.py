@@ -16,7 +16,7 @@ import pytest
 import ray
 
 import ray_broker as rb
-from ray_broker.actors.session_tokens import TokenSigner
+from ray_broker.actors.security.session_tokens import TokenSigner
 from ray_broker.config import CONTROLLER_NAME, GROUP_COORDINATOR_NAME
 from ray_broker.errors import (
     AuthenticationFailed,

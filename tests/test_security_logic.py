@@ -10,13 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_broker.actors.access_guard import AccessGuard, SecurityPolicy, SessionHandle
-from ray_broker.actors.acl import INTERNAL_PRINCIPAL, Authorizer, checked_acl
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.quotas import QuotaBook, RateMeter, checked_quota_values, entity_key
-from ray_broker.actors.scram import ScramClient, ScramServer, credentials_for, make_credential
-from ray_broker.actors.security_registry import SecurityRegistry
-from ray_broker.actors.session_tokens import SessionClaims, TokenSigner
+from ray_broker.actors.security.access_guard import AccessGuard, SecurityPolicy, SessionHandle
+from ray_broker.actors.security.acl import INTERNAL_PRINCIPAL, Authorizer, checked_acl
+from ray_broker.actors.security.quotas import QuotaBook, RateMeter, checked_quota_values, entity_key
+from ray_broker.actors.security.registry import SecurityRegistry
+from ray_broker.actors.security.scram import (
+    ScramClient,
+    ScramServer,
+    credentials_for,
+    make_credential,
+)
+from ray_broker.actors.security.session_tokens import SessionClaims, TokenSigner
 from ray_broker.errors import AuthenticationFailed, InvalidAcl, QuotaExceeded, Unauthorized
 from ray_broker.structs import Acl, QuotaEntity
 

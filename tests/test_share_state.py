@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_broker.actors.share_state import SharePartition, ShareSettings, State
+from ray_broker.actors.partition.share_state import SharePartition, ShareSettings, State
 from ray_broker.structs import AcknowledgeType
 
 ACCEPT, RELEASE, REJECT = AcknowledgeType.ACCEPT, AcknowledgeType.RELEASE, AcknowledgeType.REJECT

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ray_broker.actors.controller.topic_registry import TopicRegistry
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.topic_registry import TopicRegistry
 from ray_broker.errors import InvalidConfig, InvalidReplicationFactor
 
 

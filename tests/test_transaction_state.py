@@ -8,7 +8,7 @@ import random
 import pytest
 
 from ray_broker import errors
-from ray_broker.actors.transaction_state import MAX_EPOCH, TransactionStates, TxnState
+from ray_broker.actors.coordination.transaction_state import MAX_EPOCH, TransactionStates, TxnState
 
 
 class Clock:

@@ -183,8 +183,8 @@ class Gateway:
     def _internal_session(self) -> Callable[[], str] | None:
         if not self.secured:
             return None
-        from ray_broker.actors.access_guard import fixed_session
         from ray_broker.actors.data_dir import internal_token
+        from ray_broker.actors.security.access_guard import fixed_session
 
         return fixed_session(internal_token(Path(self._info["data_dir"])))
 

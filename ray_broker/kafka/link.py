@@ -53,7 +53,7 @@ class BrokerLink:
     @property
     def transactions(self) -> Any:
         """Started on first use, as a transactional producer of ours would."""
-        from ray_broker.actors.transaction_coordinator import TransactionCoordinator
+        from ray_broker.actors.coordination.transaction_coordinator import TransactionCoordinator
 
         return singleton(
             TransactionCoordinator, TRANSACTION_COORDINATOR_NAME, self.settings, self.namespace

@@ -1,4 +1,4 @@
-"""SASL for Kafka clients, against the broker's users (``actors/security_registry.py``).
+"""SASL for Kafka clients, against the broker's users (``actors/security/registry.py``).
 
 SCRAM-SHA-256/512 is relayed: the client's messages go to the Controller's login exchange as
 they are, so the listener never sees a password and the broker's proof reaches the client.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ray_broker.actors.scram import MECHANISMS, ScramClient, ScramServer
+from ray_broker.actors.security.scram import MECHANISMS, ScramClient, ScramServer
 from ray_broker.errors import AuthenticationFailed, BrokerError
 from ray_broker.kafka.context import Connection
 from ray_broker.kafka.error_codes import ErrorCode

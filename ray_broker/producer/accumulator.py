@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ray_broker.actors.producer_state import next_sequence
+from ray_broker.actors.partition.producer_state import next_sequence
 from ray_broker.errors import BrokerError, BrokerTimeoutError
 from ray_broker.producer.batch import PendingRecords, ProducerBatch, RecordFuture
 from ray_broker.producer.partitioner import assign_partitions, group_by_partition

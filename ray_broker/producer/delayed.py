@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ray_broker.actors.delay_index import (
+from ray_broker.delay_index import (
     DUE_HEADER,
     PARTITION_HEADER,
     PRIORITY_HEADER,

@@ -104,7 +104,7 @@ class Producer:
         self._buffer_memory = self.config.buffer_memory
         self._closed = False
         # Random ids of idempotent producers lie above the transactional id space, which the
-        # transaction coordinator allocates from (actors/transaction_state.py).
+        # transaction coordinator allocates from (actors/coordination/transaction_state.py).
         producer_id = (
             TRANSACTIONAL_ID_SPACE + secrets.randbelow(2**62 - TRANSACTIONAL_ID_SPACE)
             if self.config.enable_idempotence
@@ -149,7 +149,7 @@ class Producer:
         ``trace=True`` records the record's trail (appended, committed, delivered,
         acknowledged…) in the broker's trace log, as the topic config ``message.trace`` does
         for every record; a ``trace.id`` header, if given, lets ``ray-broker trace --id`` find
-        it (see ``actors/message_trace.py``).
+        it (see ``actors/partition/message_trace.py``).
 
         Raises:
             TopicNotFound: the topic does not exist (and auto-creation is off).

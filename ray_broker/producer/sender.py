@@ -41,7 +41,7 @@ class Sender:
         client_id: str = "",
     ) -> None:
         self._acc = accumulator
-        self._client_id = client_id  # quotas per client id (actors/quotas.py)
+        self._client_id = client_id  # quotas per client id (actors/security/quotas.py)
         self._txn = transactions
         self._cond = cond
         self._metadata = metadata

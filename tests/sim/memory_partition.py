@@ -1,6 +1,6 @@
 """An in-memory partition log for the replication simulator.
 
-It plays ``Partition`` (``actors/partition_core.py``) for ``Replica``: dense offsets, the real
+It plays ``Partition`` (``actors/partition/core.py``) for ``Replica``: dense offsets, the real
 ``LeaderEpochCache`` (in memory) and the real ``ProducerStates`` for idempotent deduplication,
 with records as plain tuples so thousands of seeded runs finish in seconds.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ray_broker.actors.producer_state import ProducerStates
+from ray_broker.actors.partition.producer_state import ProducerStates
 from ray_broker.storage.epochs import LeaderEpochCache
 
 

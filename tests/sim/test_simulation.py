@@ -14,7 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from ray_broker.actors import partition_state, replica
+from ray_broker.actors.controller import partition_state
+from ray_broker.actors.partition import replica
 from tests.sim.world import InvariantBroken, World
 
 

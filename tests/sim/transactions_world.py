@@ -28,8 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from ray_broker import errors
-from ray_broker.actors.partition_core import Partition
-from ray_broker.actors.transaction_state import MarkerPlan, TransactionStates
+from ray_broker.actors.coordination.transaction_state import MarkerPlan, TransactionStates
+from ray_broker.actors.partition.core import Partition
 from ray_broker.config import TopicConfig
 
 TOPIC = "t"

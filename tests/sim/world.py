@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_broker.actors.failover import plan_partition
-from ray_broker.actors.partition_state import PartitionState
-from ray_broker.actors.replica import Replica, Role
+from ray_broker.actors.controller.failover import plan_partition
+from ray_broker.actors.controller.partition_state import PartitionState
+from ray_broker.actors.partition.replica import Replica, Role
 from ray_broker.errors import BrokerError, FencedLeaderEpoch
 from tests.sim.memory_partition import MemoryPartition, SimRecord
 

@@ -1,6 +1,6 @@
 """The transaction coordinator actor: KIP-98 two-phase commit over partition actors.
 
-Decisions are ``TransactionStates``' (``actors/transaction_state.py``); this actor persists
+Decisions are ``TransactionStates``' (``transaction_state.py`` here); this actor persists
 them and does the I/O. State lives in a durable compacted log on the head node
 (``__internal/transaction_state``, the same ``MetadataStore`` the group coordinator keeps
 offsets in); every change is fsynced before it is answered. Finishing a transaction is:
@@ -26,11 +26,11 @@ from typing import Any
 import ray
 
 from ray_broker._ray import await_ref, classify, submit
+from ray_broker.actors.coordination.transaction_state import MarkerPlan, TransactionStates
 from ray_broker.actors.data_dir import internal_dir, internal_token, make_private
-from ray_broker.actors.guarded import GuardedActor
 from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.transaction_state import MarkerPlan, TransactionStates
+from ray_broker.actors.security.guarded import GuardedActor
 from ray_broker.config import (
     CONTROLLER_NAME,
     GROUP_COORDINATOR_NAME,

@@ -10,8 +10,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ray_broker.actors.controller.partition_state import PartitionState
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.partition_state import PartitionState
 from ray_broker.config import MAX_PARTITIONS, TopicConfig, parse_config, validate_topic_name
 from ray_broker.errors import (
     InvalidConfig,

@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ray_broker.config import DELAY_TARGET_HEADER
 from ray_broker.storage.record_filter import header_column
 
 # Headers the producer adds to a delayed record; the delivered record keeps them (the due
 # time shows how late it came).
-TOPIC_HEADER = "delay.topic"
+TOPIC_HEADER = DELAY_TARGET_HEADER
 PARTITION_HEADER = "delay.partition"
 DUE_HEADER = "delay.deliver.at"
 PRIORITY_HEADER = "delay.priority"

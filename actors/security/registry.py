@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_broker.actors.access_guard import SecurityPolicy
-from ray_broker.actors.acl import acl_matches, checked_acl, checked_user_name, tenant_of
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.quotas import checked_quota_values, entity_key
-from ray_broker.actors.scram import ScramCredential, ScramServer, checked_credentials
-from ray_broker.actors.session_tokens import TokenSigner
+from ray_broker.actors.security.access_guard import SecurityPolicy
+from ray_broker.actors.security.acl import acl_matches, checked_acl, checked_user_name, tenant_of
+from ray_broker.actors.security.quotas import checked_quota_values, entity_key
+from ray_broker.actors.security.scram import ScramCredential, ScramServer, checked_credentials
+from ray_broker.actors.security.session_tokens import TokenSigner
 from ray_broker.errors import AuthenticationFailed, InvalidAcl
 from ray_broker.structs import Acl, QuotaEntity, UserDescription
 

@@ -1,7 +1,7 @@
 """Share-partition state (Kafka's KIP-932): which records of one partition a share group has
 handed out, to whom, how often, and which are done. The decisions only — a plain class fed with
 offsets and a clock; the partition actor reads the log, persists snapshots and writes dead
-letters (``actors/share_groups.py``).
+letters (``actors/partition/share_groups.py``).
 
 The window: offsets in ``[start_offset, end_offset)`` are tracked; everything below
 ``start_offset`` is finished (accepted or archived), nothing at or past ``end_offset`` has been

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_broker.actors.acl import INTERNAL_PRINCIPAL, Authorizer
-from ray_broker.actors.quotas import WINDOW_S, WINDOWS, QuotaBook, RateMeter
-from ray_broker.actors.session_tokens import SessionClaims, TokenSigner
+from ray_broker.actors.security.acl import INTERNAL_PRINCIPAL, Authorizer
+from ray_broker.actors.security.quotas import WINDOW_S, WINDOWS, QuotaBook, RateMeter
+from ray_broker.actors.security.session_tokens import SessionClaims, TokenSigner
 from ray_broker.errors import AuthenticationFailed, QuotaExceeded, Unauthorized
 from ray_broker.structs import Acl
 

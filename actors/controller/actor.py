@@ -26,7 +26,9 @@ from ray.exceptions import ActorDiedError, ActorUnschedulableError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_broker._ray import await_ref, submit
-from ray_broker.actors.access_guard import SecurityPolicy
+from ray_broker.actors.controller.failover import plan_partition
+from ray_broker.actors.controller.partition_state import PartitionState
+from ray_broker.actors.controller.topic_registry import TopicRecord, TopicRegistry
 from ray_broker.actors.data_dir import (
     DataDirLock,
     claim_topic_dir,
@@ -35,15 +37,13 @@ from ray_broker.actors.data_dir import (
     make_private,
     release_topic_dir,
 )
-from ray_broker.actors.failover import plan_partition
 from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.partition import PartitionActor
-from ray_broker.actors.partition_state import PartitionState
-from ray_broker.actors.security_admin import SecurityAdmin
-from ray_broker.actors.security_registry import SecurityRegistry
-from ray_broker.actors.session_tokens import SessionClaims
-from ray_broker.actors.topic_registry import TopicRecord, TopicRegistry
+from ray_broker.actors.partition.actor import PartitionActor
+from ray_broker.actors.security.access_guard import SecurityPolicy
+from ray_broker.actors.security.admin import SecurityAdmin
+from ray_broker.actors.security.registry import SecurityRegistry
+from ray_broker.actors.security.session_tokens import SessionClaims
 from ray_broker.config import (
     CLIENT_VISIBLE_CONFIG,
     CONTROLLER_NAME,

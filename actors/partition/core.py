@@ -1,5 +1,5 @@
 """A partition replica's state without Ray: its log, producer state, leader epochs and high
-watermark. ``PartitionActor`` (``actors/partition.py``) wraps it.
+watermark. ``PartitionActor`` (``actors/partition/actor.py``) wraps it.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ray_broker.actors.message_trace import TraceRecorder
-from ray_broker.actors.partition_transactions import (
+from ray_broker.actors.partition.message_trace import TraceRecorder
+from ray_broker.actors.partition.producer_state import SEQUENCE_MOD, ProducerStates
+from ray_broker.actors.partition.transactions import (
     MARKER_ABORT,
     MARKER_COMMIT,
     PartitionTransactions,
 )
-from ray_broker.actors.producer_state import SEQUENCE_MOD, ProducerStates
 from ray_broker.config import RESERVED_PREFIX, TopicConfig
 from ray_broker.errors import BrokerError, InvalidRecord, UnknownTopicOrPartition
 from ray_broker.storage.epochs import LeaderEpochCache

@@ -1,11 +1,11 @@
 """Share-partition snapshots in the group coordinator's durable store (Kafka keeps them in its
 ``__share_group_state`` topic, written by a share coordinator).
 
-The partition leader decides (``actors/share_state.py``); it saves a snapshot here after every
-acknowledgement, as a consumer-group member commits offsets, so the state outlives the leader's
-process and node. Writes are fenced by leader epoch: once a newer leader of the partition has
-loaded the state, a deposed leader's late save is refused. Saves arriving together are written
-with one fsync (group commit), which keeps per-record acknowledgements affordable.
+The partition leader decides (``actors/partition/share_state.py``); it saves a snapshot here
+after every acknowledgement, as a consumer-group member commits offsets, so the state outlives
+the leader's process and node. Writes are fenced by leader epoch: once a newer leader of the
+partition has loaded the state, a deposed leader's late save is refused. Saves arriving together
+are written with one fsync (group commit), which keeps per-record acknowledgements affordable.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ships a partition's trace events (``actors/message_trace.py``) to the trace topic."""
+"""Ships a partition's trace events (``actors/partition/message_trace.py``) to the trace topic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ray_broker._ray import await_ref, submit
-from ray_broker.actors.message_trace import TraceRecorder
+from ray_broker.actors.partition.message_trace import TraceRecorder
 from ray_broker.config import TRACE_TOPIC
 from ray_broker.errors import TopicExists
 

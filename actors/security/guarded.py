@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ray_broker._ray import await_ref, submit
-from ray_broker.actors.access_guard import AccessGuard, SecurityPolicy
-from ray_broker.actors.session_tokens import SessionClaims
+from ray_broker.actors.security.access_guard import AccessGuard, SecurityPolicy
+from ray_broker.actors.security.session_tokens import SessionClaims
 from ray_broker.errors import BrokerNotRunning
 
 POLICY_PULL_TIMEOUT_S = 30.0

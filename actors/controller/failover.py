@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from ray_broker.actors.partition_state import PartitionState
+from ray_broker.actors.controller.partition_state import PartitionState
 
 ChooseNodes = Callable[[int, set[str]], list[str]]
 

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_broker._ray import await_ref, submit
-from ray_broker.actors.message_trace import traced_rows
-from ray_broker.actors.share_state import Delivery, SharePartition, ShareSettings, State
+from ray_broker.actors.partition.message_trace import traced_rows
+from ray_broker.actors.partition.share_state import Delivery, SharePartition, ShareSettings, State
 from ray_broker.config import (
     DLQ_HEADERS,
     GROUP_COORDINATOR_NAME,
@@ -49,7 +49,7 @@ from ray_broker.storage.record_filter import RecordFilter, checked_filter
 from ray_broker.structs import AcknowledgeType, FetchResponse
 
 if TYPE_CHECKING:
-    from ray_broker.actors.partition import PartitionActor
+    from ray_broker.actors.partition.actor import PartitionActor
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import regex
 
-from ray_broker.actors.assignors import ASSIGNORS, STRATEGIES, TopicPartitionKey
+from ray_broker.actors.coordination.assignors import ASSIGNORS, STRATEGIES, TopicPartitionKey
 from ray_broker.errors import (
     CommitFailed,
     IllegalGeneration,

@@ -32,19 +32,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_broker._ray import await_ref, classify, submit
-from ray_broker.actors.access_guard import DISABLED
 from ray_broker.actors.data_dir import make_private
-from ray_broker.actors.delay_index import TOPIC_HEADER
-from ray_broker.actors.guarded import GuardedActor
 from ray_broker.actors.lean_arrow import skip_pandas_probe
-from ray_broker.actors.message_trace import traced_rows
-from ray_broker.actors.partition_core import Partition
+from ray_broker.actors.partition.core import Partition
+from ray_broker.actors.partition.message_trace import traced_rows
+from ray_broker.actors.partition.replica import Replica, Role
+from ray_broker.actors.partition.share_groups import ShareGroups
+from ray_broker.actors.partition.trace_shipper import TraceShipper
 from ray_broker.actors.priority import serve_at_normal_priority
-from ray_broker.actors.replica import Replica, Role
-from ray_broker.actors.session_tokens import SessionClaims
-from ray_broker.actors.share_groups import ShareGroups
-from ray_broker.actors.trace_shipper import TraceShipper
-from ray_broker.config import DELAY_TOPIC, TopicConfig, parse_config
+from ray_broker.actors.security.access_guard import DISABLED
+from ray_broker.actors.security.guarded import GuardedActor
+from ray_broker.actors.security.session_tokens import SessionClaims
+from ray_broker.config import DELAY_TARGET_HEADER, DELAY_TOPIC, TopicConfig, parse_config
 from ray_broker.errors import (
     BrokerBusy,
     BrokerError,
@@ -436,7 +435,7 @@ class PartitionActor(GuardedActor):
         """
         if not isinstance(batch, pa.Table) or "headers" not in batch.column_names:
             raise InvalidRecord(f"{self.core.name}: a batch of records has a headers column")
-        targets = pc.unique(header_column(batch.column("headers"), TOPIC_HEADER))
+        targets = pc.unique(header_column(batch.column("headers"), DELAY_TARGET_HEADER))
         for target in targets.to_pylist():
             name = target.decode("utf-8", "replace") if isinstance(target, bytes) else ""
             self._guard.check(session, "write", "topic", name)
@@ -698,7 +697,7 @@ class PartitionActor(GuardedActor):
             self._check_leader()
         return table, next_offset, woke_ns
 
-    # --- share groups (queue semantics; see actors/share_groups.py) ----------------------------
+    # --- share groups (queue semantics; see share_groups.py) ------------------------------------
 
     async def share_fetch(
         self,

@@ -17,7 +17,7 @@ partition one batched produce per ``TRACE_FLUSH_MS``, not one call per event. Tr
 a column-name check per produced batch and a null count per fetched one.
 
 ``TraceRecorder`` (plain, here) collects events in a bounded buffer; ``TraceShipper``
-(``actors/trace_shipper.py``, asyncio in the partition actor) ships them. Events beyond the
+(``trace_shipper.py``, asyncio in the partition actor) ships them. Events beyond the
 bound are counted and logged as dropped, never silently lost; the record itself is never
 delayed by its trace.
 """

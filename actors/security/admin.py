@@ -15,10 +15,10 @@ from typing import Any
 
 import ray
 
-from ray_broker.actors.access_guard import SecurityPolicy
-from ray_broker.actors.acl import CLUSTER
-from ray_broker.actors.guarded import GuardedActor
-from ray_broker.actors.security_registry import SecurityRegistry
+from ray_broker.actors.security.access_guard import SecurityPolicy
+from ray_broker.actors.security.acl import CLUSTER
+from ray_broker.actors.security.guarded import GuardedActor
+from ray_broker.actors.security.registry import SecurityRegistry
 from ray_broker.config import (
     DELAY_SCHEDULER_NAME,
     GROUP_COORDINATOR_NAME,

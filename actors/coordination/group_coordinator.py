@@ -22,12 +22,12 @@ from typing import Any
 import ray
 
 from ray_broker._ray import await_ref, classify, submit
+from ray_broker.actors.coordination.group import Group, Heartbeat, compile_pattern
+from ray_broker.actors.coordination.share_state_store import ShareStateStore, decode_share_key
 from ray_broker.actors.data_dir import internal_dir, internal_token, make_private
-from ray_broker.actors.group import Group, Heartbeat, compile_pattern
-from ray_broker.actors.guarded import GuardedActor
 from ray_broker.actors.lean_arrow import skip_pandas_probe
 from ray_broker.actors.metadata_store import MetadataStore
-from ray_broker.actors.share_state_store import ShareStateStore, decode_share_key
+from ray_broker.actors.security.guarded import GuardedActor
 from ray_broker.config import (
     CONTROLLER_NAME,
     MAX_SESSION_TIMEOUT_MS,

@@ -1,0 +1,1 @@
+"""The Controller: topic metadata, partition placement, the cluster watch and leader elections."""
