@@ -50,7 +50,7 @@ def test_group_commits_follow_new_partition_actors_after_the_cached_ones_died(br
 def test_a_producer_the_partition_forgot_resumes_without_waiting(broker, topic):
     """An unknown producer id with sequence > 0 and nothing in flight before it used to wait
     out SEQUENCE_WAIT_MS (5 s) on every batch."""
-    from ray_broker.actors.partition.actor import SEQUENCE_WAIT_MS
+    from ray_broker.actors.partition.produce_calls import SEQUENCE_WAIT_MS
 
     leader = _leader(broker, topic)
     batch = pa.table({"value": pa.array([b"a", b"b"], pa.binary())})

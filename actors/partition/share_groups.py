@@ -19,15 +19,20 @@ import contextlib
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_broker._ray import await_ref, submit
+from ray_broker.actors.partition.core import Partition
 from ray_broker.actors.partition.message_trace import traced_rows
+from ray_broker.actors.partition.named_actors import NamedActors
+from ray_broker.actors.partition.replica import Replica
 from ray_broker.actors.partition.share_state import Delivery, SharePartition, ShareSettings, State
+from ray_broker.actors.partition.signals import PartitionSignals
+from ray_broker.actors.partition.trace_shipper import TraceShipper
 from ray_broker.config import (
     DLQ_HEADERS,
     GROUP_COORDINATOR_NAME,
@@ -37,7 +42,6 @@ from ray_broker.config import (
     validate_group_id,
 )
 from ray_broker.errors import (
-    BrokerError,
     GroupNotEmpty,
     InvalidConfig,
     TopicExists,
@@ -47,9 +51,6 @@ from ray_broker.storage.ipc import to_ipc
 from ray_broker.storage.log import wall_clock_ms
 from ray_broker.storage.record_filter import RecordFilter, checked_filter
 from ray_broker.structs import AcknowledgeType, FetchResponse
-
-if TYPE_CHECKING:
-    from ray_broker.actors.partition.actor import PartitionActor
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +105,29 @@ def _check_acknowledgements(acks: object) -> list[tuple[list[int], AcknowledgeTy
 
 class ShareGroups:
     """See the module docstring. Lives inside a ``PartitionActor`` and uses its log, leader
-    state and wake-ups; state is dropped whenever the replica stops leading."""
+    state and wake-ups; state is dropped whenever the replica stops leading.
 
-    def __init__(self, actor: PartitionActor) -> None:
-        self.actor = actor
-        self.core = actor.core
+    ``named`` calls the group coordinator (where snapshots are kept); ``controller`` creates
+    dead-letter topics and finds their leaders; ``fetch_wait_cap_ms`` caps a long poll.
+    """
+
+    def __init__(
+        self,
+        core: Partition,
+        replica: Replica,
+        signals: PartitionSignals,
+        traces: TraceShipper,
+        named: NamedActors,
+        controller: Any,
+        fetch_wait_cap_ms: int,
+    ) -> None:
+        self.core = core
+        self.replica = replica
+        self.signals = signals
+        self.traces = traces
+        self._named = named
+        self._controller = controller
+        self._fetch_wait_cap_ms = fetch_wait_cap_ms
         self.groups: dict[str, SharePartition] = {}
         self.filters: dict[str, RecordFilter | None] = {}
         self._epoch = -1
@@ -127,28 +146,13 @@ class ShareGroups:
     # --- state ----------------------------------------------------------------------------------
 
     async def _coordinator_call(self, method: str, *args: Any) -> Any:
-        import ray
-
-        if self._coordinator is None:
-            try:
-                self._coordinator = ray.get_actor(
-                    GROUP_COORDINATOR_NAME, namespace=self.actor._namespace
-                )
-            except ValueError:
-                from ray_broker.errors import BrokerNotRunning
-
-                raise BrokerNotRunning("the group coordinator is not running") from None
-        try:
-            ref = submit(getattr(self._coordinator, method), *args, session=self.actor._token)
-            return await await_ref(ref, COORDINATOR_CALL_TIMEOUT_S)
-        except BrokerError as exc:
-            if exc.retriable:
-                self._coordinator = None
-            raise
+        return await self._named.call(
+            GROUP_COORDINATOR_NAME, method, *args, timeout_s=COORDINATOR_CALL_TIMEOUT_S
+        )
 
     async def state(self, group: str, reset: str = "latest") -> SharePartition:
         """The group's state in this leader epoch, loaded (or started at ``reset``) once."""
-        epoch = self.actor.replica.leader_epoch
+        epoch = self.replica.leader_epoch
         if epoch != self._epoch:
             await self._change_epoch(epoch)
         found = self.groups.get(group)
@@ -176,7 +180,7 @@ class ShareGroups:
         held_by, document = await self._coordinator_call(
             "share_load", group, self.core.topic, self.core.partition, epoch
         )
-        self.actor._check_leader()
+        self.replica.check_leader()
         return held_by, document
 
     async def _change_epoch(self, epoch: int) -> None:
@@ -290,7 +294,7 @@ class ShareGroups:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidConfig(f"share fetch {name} must be an int >= 0, got {value!r}")
         max_records = max(1, min(max_records, SHARE_FETCH_MAX_RECORDS))
-        deadline = time.monotonic() + min(max_wait_ms, self.actor._fetch_wait_cap_ms) / 1000
+        deadline = time.monotonic() + min(max_wait_ms, self._fetch_wait_cap_ms) / 1000
         share = await self.state(group, reset)
         while True:
             now = wall_clock_ms()
@@ -301,14 +305,13 @@ class ShareGroups:
                 self._fill(group, share)
                 acquired = share.acquire(member, max_records, now)
             remaining = deadline - time.monotonic()
-            if acquired or remaining <= 0 or self.actor._data_arrived is None:
+            if acquired or remaining <= 0:
                 break
             upcoming = share.next_change_ms()
             if upcoming is not None:
                 remaining = min(remaining, max((upcoming - now) / 1000, 0.001))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.actor._data_arrived.wait(), remaining)
-            self.actor._check_leader()
+            await self.signals.wait_for_data(remaining)
+            self.replica.check_leader()
             if self.groups.get(group) is not share:
                 share = await self.state(group, reset)
         acquired.sort(key=lambda a: a.offset)
@@ -326,7 +329,7 @@ class ShareGroups:
             traced = traced_rows(table)
             if len(traced):
                 self.core.trace.delivered(table, traced, group, member=member)
-                self.actor.traces.start()
+                self.traces.start()
         return FetchResponse(
             to_ipc(table),
             table.num_rows,
@@ -358,13 +361,13 @@ class ShareGroups:
             if trace.awaiting_answer:
                 done = set(offsets).difference(refused)
                 trace.answered(_ANSWERED[kind], group, sorted(done), member=member, error=error)
-                self.actor.traces.start()
+                self.traces.start()
         self._after_change(group, share)
         await self.save(group)
         return failed
 
     def _after_change(self, group: str, share: SharePartition) -> None:
-        self.actor._notify_data()  # released records wake parked fetches
+        self.signals.data_arrived()  # released records wake parked fetches
         if share.dead_letters(1):
             self._start_writer(group)
 
@@ -449,10 +452,10 @@ class ShareGroups:
                     self.core.trace.answered(
                         "dead_lettered", group, share.dlq_batch or [], dead_letter_topic=target
                     )
-                    self.actor.traces.start()
+                    self.traces.start()
                 share.dead_letter_batch_written()
                 await self.save(group)
-                self.actor._notify_data()
+                self.signals.data_arrived()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a moving DLQ leader, a restarting coordinator: retry
@@ -511,7 +514,7 @@ class ShareGroups:
                 share.dlq_next_sequence,
                 -1,
                 False,
-                session=self.actor._token,
+                session=self._named.token,
             )
             await await_ref(ref, COORDINATOR_CALL_TIMEOUT_S)
 
@@ -521,9 +524,9 @@ class ShareGroups:
             return leader
         if target is None:
             raise InvalidConfig("share.dlq.topic is empty: no dead-letter topic")
-        controller = self.actor._controller
-        token = self.actor._token
-        replication = max(len(self.actor.replica.followers) + 1, 1)
+        controller = self._controller
+        token = self._named.token
+        replication = max(len(self.replica.followers) + 1, 1)
         with contextlib.suppress(TopicExists):
             await await_ref(
                 submit(controller.create_topic, target, 1, replication, None, session=token),

@@ -15,7 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 from ray_broker.actors.controller import partition_state
-from ray_broker.actors.partition import replica
+from ray_broker.actors.partition import replica, replication
 from tests.sim.world import InvariantBroken, World
 
 
@@ -69,6 +69,19 @@ def test_simulator_catches_a_high_watermark_that_ignores_the_isr(monkeypatch) ->
 
 def test_simulator_catches_followers_that_never_truncate(monkeypatch) -> None:
     monkeypatch.setattr(replica.Replica, "truncation_point", lambda self, epochs, end: None)
+    failure = _first_failure(range(300))
+    assert failure is not None and "disagrees" in str(failure)
+
+
+def test_simulator_drives_the_shipped_sender(monkeypatch) -> None:
+    """A sender that skips the epoch comparison (it takes every follower as it is) is caught:
+    the simulator runs the replication sender the partition actor ships, not a copy."""
+
+    def never_cut(self, follower_epochs, follower_end):
+        self._synced_at(follower_end)
+        return None
+
+    monkeypatch.setattr(replication.FollowerSender, "on_epoch_state", never_cut)
     failure = _first_failure(range(300))
     assert failure is not None and "disagrees" in str(failure)
 

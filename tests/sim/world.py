@@ -4,10 +4,11 @@ simulator, on a small scale).
 One seed fixes everything: the network's drops, delays, duplicates and reorders, and the faults
 — process crashes with restarts, frozen (hung) processes, network partitions and lost nodes.
 The real decision code runs unchanged: ``Replica`` (roles, epochs, HW over the ISR, ISR
-changes, KIP-101 truncation), ``PartitionState`` and ``plan_partition`` (the Controller's
-elections and replacements), ``ProducerStates`` (idempotence) and ``LeaderEpochCache``. The
-shells here do what ``PartitionActor`` and the ``Controller`` do with Ray: deliver messages and
-wait.
+changes, KIP-101 truncation), ``FollowerSender`` (the leader's replication to each follower:
+what to send next and what each answer means — the class ``PartitionActor`` ships),
+``PartitionState`` and ``plan_partition`` (the Controller's elections and replacements),
+``ProducerStates`` (idempotence) and ``LeaderEpochCache``. The shells here do what
+``PartitionActor`` and the ``Controller`` do with Ray: deliver messages and wait.
 
 After every event the invariants are checked:
 
@@ -33,6 +34,13 @@ from typing import Any
 from ray_broker.actors.controller.failover import plan_partition
 from ray_broker.actors.controller.partition_state import PartitionState
 from ray_broker.actors.partition.replica import Replica, Role
+from ray_broker.actors.partition.replication import (
+    EpochQuery,
+    FollowerSender,
+    Push,
+    Request,
+    Truncate,
+)
 from ray_broker.errors import BrokerError, FencedLeaderEpoch
 from tests.sim.memory_partition import MemoryPartition, SimRecord
 
@@ -82,7 +90,7 @@ class Node:
 
 @dataclass
 class Link:
-    synced: bool = False
+    sender: FollowerSender
     attempt: int = 0
     sent_at: float = -1.0  # < 0: nothing in flight
 
@@ -123,7 +131,7 @@ class SimReplica:
             if role == "leader":
                 self.replica.become_leader(epoch, replicas, isr)
                 self.peers = {s: n for s, n in replicas.items() if s != self.slot}
-                self.links = {s: Link() for s in self.peers}
+                self.links = {s: Link(self._sender(s)) for s in self.peers}
                 if epoch == self.world.state.epoch:  # a stale role order leads nothing
                     self.world.check_new_leader(self)
                 self.after_hw()
@@ -189,7 +197,12 @@ class SimReplica:
         self.world.check_hw(self)
         self.check_waiters()
 
-    # --- leader: one request in flight per follower ---
+    # --- leader: one request in flight per follower, decided by the shipped FollowerSender ---
+
+    def _sender(self, slot: str) -> FollowerSender:
+        return FollowerSender(
+            self.replica, slot, self.log.read, len, lambda _moved: self.after_hw(), PUSH_RECORDS
+        )
 
     def push_all(self) -> None:
         for slot in list(self.links):
@@ -199,139 +212,95 @@ class SimReplica:
         if self.replica.role != Role.LEADER or slot not in self.links:
             return
         link = self.links[slot]
-        now = self.world.now
-        if link.sent_at >= 0 and now - link.sent_at < REQUEST_TIMEOUT_S:
+        if link.sent_at >= 0 and self.world.now - link.sent_at < REQUEST_TIMEOUT_S:
             return  # one request in flight (a lost one is given up after the timeout)
-        progress = self.replica.followers[slot]
-        epoch = self.replica.leader_epoch
+        request = link.sender.next_request(heartbeat=idle)
+        if request is None:
+            link.sent_at = -1.0
+            return
+        self._send(slot, link, request)
+
+    def _send(self, slot: str, link: Link, request: Request) -> None:
         link.attempt += 1
         attempt = link.attempt
-        link.sent_at = now
+        link.sent_at = self.world.now
         target = self.world.replicas_by_node(self.peers[slot])
-        if not link.synced:
-            self.world.send(
-                self.node,
-                self.peers[slot],
-                lambda t=target: (
-                    t
-                    and t.on_epoch_query(
-                        epoch,
-                        lambda k, b: self.world.send(
-                            t.node,
-                            self.node.node_id,
-                            lambda: self.on_epoch_state(slot, attempt, k, b),
-                            f"epoch-state {t.slot}->{self.slot}",
-                        ),
-                    )
-                ),
-                f"epoch-query {self.slot}->{slot} e{epoch}",
-            )
-            return
-        leader_end = self.log.log_end_offset
-        if progress.log_end_offset >= leader_end:
-            self.replica.mark_caught_up(slot)
-            if not idle:
-                link.sent_at = -1.0
-                return
-        records = self.log.read(progress.log_end_offset, PUSH_RECORDS)
-        sent_end = records[-1].offset + 1 if records else progress.log_end_offset
-        epochs = list(self.log.epochs.entries)
-        hw = self.log.high_watermark
-        self.world.send(
-            self.node,
-            self.peers[slot],
-            lambda t=target: (
-                t
-                and t.on_push(
-                    epoch,
-                    records,
-                    epochs,
-                    hw,
-                    lambda k, b: self.world.send(
-                        t.node,
-                        self.node.node_id,
-                        lambda: self.on_pushed(slot, attempt, sent_end, k, b),
-                        f"pushed {t.slot}->{self.slot}",
-                    ),
-                )
-            ),
-            f"push {self.slot}->{slot} e{epoch} {len(records)} from {progress.log_end_offset}",
-        )
 
-    def _current(self, slot: str, attempt: int) -> Link | None:
+        def answer(handler: Callable[[str, Any], None], what: str) -> Callable[[str, Any], None]:
+            def reply(kind: str, body: Any) -> None:
+                assert target is not None
+                self.world.send(target.node, self.node.node_id, lambda: handler(kind, body), what)
+
+            return reply
+
+        back = f"{slot}->{self.slot}"
+        if isinstance(request, EpochQuery):
+            reply = answer(lambda k, b: self.on_epoch_state(slot, attempt, k, b), f"epoch {back}")
+            what = f"epoch-query {self.slot}->{slot} e{request.epoch}"
+
+            def deliver() -> None:
+                if target is not None:
+                    target.on_epoch_query(request.epoch, reply)
+
+        elif isinstance(request, Truncate):
+            reply = answer(lambda k, b: self.on_truncated(slot, attempt, k, b), f"cut {back}")
+            what = f"truncate {self.slot}->{slot} to {request.offset}"
+
+            def deliver() -> None:
+                if target is not None:
+                    target.on_truncate(request.epoch, request.offset, request.expected_end, reply)
+
+        else:
+            push: Push = request
+            reply = answer(lambda k, b: self.on_pushed(slot, attempt, push, k, b), f"push {back}")
+            count = len(push.records or [])
+            what = f"push {self.slot}->{slot} e{push.epoch} {count} from {push.start}"
+
+            def deliver() -> None:
+                if target is not None:
+                    target.on_push(
+                        push.epoch, push.records or [], push.epochs, push.high_watermark, reply
+                    )
+
+        self.world.send(self.node, self.peers[slot], deliver, what)
+
+    def _current(self, slot: str, attempt: int, kind: str) -> Link | None:
+        """The link an answer belongs to, unless it is stale or says this leader is fenced."""
         link = self.links.get(slot)
         if link is None or link.attempt != attempt or self.replica.role != Role.LEADER:
             return None
         link.sent_at = -1.0
-        return link
-
-    def _fenced(self, kind: str) -> bool:
         if kind == "Fenced":
-            self.replica.step_down(self.replica.leader_epoch + 1)
+            link.sender.on_fenced()
             self.links = {}
             self.check_waiters()
-            return True
-        return False
+            return None
+        if kind != "ok":
+            link.sender.on_log_moved()  # the follower's log moved: compare epochs again
+            return None
+        return link
 
     def on_epoch_state(self, slot: str, attempt: int, kind: str, body: Any) -> None:
-        link = self._current(slot, attempt)
-        if link is None or self._fenced(kind):
+        link = self._current(slot, attempt, kind)
+        if link is None:
             return
-        follower_epochs, follower_end = body
-        target = self.replica.truncation_point(follower_epochs, follower_end)
-        if target is None:
-            link.synced = True
-            self.replica.on_follower_progress(slot, follower_end, self.log.log_end_offset)
-            self.after_hw()
+        cut = link.sender.on_epoch_state(*body)
+        if cut is None:
             self.push(slot)
-            return
-        epoch = self.replica.leader_epoch
-        link.attempt += 1
-        attempt = link.attempt
-        link.sent_at = self.world.now
-        t = self.world.replicas_by_node(self.peers[slot])
-        self.world.send(
-            self.node,
-            self.peers[slot],
-            lambda: (
-                t
-                and t.on_truncate(
-                    epoch,
-                    target,
-                    follower_end,
-                    lambda k, b: self.world.send(
-                        t.node,
-                        self.node.node_id,
-                        lambda: self.on_truncated(slot, attempt, k, b),
-                        f"truncated {t.slot}->{self.slot}",
-                    ),
-                )
-            ),
-            f"truncate {self.slot}->{slot} to {target}",
-        )
+        else:
+            self._send(slot, link, cut)
 
     def on_truncated(self, slot: str, attempt: int, kind: str, body: Any) -> None:
-        link = self._current(slot, attempt)
-        if link is None or self._fenced(kind):
-            return
-        if kind != "ok":
-            link.synced = False
-            return
-        link.synced = True
-        self.replica.on_follower_progress(slot, body, self.log.log_end_offset)
-        self.after_hw()
-        self.push(slot)
+        link = self._current(slot, attempt, kind)
+        if link is not None:
+            link.sender.on_truncated(body)
+            self.push(slot)
 
-    def on_pushed(self, slot: str, attempt: int, sent_end: int, kind: str, body: Any) -> None:
-        link = self._current(slot, attempt)
-        if link is None or self._fenced(kind):
-            return
-        if kind != "ok":
-            link.synced = False  # the follower's log moved: compare epochs again
-            return
-        self.replica.on_follower_progress(slot, body, sent_end)
-        self.after_hw()
-        self.push(slot)
+    def on_pushed(self, slot: str, attempt: int, push: Push, kind: str, body: Any) -> None:
+        link = self._current(slot, attempt, kind)
+        if link is not None:
+            link.sender.on_pushed(push, body)
+            self.push(slot)
 
     # --- follower side ---
 
