@@ -33,13 +33,21 @@ POLICY_PUSH_TIMEOUT_S = 10.0
 
 
 class SecurityAdmin(GuardedActor):
-    """Mixin of the Controller (which provides ``security``, ``_actors``, ``namespace`` and
-    ``_token``)."""
+    """The security call group of the Controller actor, which provides ``security`` (the
+    registry), ``namespace``, ``_token`` and ``_policy_targets``.
+
+    A call group rather than an actor of its own: every other actor pulls its rules from the
+    Controller at start, and the Controller already knows every partition replica to push a
+    change to; a separate actor would cost another process and a hop on every login."""
 
     security: SecurityRegistry
     namespace: str
-    _actors: dict[Any, Any]
     _token: str
+
+    def _policy_targets(self) -> list[Any]:
+        """The actors besides the named coordinators that check calls (the Controller's
+        partition replicas)."""
+        return []
 
     # --- login (the only calls without a session) -----------------------------------------
 
@@ -174,7 +182,7 @@ class SecurityAdmin(GuardedActor):
         when it starts again)."""
         policy = self.security.policy()
         self._guard.apply(policy)
-        handles = list(self._actors.values())
+        handles = list(self._policy_targets())
         for name in (GROUP_COORDINATOR_NAME, TRANSACTION_COORDINATOR_NAME, DELAY_SCHEDULER_NAME):
             try:
                 handles.append(ray.get_actor(name, namespace=self.namespace))
