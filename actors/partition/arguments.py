@@ -4,6 +4,9 @@ with a typed error before they reach the log (a Ray call carries any Python obje
 from __future__ import annotations
 
 from ray_broker.errors import InvalidConfig, InvalidRecord
+from ray_broker.structs import AcknowledgeType
+
+ACK_ERROR_MAX_CHARS = 1_000  # a reject's error text, as kept with the record
 
 
 def is_int(value: object, low: int, high: int) -> bool:
@@ -42,3 +45,32 @@ def check_epoch_value(epoch: object) -> None:
     """Raises InvalidRecord unless ``epoch`` is a leader epoch."""
     if not is_int(epoch, 0, 2**31 - 1):
         raise InvalidRecord(f"a leader epoch is an int in [0, 2**31), got {epoch!r}")
+
+
+def check_acknowledgements(
+    acks: object,
+) -> list[tuple[list[int], AcknowledgeType, str | None]]:
+    """A share member's answers, checked: ``[(offsets, kind, error text)]``.
+
+    Raises:
+        InvalidConfig: not a list of (list of int offsets, accept|release|reject, text).
+    """
+    if not isinstance(acks, list):
+        raise InvalidConfig(f"acknowledgements are a list, got {type(acks).__name__}")
+    out = []
+    for entry in acks:
+        try:
+            offsets, kind, error = entry
+            kind = AcknowledgeType(kind)
+        except (TypeError, ValueError):
+            raise InvalidConfig(
+                f"an acknowledgement is (offsets, 'accept'|'release'|'reject', error text), "
+                f"got {entry!r}"
+            ) from None
+        if not isinstance(offsets, list) or not all(
+            isinstance(o, int) and not isinstance(o, bool) for o in offsets
+        ):
+            raise InvalidConfig(f"acknowledged offsets are a list of ints, got {offsets!r}")
+        text = None if error is None else str(error)[:ACK_ERROR_MAX_CHARS]
+        out.append((offsets, kind, text))
+    return out

@@ -26,15 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ray_broker._ray import await_ref, submit
+from ray_broker.actors.partition.arguments import check_acknowledgements
 from ray_broker.actors.partition.core import Partition
+from ray_broker.actors.partition.dead_letter_rows import dead_letter_rows
 from ray_broker.actors.partition.message_trace import traced_rows
 from ray_broker.actors.partition.named_actors import NamedActors
 from ray_broker.actors.partition.replica import Replica
-from ray_broker.actors.partition.share_state import Delivery, SharePartition, ShareSettings, State
+from ray_broker.actors.partition.share_state import SharePartition, ShareSettings, State
 from ray_broker.actors.partition.signals import PartitionSignals
 from ray_broker.actors.partition.trace_shipper import TraceShipper
 from ray_broker.config import (
-    DLQ_HEADERS,
     GROUP_COORDINATOR_NAME,
     TRANSACTIONAL_ID_SPACE,
     TopicConfig,
@@ -59,7 +60,6 @@ DEAD_LETTER_BATCH_RECORDS = 1_000
 DEAD_LETTER_RETRY_S = 0.5
 PRIORITY_MASK = 0x0F  # the low bits of ``attributes`` hold a record's priority
 SHARE_FETCH_MAX_RECORDS = 10_000
-ACK_ERROR_MAX_CHARS = 1_000
 
 
 def settings_of(config: TopicConfig) -> ShareSettings:
@@ -79,28 +79,6 @@ _ANSWERED = {
     AcknowledgeType.RELEASE: "released",
     AcknowledgeType.REJECT: "rejected",
 }
-
-
-def _check_acknowledgements(acks: object) -> list[tuple[list[int], AcknowledgeType, str | None]]:
-    if not isinstance(acks, list):
-        raise InvalidConfig(f"acknowledgements are a list, got {type(acks).__name__}")
-    out = []
-    for entry in acks:
-        try:
-            offsets, kind, error = entry
-            kind = AcknowledgeType(kind)
-        except (TypeError, ValueError):
-            raise InvalidConfig(
-                f"an acknowledgement is (offsets, 'accept'|'release'|'reject', error text), "
-                f"got {entry!r}"
-            ) from None
-        if not isinstance(offsets, list) or not all(
-            isinstance(o, int) and not isinstance(o, bool) for o in offsets
-        ):
-            raise InvalidConfig(f"acknowledged offsets are a list of ints, got {offsets!r}")
-        text = None if error is None else str(error)[:ACK_ERROR_MAX_CHARS]
-        out.append((offsets, kind, text))
-    return out
 
 
 class ShareGroups:
@@ -349,7 +327,7 @@ class ShareGroups:
         not apply (not held by ``member``: never delivered to it, already answered, or its lock
         expired), after applying the rest."""
         validate_group_id(group)
-        checked = _check_acknowledgements(acks)
+        checked = check_acknowledgements(acks)
         share = await self.state(group)
         now = wall_clock_ms()
         share.expire(now)
@@ -469,40 +447,19 @@ class ShareGroups:
         assert share.dlq_batch is not None
         target = self.dead_letter_topic(group)
         offsets = share.dlq_batch
-        deliveries = [share.records.get(o) or share._restored.get(o) or Delivery() for o in offsets]
-        table = self._records(share, offsets)
-        found = table.column("offset").to_pylist()
-        by_offset = dict(zip(offsets, deliveries, strict=True))
-        headers = []
-        for offset, original in zip(found, table.column("headers").to_pylist(), strict=True):
-            delivery = by_offset[offset]
-            values = (
-                self.core.topic,
-                str(self.core.partition),
-                str(offset),
-                str(delivery.count),
-                delivery.reason or "rejected",
-                delivery.error or "",
-                group,
-            )
-            extra = [
-                {"key": k, "value": v.encode()} for k, v in zip(DLQ_HEADERS, values, strict=True)
-            ]
-            headers.append((original or []) + extra)
-        letters = pa.table(
-            {
-                "timestamp": table.column("timestamp"),
-                "key": table.column("key"),
-                "value": table.column("value"),
-                "headers": pa.array(headers, table.schema.field("headers").type),
-            }
+        letters = dead_letter_rows(
+            self._records(share, offsets),
+            {o: share.delivery_of(o) for o in offsets},
+            self.core.topic,
+            self.core.partition,
+            group,
         )
-        if len(found) != len(offsets):
+        if letters.num_rows != len(offsets):
             # Retention removed some of them: there is nothing left to copy for those.
             logger.warning(
                 "%s: %d dead letters no longer in the log",
                 self.core.name,
-                len(offsets) - len(found),
+                len(offsets) - letters.num_rows,
             )
         leader = await self._dead_letter_leader(group, target)
         if letters.num_rows:

@@ -340,6 +340,10 @@ class SharePartition:
             return []
         return [(offset, self.records[offset]) for offset in sorted(self._dead)[:limit]]
 
+    def delivery_of(self, offset: int) -> Delivery:
+        """What is known of a record's deliveries (held now, or restored from a snapshot)."""
+        return self.records.get(offset) or self._restored.get(offset) or Delivery()
+
     def begin_dead_letter_batch(self, offsets: list[int], producer_id: int) -> int:
         """Fix the batch (and its sequence) before writing it: saved in the snapshot, a write
         repeated after a crash carries the same producer id and sequence, and the dead-letter
