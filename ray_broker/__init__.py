@@ -37,7 +37,7 @@ if os.environ.get("RAY_ADDRESS", "127.0.0.1").startswith(("127.0.0.1", "localhos
 __version__ = "0.1.0"
 
 _LAZY = {
-    "connect": "ray_broker.broker",
+    "connect": "ray_broker.entrypoint",
     "Broker": "ray_broker.broker",
     "Producer": "ray_broker.producer",
     "RecordFuture": "ray_broker.producer",
@@ -57,10 +57,11 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from ray_broker.admin import Admin
-    from ray_broker.broker import Broker, connect
+    from ray_broker.broker import Broker
     from ray_broker.consumer import Consumer, ConsumerRebalanceListener
     from ray_broker.consumer.share_consumer import ShareConsumer
     from ray_broker.data import TopicDatasink, read_topic, write_topic
+    from ray_broker.entrypoint import connect
     from ray_broker.producer import BatchFuture, Producer, RecordFuture
     from ray_broker.push import PushSubscription
     from ray_broker.storage.record_filter import RecordFilter

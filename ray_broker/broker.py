@@ -18,7 +18,6 @@ from ray_broker.config import (
     BrokerConfig,
     default_data_dir,
     parse_config,
-    parse_kafka_listeners,
 )
 from ray_broker.edge_actors import (
     CONSOLE_PREFIX,
@@ -192,6 +191,12 @@ class Broker:
             self._session,
         )
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The broker settings this connection was opened with (``log.dirs`` is the running
+        broker's data directory, whatever the caller passed)."""
+        return dict(self._settings)
+
     def start_delay_scheduler(self, timeout_s: float = 120.0) -> None:
         """Start delayed delivery now, so that the first delayed record is on time.
 
@@ -309,7 +314,7 @@ class Broker:
         self.close()
 
 
-def connect(
+def attach(
     address: str | None = None,
     *,
     data_dir: str | Path | None = None,
@@ -320,31 +325,15 @@ def connect(
     mechanism: str = "SCRAM-SHA-256",
     token: str | None = None,
 ) -> Broker:
-    """Attach to the broker in ``namespace``, starting its Controller if none runs yet.
-
-    Without ``address`` (and no ``RAY_ADDRESS``) and outside a Ray job, this starts an embedded
-    single-node Ray on 127.0.0.1; ``Broker.close()`` stops it again. Data lives under
-    ``data_dir`` (default ``~/.ray_broker/<namespace>``; the root is ``RAY_BROKER_DATA_DIR``).
-
-    A secured broker (``config={"security.enabled": True}`` when it is first started) needs
-    ``username``/``password`` (SCRAM, ``mechanism`` SCRAM-SHA-256 or -512) or a ``token`` from
-    another connection's ``session_token()``. The first ``username``/``password`` given to a
-    secured broker without users becomes its first superuser.
-
-    Raises:
-        InvalidConfig: a bad broker setting, or ``data_dir`` differs from the running broker's.
-        DataDirInUse: another broker namespace owns ``data_dir``.
-        BrokerNotRunning: the Controller could not be started or reached.
-        AuthenticationFailed: a secured broker without credentials, wrong credentials, or
-            credentials for a broker without security.
-    """
+    """The client half of ``ray_broker.connect`` (``entrypoint.py``, which documents it):
+    attach to the broker's actors in ``namespace``, starting them if none run yet. Edges the
+    config names (Kafka listeners) are started by ``connect``, above this layer."""
     settings = dict(config or {})
     if data_dir is not None:
         settings["log.dirs"] = str(Path(data_dir).expanduser().resolve())
     else:
         settings.setdefault("log.dirs", str(default_data_dir(namespace)))
     parse_config(BrokerConfig, settings)  # fail fast, in the caller's process
-    listeners = _kafka_listeners(settings)
     owns_ray = ensure_ray(address, namespace)
 
     import ray
@@ -386,24 +375,7 @@ def connect(
         else None
     )
     broker = Broker(controller, coordinator, namespace, info, owns_ray, settings, session, login)
-    if listeners:
-        from ray_broker.kafka.deploy import start_listener
-
-        try:
-            for host, port in listeners:
-                start_listener(namespace, settings, broker.secured, host, port)
-        except BaseException:
-            broker.close()
-            raise
     return broker
-
-
-def _kafka_listeners(settings: dict[str, Any]) -> list[tuple[str, int]]:
-    """Raises InvalidConfig: a malformed ``kafka.listeners``."""
-    spec = settings.get("kafka.listeners")
-    if not spec:
-        return []
-    return parse_kafka_listeners(spec)
 
 
 def _open_session(

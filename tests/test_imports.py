@@ -24,6 +24,19 @@ COMMON = {
 }
 STORAGE = "ray_broker.storage"
 ACTORS = "ray_broker.actors"
+# The edges: what users and other protocols enter through. They use the client and the
+# actors; nothing below them imports one. ``entrypoint`` (``ray_broker.connect``) joins the
+# client with the listeners its config names.
+EDGES = {
+    "ray_broker.kafka",
+    "ray_broker.console",
+    "ray_broker.cli",
+    "ray_broker.service",
+    "ray_broker.service_records",
+    "ray_broker.demo",
+    "ray_broker.entrypoint",
+    "ray_broker.__main__",
+}
 
 
 def _modules(package: str) -> set[str]:
@@ -68,3 +81,26 @@ def test_the_broker_actors_import_neither_the_client_nor_the_edges() -> None:
         if imported not in COMMON and not imported.startswith(STORAGE)
     }
     assert not upward, f"actors import upward: {upward}"
+
+
+def _is_edge(module: str) -> bool:
+    return any(module == edge or module.startswith(edge + ".") for edge in EDGES)
+
+
+def test_the_client_imports_no_edge() -> None:
+    below_edges = {
+        m
+        for m in GRAPH.modules
+        if not _is_edge(m) and m != "ray_broker"  # the package facade exports connect
+    }
+    upward = sorted(
+        f"{module} -> {imported}"
+        for module in below_edges
+        for imported in GRAPH.find_modules_directly_imported_by(module)
+        if _is_edge(imported)
+    )
+    assert not upward, "imports of an edge from below it:\n" + "\n".join(upward)
+
+
+def test_every_edge_named_exists() -> None:
+    assert all(any(m == e or m.startswith(e + ".") for m in GRAPH.modules) for e in EDGES)
