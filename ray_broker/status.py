@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_broker.runtime import dashboard_url
+from ray_broker.views import lag_view, partition_view
 
 DISK_SCAN_TIMEOUT_S = 30.0
 
@@ -67,21 +68,7 @@ def collect(broker: Any) -> dict[str, Any]:
             offline += is_offline
             under_replicated += is_under
             partitions_on[p.leader_node_id] = partitions_on.get(p.leader_node_id, 0) + 1
-            rows.append(
-                {
-                    "partition": p.partition,
-                    "leader": p.leader,
-                    "leader_node_id": p.leader_node_id,
-                    "leader_epoch": p.leader_epoch,
-                    "replicas": list(p.replicas),
-                    "isr": list(p.isr),
-                    "log_start_offset": p.log_start_offset,
-                    "high_watermark": p.high_watermark,
-                    "log_end_offset": p.log_end_offset,
-                    "under_replicated": is_under,
-                    "offline": is_offline,
-                }
-            )
+            rows.append(partition_view(p))
         topics.append({"name": name, "partitions": rows})
     groups = []
     for listing in admin.list_groups():
@@ -93,16 +80,7 @@ def collect(broker: Any) -> dict[str, Any]:
                 "state": description.state,
                 "members": len(description.members),
                 "lag": sum(lags),
-                "partitions": [
-                    {
-                        "topic": p.topic,
-                        "partition": p.partition,
-                        "committed_offset": p.committed_offset,
-                        "log_end_offset": p.log_end_offset,
-                        "lag": p.lag,
-                    }
-                    for p in description.partitions
-                ],
+                "partitions": [lag_view(p) for p in description.partitions],
             }
         )
     return {

@@ -18,8 +18,9 @@ from ray_broker.console.expiring_cache import ExpiringCache
 from ray_broker.console.history import History
 from ray_broker.console.http_errors import error_body, headers_of, status_of
 from ray_broker.console.monitor import Monitor, Snapshot, counters
-from ray_broker.console.records_json import Data, ProduceRecord, encoded, send_arguments, shown
+from ray_broker.console.records_json import Data, ProduceRecord, encoded, send_arguments
 from ray_broker.structs import GroupDescription, PartitionInfo, PartitionLag, TopicDescription
+from ray_broker.views import bytes_view as shown
 
 
 class FakeClock:

@@ -15,10 +15,10 @@ from ray_broker.cli.root import (
     dlq_app,
     emit,
     open_broker,
-    printable,
     share_app,
     target_of,
 )
+from ray_broker.views import bytes_text, dead_letter_view
 
 # --- share groups, dead letters, delayed records ----------------------------------------------
 
@@ -97,9 +97,7 @@ def dlq_list(
     with open_broker(ctx) as broker:
         letters = broker.admin().list_dead_letters(topic, max_records)
     if target_of(ctx).json:
-        rows = [
-            {**asdict(d), "key": printable(d.key), "value": printable(d.value)} for d in letters
-        ]
+        rows = [dead_letter_view(d, bytes_text) for d in letters]
         emit(ctx, rows)
         return
     table = Table(title=f"dead letters in {topic}")
@@ -112,7 +110,7 @@ def dlq_list(
             str(d.delivery_count),
             d.reason,
             d.error[:60],
-            (printable(d.value) or "")[:60],
+            (bytes_text(d.value) or "")[:60],
         )
     console.print(table)
 

@@ -20,11 +20,11 @@ from ray_broker.cli.root import (
     emit,
     fail,
     open_broker,
-    printable,
     progress_bar,
     target_of,
 )
 from ray_broker.errors import BrokerError
+from ray_broker.views import bytes_text, record_view
 
 # --- produce / consume --------------------------------------------------------------------------
 
@@ -114,7 +114,7 @@ def consume(
         as_json = target_of(ctx).json
         for record in consumer:
             if as_json:
-                out.write(json.dumps(_record_json(record)).encode() + b"\n")
+                out.write(json.dumps(record_view(record, bytes_text)).encode() + b"\n")
             else:
                 if print_key:
                     out.write((record.key or b"") + b"\t")
@@ -191,7 +191,7 @@ def tail(
                 )
                 for record in records[: None if max_messages is None else max_messages - shown]:
                     if as_json:
-                        document = log_view.parsed(record.value) or _record_json(record)
+                        document = log_view.parsed(record.value) or record_view(record, bytes_text)
                         document = {
                             **document,
                             "partition": record.partition,
@@ -210,18 +210,6 @@ def tail(
             pass
         except BrokerError as exc:
             raise fail(exc) from None
-
-
-def _record_json(record: Any) -> dict[str, Any]:
-    """A record as JSON: bytes as UTF-8 where they decode, else as hex."""
-    return {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "key": printable(record.key),
-        "value": printable(record.value),
-    }
 
 
 # --- tracing ---------------------------------------------------------------------------------

@@ -271,13 +271,3 @@ def progress_bar() -> Progress:
         console=Console(stderr=True),
         transient=True,
     )
-
-
-def printable(value: bytes | None) -> str | None:
-    """Bytes as UTF-8 where they decode, else as hex."""
-    if value is None:
-        return None
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return value.hex()

@@ -16,6 +16,7 @@ from ray_broker.cli.root import (
     target_of,
     topic_app,
 )
+from ray_broker.views import partition_view
 
 # --- topics -------------------------------------------------------------------------------------
 
@@ -61,7 +62,11 @@ def topic_describe(
     with open_broker(ctx) as broker:
         described = broker.admin().describe_topic(name)
     if target_of(ctx).json:
-        emit(ctx, asdict(described))
+        view = {
+            **asdict(described),
+            "partitions": [partition_view(p) for p in described.partitions],
+        }
+        emit(ctx, view)
         return
     table = Table(title=f"topic {name} ({described.topic_id})")
     for column in ("partition", "leader epoch", "log start", "high watermark", "log end", "node"):

@@ -24,9 +24,9 @@ from ray_broker.console.browse import MAX_PAGE_RECORDS, browse
 from ray_broker.console.charts import chart, rate_text
 from ray_broker.console.http_errors import status_of
 from ray_broker.console.monitor import Monitor
-from ray_broker.console.records_json import shown
 from ray_broker.console.state import console_state
 from ray_broker.errors import AuthenticationFailed, BrokerError, InvalidRequest
+from ray_broker.views import bytes_text
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 TEMPLATES.env.filters["rate"] = rate_text
@@ -46,11 +46,9 @@ def login_url(request: Request) -> str:
     return f"/console/login?next={quote(request.url.path)}"
 
 
-def _shown_text(raw: bytes | None) -> str:
-    found = shown(raw)
-    if found is None:
-        return "null"
-    return found["data"] if found["type"] == "STRING" else f"base64:{found['data']}"
+def _shown_text(raw: object) -> str:
+    shown = bytes_text(raw)
+    return "null" if shown is None else shown
 
 
 TEMPLATES.env.filters["shown"] = _shown_text

@@ -3,7 +3,7 @@
 A key or a value is ``{"type": "JSON" | "STRING" | "BINARY", "data": ...}``: JSON data is
 sent as its compact UTF-8 encoding, STRING as UTF-8, BINARY as base64. Records read back show
 UTF-8 text as STRING and anything else as BINARY (base64), so any byte string survives the
-round trip. Header values are base64, as Confluent's.
+round trip (``ray_broker/views.py`` shows them). Header values are base64, as Confluent's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ray_broker.errors import InvalidRequest
-from ray_broker.structs import Record
 
 MAX_BATCH_ENTRIES = 10_000
 MAX_HEADERS = 100
@@ -116,27 +115,3 @@ def send_arguments(record: ProduceRecord) -> dict[str, Any]:
     if record.delay_ms:
         arguments["delay_ms"] = record.delay_ms
     return arguments
-
-
-def shown(raw: bytes | None) -> dict[str, Any] | None:
-    """A key or value as the API returns it: STRING when it is UTF-8, else BINARY."""
-    if raw is None:
-        return None
-    try:
-        return {"type": "STRING", "data": raw.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"type": "BINARY", "data": base64.b64encode(raw).decode()}
-
-
-def record_json(record: Record) -> dict[str, Any]:
-    return {
-        "partition_id": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "key": shown(record.key),
-        "value": shown(record.value),
-        "headers": [
-            {"name": name, "value": None if value is None else base64.b64encode(value).decode()}
-            for name, value in record.headers
-        ],
-    }

@@ -16,6 +16,7 @@ from ray_broker.console.api.common import (
     User,
     page,
 )
+from ray_broker.views import lag_view, rest_names
 
 router = APIRouter()
 
@@ -52,18 +53,6 @@ def group_json(group: Any) -> dict[str, Any]:
     }
 
 
-def lag_json(group_id: str, p: Any) -> dict[str, Any]:
-    return {
-        "consumer_group_id": group_id,
-        "topic_name": p.topic,
-        "partition_id": p.partition,
-        "current_offset": p.committed_offset,
-        "log_end_offset": p.log_end_offset,
-        "lag": p.lag,
-        "consumer_id": p.member_id,
-    }
-
-
 @router.get(ClusterPath + "/consumer-groups", dependencies=OfCluster)
 def list_groups(
     user: User,
@@ -94,7 +83,9 @@ def list_lags(group_id: str, user: User) -> dict[str, Any]:
     group = user.admin().describe_group(group_id)
     return {
         "kind": "KafkaConsumerLagList",
-        "data": [lag_json(group_id, p) for p in group.partitions],
+        "data": [
+            {"consumer_group_id": group_id, **rest_names(lag_view(p))} for p in group.partitions
+        ],
     }
 
 

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from ray_broker.console import records_json
 from ray_broker.console.api.common import (
     ClusterPath,
     JsonBody,
@@ -16,6 +15,7 @@ from ray_broker.console.api.common import (
     User,
 )
 from ray_broker.console.state import json_ready
+from ray_broker.views import dead_letter_view, rest_names
 
 router = APIRouter()
 
@@ -46,27 +46,10 @@ class Redrive(BaseModel):
     max_records: int | None = Field(default=None, ge=1, le=10_000_000)
 
 
-def dead_letter_json(d: Any) -> dict[str, Any]:
-    return {
-        "partition_id": d.partition,
-        "offset": d.offset,
-        "timestamp": d.timestamp,
-        "key": records_json.shown(d.key),
-        "value": records_json.shown(d.value),
-        "original_topic": d.original_topic,
-        "original_partition": d.original_partition,
-        "original_offset": d.original_offset,
-        "delivery_count": d.delivery_count,
-        "reason": d.reason,
-        "error": d.error,
-        "group_id": d.group_id,
-    }
-
-
 @router.get(ClusterPath + "/topics/{topic_name}/dead-letters", dependencies=OfCluster)
 def list_dead_letters(topic_name: str, user: User, limit: Limit = 100) -> dict[str, Any]:
     found = user.admin().list_dead_letters(topic_name, limit)
-    return {"kind": "DeadLetterList", "data": [dead_letter_json(d) for d in found]}
+    return {"kind": "DeadLetterList", "data": [rest_names(dead_letter_view(d)) for d in found]}
 
 
 @router.post(

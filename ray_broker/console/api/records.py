@@ -21,6 +21,7 @@ from ray_broker.console.api.common import (
 from ray_broker.console.browse import browse
 from ray_broker.console.records_json import ProduceBatch, ProduceRecord
 from ray_broker.errors import BrokerError
+from ray_broker.views import record_view, rest_names
 
 router = APIRouter()
 
@@ -89,7 +90,7 @@ def _failure(entry_id: str, exc: BrokerError) -> dict[str, Any]:
 
 
 def _browse_json(records: list[Any]) -> dict[str, Any]:
-    return {"kind": "KafkaRecordList", "data": [records_json.record_json(r) for r in records]}
+    return {"kind": "KafkaRecordList", "data": [rest_names(record_view(r)) for r in records]}
 
 
 @router.get(

@@ -17,6 +17,7 @@ from ray_broker.console.api.common import (
 )
 from ray_broker.errors import BrokerError
 from ray_broker.structs import TopicDescription
+from ray_broker.views import partition_view, rest_names
 
 router = APIRouter()
 
@@ -53,23 +54,7 @@ def topic_json(topic: TopicDescription) -> dict[str, Any]:
         "partitions_count": len(topic.partitions),
         "replication_factor": max((len(p.replicas) for p in topic.partitions), default=0),
         "is_internal": topic.name.startswith("__"),
-        "partitions": [partition_json(p) for p in topic.partitions],
-    }
-
-
-def partition_json(p: Any) -> dict[str, Any]:
-    return {
-        "partition_id": p.partition,
-        "leader": p.leader,
-        "leader_node_id": p.leader_node_id,
-        "leader_epoch": p.leader_epoch,
-        "replicas": list(p.replicas),
-        "isr": list(p.isr),
-        "log_start_offset": p.log_start_offset,
-        "high_watermark": p.high_watermark,
-        "log_end_offset": p.log_end_offset,
-        "under_replicated": p.under_replicated,
-        "offline": p.offline,
+        "partitions": [rest_names(partition_view(p)) for p in topic.partitions],
     }
 
 
@@ -110,7 +95,10 @@ def delete_topic(topic_name: str, user: User) -> Response:
 @router.get(ClusterPath + "/topics/{topic_name}/partitions", dependencies=OfCluster)
 def list_partitions(topic_name: str, user: User) -> dict[str, Any]:
     topic = user.admin().describe_topic(topic_name)
-    return {"kind": "KafkaPartitionList", "data": [partition_json(p) for p in topic.partitions]}
+    return {
+        "kind": "KafkaPartitionList",
+        "data": [rest_names(partition_view(p)) for p in topic.partitions],
+    }
 
 
 @router.get(ClusterPath + "/topics/{topic_name}/partitions/{partition_id}", dependencies=OfCluster)
@@ -120,7 +108,7 @@ def get_partition(topic_name: str, partition_id: int, user: User) -> dict[str, A
         from ray_broker.errors import UnknownTopicOrPartition
 
         raise UnknownTopicOrPartition(f"{topic_name!r} has no partition {partition_id}")
-    return partition_json(topic.partitions[partition_id])
+    return rest_names(partition_view(topic.partitions[partition_id]))
 
 
 @router.get(ClusterPath + "/topics/{topic_name}/configs", dependencies=OfCluster)
