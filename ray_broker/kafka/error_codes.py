@@ -6,6 +6,9 @@ up), so the mapping follows what Kafka's broker would answer in the same situati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import IntEnum
 
 from ray_broker import errors as e
@@ -109,9 +112,31 @@ _BY_CLASS: list[tuple[type[BaseException], ErrorCode]] = [
 ]
 
 
+# The listener watches each request (``watching_session_refusals``): when a call was refused
+# for the session itself (its user deleted, its session revoked), ``error_code`` marks it, and
+# the listener closes the connection after answering — without walking every answer for the
+# code. Tasks a handler starts share the mark (a context copy holds the same list).
+_SESSION_REFUSED: ContextVar[list[bool] | None] = ContextVar("session_refused", default=None)
+
+
+@contextmanager
+def watching_session_refusals() -> Iterator[list[bool]]:
+    """A flag that is ``[True]`` once a refusal of the session was mapped to a Kafka code."""
+    flag = [False]
+    token = _SESSION_REFUSED.set(flag)
+    try:
+        yield flag
+    finally:
+        _SESSION_REFUSED.reset(token)
+
+
 def error_code(exc: BaseException) -> ErrorCode:
     """The code a Kafka client should see for ``exc`` (anything else: UNKNOWN_SERVER_ERROR,
     which clients do not retry)."""
+    if isinstance(exc, e.AuthenticationFailed):
+        flag = _SESSION_REFUSED.get()
+        if flag is not None:
+            flag[0] = True
     if isinstance(exc, e.Unauthorized):
         kind = str(getattr(exc, "resource", "") or "").split(":", 1)[0]
         return _AUTHORIZATION.get(kind, ErrorCode.CLUSTER_AUTHORIZATION_FAILED)

@@ -42,7 +42,7 @@ from ray_broker.config import BrokerConfig, parse_config
 from ray_broker.kafka import admin_handlers, data_handlers, group_handlers, sasl
 from ray_broker.kafka.classic_groups import ClassicGroups
 from ray_broker.kafka.context import Connection, ListenerState
-from ray_broker.kafka.error_codes import ErrorCode
+from ray_broker.kafka.error_codes import ErrorCode, watching_session_refusals
 from ray_broker.kafka.link import BrokerLink
 from ray_broker.kafka.protocol import (
     APIS,
@@ -106,18 +106,6 @@ HANDLERS: dict[str, Handler] = {
     "SaslAuthenticate": sasl.sasl_authenticate,
 }
 assert set(HANDLERS) == {api.name for api in APIS.values()}
-
-
-def _says_logged_out(fields: Any) -> bool:
-    """Whether an answer carries SASL_AUTHENTICATION_FAILED anywhere (records are bytes, not
-    walked)."""
-    if isinstance(fields, dict):
-        if fields.get("error_code") == ErrorCode.SASL_AUTHENTICATION_FAILED:
-            return True
-        return any(isinstance(v, (dict, list)) and _says_logged_out(v) for v in fields.values())
-    if isinstance(fields, list):
-        return any(isinstance(v, (dict, list)) and _says_logged_out(v) for v in fields)
-    return False
 
 
 class _Close(Exception):
@@ -368,14 +356,15 @@ class KafkaListener:
             if conn.session and time.monotonic() >= conn.session_ends:
                 raise _Close("the SASL session expired (authenticate again)")
         try:
-            fields = await HANDLERS[request.api.name](conn, request)
+            with watching_session_refusals() as session_refused:
+                fields = await HANDLERS[request.api.name](conn, request)
         except sasl.SaslFailed as failed:
             answer = encode_response(request.api, version, correlation_id, failed.answer)
             raise _Close(str(failed), answer) from None
         if fields is None:
             return None
         answer = encode_response(request.api, version, correlation_id, fields)
-        if conn.authenticated and conn.session and _says_logged_out(fields):
+        if conn.authenticated and conn.session and session_refused[0]:
             # The user was deleted or the session revoked: answer, then close, so the client
             # logs in again (and fails) instead of being refused request by request.
             raise _Close("the session is no longer valid", answer)
