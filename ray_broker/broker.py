@@ -26,6 +26,7 @@ from ray_broker.edge_actors import (
     stop_named,
 )
 from ray_broker.errors import AuthenticationFailed, BrokerNotRunning, DataDirInUse, InvalidConfig
+from ray_broker.gc_pause import freeze_loaded_heap
 from ray_broker.placement import singleton
 from ray_broker.runtime import ensure_ray
 
@@ -375,6 +376,7 @@ def attach(
         else None
     )
     broker = Broker(controller, coordinator, namespace, info, owns_ray, settings, session, login)
+    freeze_loaded_heap()  # Ray and the client are loaded: see ray_broker/gc_pause.py
     return broker
 
 

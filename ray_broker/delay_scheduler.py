@@ -31,6 +31,7 @@ from ray_broker.actors.security.access_guard import AccessGuard
 from ray_broker.config import DAY_MS, DELAY_TOPIC, BrokerConfig, parse_config
 from ray_broker.delay_index import DUE_HEADER, FIRED_HEADER, DelayIndex, Round, fired_ranges
 from ray_broker.errors import TopicExists, TopicNotFound
+from ray_broker.gc_pause import freeze_loaded_heap
 from ray_broker.storage.log import wall_clock_ms
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class DelayScheduler:
 
     def __init__(self, settings: dict[str, Any], namespace: str) -> None:
         skip_pandas_probe()
+        freeze_loaded_heap()
         self._settings = settings
         self._config: BrokerConfig = parse_config(BrokerConfig, settings)
         self._namespace = namespace

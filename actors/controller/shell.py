@@ -48,6 +48,7 @@ from ray_broker.errors import (
     DataDirInUse,
     UnknownTopicOrPartition,
 )
+from ray_broker.gc_pause import freeze_loaded_heap
 from ray_broker.metrics import ControllerMetrics
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class ControllerShell(GuardedActor):
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
         skip_pandas_probe()
+        freeze_loaded_heap()
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         self.data_dir = Path(self.config.data_dir)

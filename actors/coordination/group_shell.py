@@ -41,6 +41,7 @@ from ray_broker.errors import (
     QuotaExceeded,
     UnknownTopicOrPartition,
 )
+from ray_broker.gc_pause import freeze_loaded_heap
 from ray_broker.metrics import GroupMetrics
 from ray_broker.structs import (
     TopicMetadata,
@@ -66,6 +67,7 @@ class GroupCoordinatorShell(GuardedActor):
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
         skip_pandas_probe()
+        freeze_loaded_heap()
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         make_private()

@@ -46,6 +46,7 @@ from ray_broker.errors import (
     InvalidTxnState,
     TopicNotFound,
 )
+from ray_broker.gc_pause import freeze_loaded_heap
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class TransactionCoordinator(GuardedActor):
 
     def __init__(self, broker_config: dict[str, Any], namespace: str) -> None:
         skip_pandas_probe()
+        freeze_loaded_heap()
         self.config: BrokerConfig = parse_config(BrokerConfig, broker_config)
         self.namespace = namespace
         make_private()

@@ -21,6 +21,7 @@ watermark), ``Replica`` (role, ISR), ``Housekeeping`` (sealing, retention, tieri
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -79,6 +80,7 @@ class PartitionActor(ProduceCalls, ShareGroupCalls, FollowerCalls):
             "isr": sorted(self.replica.isr),
             "offsets": self.core.offsets(),
             "unsealed_bytes": self.core.log.unsealed_bytes,
+            "gc_frozen": gc.get_freeze_count(),  # ray_broker/gc_pause.py
         }
 
     # --- fetch ----------------------------------------------------------------------------------

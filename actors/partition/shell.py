@@ -37,6 +37,7 @@ from ray_broker.config import (
     TopicConfig,
     parse_config,
 )
+from ray_broker.gc_pause import freeze_loaded_heap
 from ray_broker.metrics import PartitionMetrics
 from ray_broker.structs import FetchResponse
 
@@ -75,6 +76,7 @@ class PartitionShell(GuardedActor):
         namespace: str = "",
     ) -> None:
         skip_pandas_probe()
+        freeze_loaded_heap()
         make_private()
         serve_at_normal_priority()
         self.core = Partition(

@@ -24,6 +24,7 @@ class ConsoleServer:
 
         from ray_broker.actors.priority import serve_at_normal_priority
         from ray_broker.console.app import allowed_hosts, build_state, create_app
+        from ray_broker.gc_pause import freeze_loaded_heap
 
         serve_at_normal_priority()
         self._host = host
@@ -38,6 +39,7 @@ class ConsoleServer:
             limit_concurrency=1_000,
         )
         self._server = uvicorn.Server(config)
+        freeze_loaded_heap()  # the app is built: see ray_broker/gc_pause.py
         self._thread = threading.Thread(target=self._server.run, name="console-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -39,6 +39,7 @@ from typing import Any
 
 from ray_broker.actors.priority import serve_at_normal_priority
 from ray_broker.config import BrokerConfig, parse_config
+from ray_broker.gc_pause import freeze_loaded_heap
 from ray_broker.kafka import admin_handlers, data_handlers, group_handlers, sasl
 from ray_broker.kafka.classic_groups import ClassicGroups
 from ray_broker.kafka.context import Connection, ListenerState
@@ -130,6 +131,7 @@ class KafkaListener:
     ) -> None:
         logging.basicConfig(level=logging.INFO)
         serve_at_normal_priority()  # a server: not behind the clients it serves (priority.py)
+        freeze_loaded_heap()  # see ray_broker/gc_pause.py
         self._host = host
         self._port = port
         delay = parse_config(BrokerConfig, settings).group_initial_rebalance_delay_ms
