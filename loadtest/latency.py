@@ -164,6 +164,7 @@ def cell(rate: int, linger_ms: int, sent: int, samples: list[int]) -> dict[str, 
         "p50_ms": percentile_ms(steady, 50),
         "p99_ms": percentile_ms(steady, 99),
         "p999_ms": percentile_ms(steady, 99.9),
+        "max_ms": max(steady, default=0) / 1e6,
     }
 
 
@@ -331,13 +332,13 @@ def measure_peer(kind: str, rate: int, seconds: float) -> dict[str, Any]:
 def print_matrix(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'broker':>17} {'linger.ms':>9} {'msg/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'p999 ms':>8} {'recv':>7}"
+        f"{'p999 ms':>8} {'max ms':>8} {'recv':>7}"
     )
     for row in rows:
         print(
             f"{row.get('broker', 'ray-broker'):>17} {row['linger_ms']:>9} {row['rate']:>7} "
             f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['p999_ms']:>8.2f} "
-            f"{row['received']:>7}"
+            f"{row.get('max_ms', float('nan')):>8.2f} {row['received']:>7}"
         )
 
 
@@ -365,9 +366,40 @@ def run(args: argparse.Namespace, broker: Any, address: str) -> list[dict[str, A
         hops = breakdown(broker, address, rate, max(args.seconds, 1.0))
         print_breakdown(hops, rate)
         rows += [{"figure": "latency_hop", "rate": rate, **hop} for hop in hops]
+    pauses = gc_pause_row()
+    print(
+        f"full garbage collection in this client: {pauses['frozen_ms']:.1f} ms with the loaded "
+        f"heap frozen, {pauses['unfrozen_ms']:.1f} ms without (ray_broker/gc_pause.py)"
+    )
+    rows.append(pauses)
     for row in rows:
         print(json.dumps({"figure": "e2e_latency", **row} if "figure" not in row else row))
     return rows
+
+
+def gc_pause_row() -> dict[str, Any]:
+    """A full collection in this connected client, as it runs (the loaded heap frozen) and
+    with the heap unfrozen for the measurement — the pause that was the p99 before."""
+    import gc
+
+    def full_ms() -> float:
+        started = time.perf_counter()
+        gc.collect()
+        return (time.perf_counter() - started) * 1000
+
+    frozen = min(full_ms() for _ in range(3))
+    count = gc.get_freeze_count()
+    gc.unfreeze()
+    try:
+        unfrozen = min(full_ms() for _ in range(3))
+    finally:
+        gc.freeze()
+    return {
+        "figure": "gc_full_collection",
+        "frozen_objects": count,
+        "frozen_ms": frozen,
+        "unfrozen_ms": unfrozen,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
