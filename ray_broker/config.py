@@ -201,6 +201,7 @@ class BrokerConfig(BaseModel):
 
 
 Acks = Literal[0, 1, -1]
+DataPlane = Literal["direct", "ray"]
 
 
 class ProducerConfig(BaseModel):
@@ -232,6 +233,9 @@ class ProducerConfig(BaseModel):
     key_serializer: Callable[[Any], bytes] | None = Field(None, alias="key.serializer")
     value_serializer: Callable[[Any], bytes] | None = Field(None, alias="value.serializer")
     metadata_max_age_ms: int = Field(300_000, alias="metadata.max.age.ms", ge=0)
+    # How records reach partition leaders: "direct" connections (ray_broker/data_plane.py),
+    # falling back to Ray calls where a leader cannot be reached, or "ray" calls only.
+    data_plane: DataPlane = Field("direct", alias="data.plane")
 
     @field_validator("acks", mode="before")
     @classmethod
@@ -258,6 +262,8 @@ class ConsumerConfig(BaseModel):
         "latest", alias="auto.offset.reset"
     )
     enable_auto_commit: bool = Field(True, alias="enable.auto.commit")
+    # As the producer's (ProducerConfig.data_plane); a filtered consumer fetches by Ray.
+    data_plane: DataPlane = Field("direct", alias="data.plane")
     auto_commit_interval_ms: int = Field(5_000, alias="auto.commit.interval.ms", ge=0)
     fetch_max_wait_ms: int = Field(500, alias="fetch.max.wait.ms", ge=0)
     # Records per fetch call to one partition (Arrow slices: large is cheap).

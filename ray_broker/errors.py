@@ -168,6 +168,13 @@ class PartitionUnavailable(BrokerError):
     retriable = True
 
 
+class LeaderUnreachable(PartitionUnavailable):
+    """The leader's data-plane address cannot be reached (a firewall between nodes?): the
+    client sends that leader's requests by Ray calls for a while, then tries again."""
+
+    fields = ("topic", "partition")
+
+
 class NotEnoughReplicas(BrokerError):
     """Fewer in-sync replicas than min.insync.replicas; the write was not committed."""
 

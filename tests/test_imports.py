@@ -11,8 +11,9 @@ import grimp
 import pytest
 
 GRAPH = grimp.build_graph("ray_broker", exclude_type_checking_imports=True)
-# What every layer may import: errors and value types, settings, Ray's failure mapping, and
-# the small measuring helpers the actors report through. Nothing here imports a layer.
+# What every layer may import: errors and value types, settings, Ray's failure mapping, the
+# small measuring helpers the actors report through, and the data plane's frames (what client
+# and leader say on a direct connection). Nothing here imports a layer.
 COMMON = {
     "ray_broker.errors",
     "ray_broker.structs",
@@ -21,6 +22,7 @@ COMMON = {
     "ray_broker.metrics",
     "ray_broker.hops",
     "ray_broker.gc_pause",
+    "ray_broker.frames",
 }
 STORAGE = "ray_broker.storage"
 ACTORS = "ray_broker.actors"

@@ -32,6 +32,7 @@ import pyarrow as pa
 from ray_broker.actors.partition.arguments import (
     check_fetch_arguments,
 )
+from ray_broker.actors.partition.data_plane_calls import DataPlaneCalls
 from ray_broker.actors.partition.follower_calls import FollowerCalls
 from ray_broker.actors.partition.message_trace import traced_rows
 from ray_broker.actors.partition.produce_calls import ProduceCalls
@@ -53,7 +54,7 @@ FETCH_MAX_RECORDS = 1_000_000
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 
 
-class PartitionActor(ProduceCalls, ShareGroupCalls, FollowerCalls):
+class PartitionActor(ProduceCalls, ShareGroupCalls, FollowerCalls, DataPlaneCalls):
     """The Ray actor around ``Partition``. Created by the Controller with ``max_restarts=-1`` and
     pinned to its node: a restarted actor rebuilds its log from its files and asks the
     Controller for its role."""
@@ -242,6 +243,8 @@ class PartitionActor(ProduceCalls, ShareGroupCalls, FollowerCalls):
         """Finish sealing and close the log's files (before the actor is killed)."""
         self._authorize(token)
         self.links.stop()
+        if self._data_plane is not None:
+            await self._data_plane.close()
         for task in self._background:
             task.cancel()
         await self.housekeeping.finish_sealing()

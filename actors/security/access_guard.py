@@ -243,6 +243,11 @@ class SessionHandle:
     def unwrapped(self) -> Any:
         return self._handle
 
+    @property
+    def session(self) -> Callable[[], str]:
+        """The current token's source (the data plane sends it in its Hello)."""
+        return self._session
+
 
 class _SessionMethod:
     __slots__ = ("_method", "_session")

@@ -3,27 +3,27 @@
 Each assigned partition keeps one fetch outstanding (the partition answers as soon as data
 arrives) or one fetched slice buffered (``SubscriptionState``); a partition whose slice was
 just handed out gets its next fetch before ``poll()`` returns, so that fetch is parked at the
-partition while the application handles the records. Ray failures are mapped
-to typed errors here and, when retriable, become a back-off and a metadata refresh — never a
-stuck partition.
+partition while the application handles the records. Fetches go over the data plane or Ray
+(``PartitionTransport``); either way a fetch in flight is a ``concurrent.futures.Future``.
+Failures are mapped to typed errors here and, when retriable, become a back-off and a
+metadata refresh — never a stuck partition.
 """
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import ray
-
-from ray_broker._ray import call, classify, retrying, submit
+from ray_broker._ray import call, classify, retrying
 from ray_broker.config import ConsumerConfig
 from ray_broker.consumer.subscription_state import SubscriptionState
 from ray_broker.errors import BrokerError, OffsetOutOfRange
 from ray_broker.hops import STAMPS
 from ray_broker.metadata import MetadataCache
+from ray_broker.partition_transport import PartitionTransport
 from ray_broker.storage.ipc import from_ipc
 from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.structs import FetchResponse, TopicPartition
@@ -52,7 +52,8 @@ class Fetcher:
         self._config = config
         self._subscriptions = subscriptions
         self._reset = reset
-        self._abandoned: list[Any] = []
+        self._abandoned: list[concurrent.futures.Future[Any]] = []
+        self._transport = PartitionTransport(config.data_plane, lane="fetch")
 
     def leader_call(self, tp: TopicPartition, method: str, *args: Any) -> Any:
         """Call the partition's leader, following it through failovers for request.timeout.ms."""
@@ -67,25 +68,16 @@ class Fetcher:
     def _leader(self, tp: TopicPartition) -> Any:
         return self._metadata.topic(tp.topic).leader(tp.partition)
 
-    def abandon(self, ref: Any) -> None:
-        """Drop a fetch; its answer is collected and ignored later (Ray reports errors of
-        results nobody reads, so none is left unread)."""
-        if ref is not None:
-            self._abandoned.append(ref)
+    def abandon(self, fetch: Any) -> None:
+        """Drop a fetch in flight; its answer is ignored."""
+        if fetch is not None:
+            self._abandoned.append(fetch)
 
     def reap_abandoned(self, timeout_s: float = 0) -> None:
-        if not self._abandoned:
-            return
-        try:
-            done, self._abandoned = ray.wait(
-                self._abandoned, num_returns=len(self._abandoned), timeout=timeout_s
-            )
-        except Exception:  # nothing to learn from abandoned fetches; let Ray drop them
-            self._abandoned = []
-            return
-        for ref in done:
-            with contextlib.suppress(Exception):  # an abandoned fetch's answer is not needed
-                ray.get(ref)
+        """Let abandoned fetches end (up to ``timeout_s``) and forget the ended ones."""
+        if self._abandoned and timeout_s > 0:
+            concurrent.futures.wait(self._abandoned, timeout=timeout_s)
+        self._abandoned = [fetch for fetch in self._abandoned if not fetch.done()]
 
     def send_fetches(self) -> None:
         config, subscriptions = self._config, self._subscriptions
@@ -99,8 +91,8 @@ class Fetcher:
             if state.position is None:
                 self._reset(tp, None)
             try:
-                ref = submit(
-                    self._leader(tp).fetch,
+                fetch = self._transport.fetch(
+                    self._leader(tp),
                     state.fetch_offset,
                     config.max_partition_fetch_records,
                     config.max_partition_fetch_bytes,
@@ -116,33 +108,27 @@ class Fetcher:
                 subscriptions.fetch_failed(tp, now + config.retry_backoff_ms / 1000)
                 self._metadata.forget(tp.topic)
                 continue
-            subscriptions.fetch_sent(tp, ref, now)
+            subscriptions.fetch_sent(tp, fetch, now)
 
     def await_fetches(self, timeout_s: float) -> None:
         pending = self._subscriptions.in_flight()
         if not pending:
             time.sleep(min(timeout_s, self._config.retry_backoff_ms / 1000))
             return
-        try:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_s)
-            if ready:
-                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
-        except Exception as exc:  # Ray's own failure: drop these fetches and send them again
-            logger.warning("waiting for fetches failed: %s", classify(exc))
-            for tp, ref in [(tp, ref) for ref, tp in pending.items()]:
-                self._subscriptions.fetch_failed(tp, 0.0)
-                self.abandon(ref)
-            return
-        for ref in ready:
-            self._complete(pending[ref], ref)
+        concurrent.futures.wait(
+            list(pending), timeout=timeout_s, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for fetch, tp in list(pending.items()):
+            if fetch.done():
+                self._complete(tp, fetch)
 
-    def _complete(self, tp: TopicPartition, ref: Any) -> None:
+    def _complete(self, tp: TopicPartition, fetch: Any) -> None:
         subscriptions = self._subscriptions
-        if not subscriptions.is_current(tp, ref):
+        if not subscriptions.is_current(tp, fetch):
             return  # seeked or unassigned meanwhile
         try:
-            response: FetchResponse = ray.get(ref)
-        except Exception as exc:  # Ray's own types: classify() maps them to BrokerError
+            response: FetchResponse = fetch.result()
+        except Exception as exc:  # Ray's own types or the data plane's: classify() maps them
             error = classify(exc)
             if isinstance(error, OffsetOutOfRange):
                 subscriptions.fetch_failed(tp, 0.0)
@@ -160,4 +146,4 @@ class Fetcher:
             table = from_ipc(response.records_ipc)
             if STAMPS.enabled:
                 STAMPS.stamp("consumer_receipt", table.column("offset")[0].as_py())
-        subscriptions.fetched(tp, ref, table, response.high_watermark, response.next_offset)
+        subscriptions.fetched(tp, fetch, table, response.high_watermark, response.next_offset)

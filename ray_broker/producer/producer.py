@@ -33,6 +33,7 @@ from ray_broker.errors import (
     RecordTooLarge,
 )
 from ray_broker.metadata import MetadataCache
+from ray_broker.partition_transport import PartitionTransport
 from ray_broker.producer.accumulator import AccumulatorSettings, RecordAccumulator
 from ray_broker.producer.batch import BatchFuture, RecordFuture
 from ray_broker.producer.delayed import (
@@ -118,6 +119,7 @@ class Producer:
             self.config.acks,
             self._txn,
             self.config.client_id,
+            PartitionTransport(self.config.data_plane, lane="produce"),
         )
         self._sender.start()
 

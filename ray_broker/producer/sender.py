@@ -1,8 +1,9 @@
 """The producer's I/O thread: turns what the accumulator says is ready into produce calls.
 
-Everything it decides it asks the accumulator; what it does itself is Ray: look up leaders
-(without waiting on a refresh — a topic whose metadata is being fetched waits alone), submit
-``PartitionActor.produce`` and hand replies back. It never exits on an error: a round that
+Everything it decides it asks the accumulator; what it does itself is I/O: look up leaders
+(without waiting on a refresh — a topic whose metadata is being fetched waits alone), send
+each batch to its leader's ``produce`` (``PartitionTransport``: the data plane, or Ray) and
+hand replies back. It never exits on an error: a round that
 raises is logged and the next one starts, so no future is stranded.
 """
 
@@ -13,10 +14,11 @@ import threading
 import time
 from typing import Any
 
-from ray_broker._ray import classify, submit
+from ray_broker._ray import classify
 from ray_broker.errors import BrokerError, BrokerTimeoutError, PartitionUnavailable
 from ray_broker.hops import STAMPS
 from ray_broker.metadata import MetadataCache
+from ray_broker.partition_transport import DIRECT, PartitionTransport
 from ray_broker.producer.accumulator import RecordAccumulator
 from ray_broker.producer.batch import PendingRecords, ProducerBatch
 from ray_broker.producer.transactions import TransactionManager
@@ -39,8 +41,10 @@ class Sender:
         acks: Any,
         transactions: TransactionManager | None = None,
         client_id: str = "",
+        transport: PartitionTransport | None = None,
     ) -> None:
         self._acc = accumulator
+        self._transport = transport or PartitionTransport(DIRECT, lane="produce")
         self._client_id = client_id  # quotas per client id (actors/security/quotas.py)
         self._txn = transactions
         self._cond = cond
@@ -141,8 +145,8 @@ class Sender:
             producer_id, epoch = (
                 self._txn.ids if self._txn is not None else (self._producer_id, self._epoch)
             )
-            ref = submit(
-                leader.produce,
+            reply = self._transport.produce(
+                leader,
                 batch.payload(),
                 producer_id,
                 epoch,
@@ -160,12 +164,12 @@ class Sender:
         if self._acks == 0:
             self._complete(batch, NO_ACK, None, attempt)
             return
-        ref.future().add_done_callback(lambda fut: self._on_reply(batch, attempt, fut))
+        reply.add_done_callback(lambda fut: self._on_reply(batch, attempt, fut))
 
     def _on_reply(self, batch: ProducerBatch, attempt: int, fut: Any) -> None:
         try:
             result = fut.result()
-        except Exception as exc:  # Ray raises its own types here; classify() maps them
+        except Exception as exc:  # Ray's own types or the data plane's: classify() maps them
             self._failed(batch, classify(exc), attempt)
             return
         self._complete(batch, result, None, attempt)
