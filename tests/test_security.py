@@ -512,3 +512,46 @@ def test_a_restarted_partition_actor_pulls_the_rules_before_serving(secured):
         erin.close()
         carol.close()
     assert len(_consume(secured.root, topic, 4)) == 4
+
+
+def _data_plane_said(endpoint, data: bytes) -> bytes:
+    """What a leader's data-plane listener wrote back before closing the connection."""
+    import socket
+
+    with socket.create_connection(endpoint, timeout=10) as sock:
+        sock.sendall(data)
+        said = b""
+        while chunk := sock.recv(65536):
+            said += chunk
+    return said
+
+
+def test_the_data_plane_refuses_a_session_it_cannot_authenticate(secured):
+    from ray_broker import frames
+
+    name = _topic(secured)
+    leader = secured.root._metadata.topic(name).leader(0)
+    endpoint = tuple(ray.get(leader.data_endpoint.remote()))
+    forged = frames.Envelope(0, frames.NO_EPOCH, frames.Hello(session="forged-token"))
+    fetch = frames.Envelope(1, frames.NO_EPOCH, frames.Fetch(0, 10, 1_000, 0, False))
+    parts = frames.frame(forged) + frames.frame(fetch)
+    said = _data_plane_said(endpoint, b"".join(bytes(p) for p in parts))
+    header, _ = frames.split(said[frames.LENGTH.size :])
+    answer = frames.decode_answer(header)
+    assert answer.correlation == 0 and answer.result.error == "AuthenticationFailed"
+    assert len(said) == frames.LENGTH.size + frames.LENGTH.unpack_from(said)[0], (
+        "the fetch after a refused Hello was answered"
+    )
+    # A stranger's large frame is refused from its length alone, before it is read.
+    huge = _data_plane_said(endpoint, frames.LENGTH.pack(frames.PRE_AUTH_FRAME_MAX + 1))
+    assert b"InvalidRequest" in huge
+    # The data plane serves an authenticated user as before, and still checks the ACLs.
+    producer = secured.root.producer(linger_ms=0)
+    for i in range(20):
+        producer.send(name, value=f"v{i}".encode(), key=b"k").result(timeout=30)
+    direct = producer._sender._transport.counts["direct"]
+    producer.close()
+    assert direct > 0, "a secured client never used the data plane"
+    assert sorted(_consume(secured.root, name, 20))[:3] == [b"v0", b"v1", b"v10"]
+    with pytest.raises(Unauthorized):
+        _produce(connect_as(secured, "carol"), name, count=1)
