@@ -28,8 +28,6 @@ from ray_broker.errors import BrokerError, LeaderUnreachable, PartitionUnavailab
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
-# Reading answers in chunks of up to this many bytes (larger frames are read whole).
-READ_LIMIT = 64 * 1024 * 1024
 
 Endpoint = tuple[str, int]
 Reply = tuple[frames.Result, memoryview]
@@ -102,8 +100,12 @@ class DataPlane:
         self._loop.call_soon_threadsafe(close)
 
 
-class _Connection:
-    """One TCP connection to a leader; everything here runs on the data plane's loop."""
+class _Connection(asyncio.BufferedProtocol):
+    """One TCP connection to a leader; everything here runs on the data plane's loop.
+
+    Answers are received straight into one buffer per frame (a BufferedProtocol): a fetch
+    answer of many megabytes is copied once, from the socket, and read as Arrow in place.
+    """
 
     def __init__(self, endpoint: Endpoint, forget: Callable[[], Any]) -> None:
         self.endpoint = endpoint
@@ -113,9 +115,12 @@ class _Connection:
         self._waiting: collections.deque[tuple[int, concurrent.futures.Future[Reply] | None]] = (
             collections.deque()
         )
-        self._writer: asyncio.StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
         self._backlog: list[list[bytes]] = []  # frames written once connected
         self._session: str | None = None  # the token the leader last welcomed
+        self._length = bytearray(frames.LENGTH.size)
+        self._frame: bytearray | None = None  # the frame being received (after its length)
+        self._filled = 0
         asyncio.get_running_loop().create_task(self._open())
 
     def send(
@@ -144,60 +149,81 @@ class _Connection:
         correlation = next(self._correlations)
         parts = frames.frame(frames.Envelope(correlation, epoch, request), body)
         self._waiting.append((correlation, future))
-        if self._writer is None:
+        if self._transport is None:
             self._backlog.append(parts)
         else:
-            self._writer.writelines(parts)
+            self._transport.writelines(parts)
 
     async def _open(self) -> None:
         host, port = self.endpoint
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=READ_LIMIT), CONNECT_TIMEOUT_S
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, host, port), CONNECT_TIMEOUT_S
             )
         except ConnectionRefusedError as exc:  # nobody listens there: the actor moved on
             self.fail(PartitionUnavailable(f"the leader at {host}:{port} is gone: {exc}"))
-            return
         except (OSError, asyncio.TimeoutError) as exc:  # no route: a firewall, a lost node
             self.fail(LeaderUnreachable(f"cannot connect to the leader at {host}:{port}: {exc}"))
+
+    # --- the protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if self.broken:
+            transport.close()
             return
-        self._writer = writer
+        self._transport = transport
         for parts in self._backlog:
-            writer.writelines(parts)
+            transport.writelines(parts)
         self._backlog = []
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._frame is None:
+            return memoryview(self._length)[self._filled :]
+        return memoryview(self._frame)[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
         try:
-            await self._read_answers(reader)
+            if self._frame is None:
+                if self._filled < frames.LENGTH.size:
+                    return
+                (size,) = frames.LENGTH.unpack(self._length)
+                if size > frames.FRAME_MAX:
+                    raise PartitionUnavailable(f"an answer of {size} bytes is over the limit")
+                self._frame, self._filled = bytearray(size), 0
+            if self._filled < len(self._frame):
+                return
+            payload, self._frame, self._filled = self._frame, None, 0
+            self._answered(payload)
         except BrokerError as exc:  # a refused session, a broken answer: the leader said why
             self.fail(exc)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            self.fail(PartitionUnavailable(f"the connection to {host}:{port} ended: {exc}"))
         except Exception as exc:  # a bug must still fail the waiting requests, never strand them
-            logger.exception("data-plane connection to %s:%d failed", host, port)
-            self.fail(PartitionUnavailable(f"the connection to {host}:{port} failed: {exc}"))
+            logger.exception("data-plane connection to %s failed", self.endpoint)
+            self.fail(PartitionUnavailable(f"the connection to {self.endpoint} failed: {exc}"))
 
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
-        while True:
-            (size,) = frames.LENGTH.unpack(await reader.readexactly(frames.LENGTH.size))
-            if size > frames.FRAME_MAX:
-                raise PartitionUnavailable(f"an answer of {size} bytes is over the frame limit")
-            header, body = frames.split(await reader.readexactly(size))
-            answer = frames.decode_answer(header)
-            if not self._waiting:
-                raise PartitionUnavailable("an answer nobody asked for")
-            correlation, future = self._waiting.popleft()
-            if answer.correlation != correlation:
-                failure = answer.result
-                if isinstance(failure, frames.Failed):  # the leader closed on a bad frame
-                    raise frames.raised(failure)
-                raise PartitionUnavailable(
-                    f"answer {answer.correlation} came for request {correlation}"
-                )
-            if future is None:  # a Hello: a refused session fails the requests behind it
-                if isinstance(answer.result, frames.Failed):
-                    raise frames.raised(answer.result)
-                continue
-            if not future.done():
-                future.set_result((answer.result, body))
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(PartitionUnavailable(f"the connection to {self.endpoint} ended: {exc}"))
+
+    def _answered(self, payload: bytearray) -> None:
+        header, body = frames.split(payload)
+        answer = frames.decode_answer(header)
+        if not self._waiting:
+            raise PartitionUnavailable("an answer nobody asked for")
+        correlation, future = self._waiting.popleft()
+        if answer.correlation != correlation:
+            if isinstance(answer.result, frames.Failed):  # the leader closed on a bad frame
+                raise frames.raised(answer.result)
+            raise PartitionUnavailable(
+                f"answer {answer.correlation} came for request {correlation}"
+            )
+        if future is None:  # a Hello: a refused session fails the requests behind it
+            if isinstance(answer.result, frames.Failed):
+                raise frames.raised(answer.result)
+            return
+        if not future.done():
+            future.set_result((answer.result, body))
 
     def fail(self, error: BrokerError) -> None:
         """Fail every waiting request and forget this connection (the next request opens a
@@ -209,5 +235,5 @@ class _Connection:
             _, future = self._waiting.popleft()
             if future is not None and not future.done():
                 future.set_exception(error)
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
