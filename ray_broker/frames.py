@@ -11,9 +11,15 @@ error and never an arbitrary object); record batches stay Arrow IPC streams, rea
 from the received buffer.
 
 A client says ``Hello`` first (its session token on a secured broker) and then sends requests,
-several in flight; the leader answers them in the order they came. Every request names the
-leader epoch the client learned at ``Hello``: a replica that leads another epoch, or none,
-answers ``NotLeader`` with the epoch it knows, and the client asks the Controller again.
+several in flight; the leader answers them in the order they came. A leader pushing records to
+a follower speaks the same way (``EpochState``, ``Truncate``, ``Replicate``), its Hello
+carrying the broker's internal token, which only the Controller and the replicas hold.
+
+A request may name the leader epoch it expects (``NO_EPOCH`` skips the check): a replica that
+leads another epoch answers ``NotLeader`` with the epoch it knows. Produce and fetch are
+refused by any replica that is not the leader all the same, so a client that lost track of
+the leader gets ``NotLeader`` or a lost connection, both retriable, and asks the Controller
+again.
 """
 
 from __future__ import annotations
@@ -61,7 +67,28 @@ class Fetch(msgspec.Struct, tag="fetch"):
     client_id: str = ""
 
 
-Request = Hello | Produce | Fetch
+class EpochState(msgspec.Struct, tag="epoch_state"):
+    """A leader asks a follower for its leader-epoch entries and log end (KIP-101)."""
+
+    epoch: int
+
+
+class Truncate(msgspec.Struct, tag="truncate"):
+    epoch: int
+    offset: int
+    leader_log_start: int
+    expected_end: int
+
+
+class Replicate(msgspec.Struct, tag="replicate"):
+    """A leader's records for a follower (the body; none for a heartbeat)."""
+
+    epoch: int
+    epochs: list[tuple[int, int]]
+    high_watermark: int
+
+
+Request = Hello | Produce | Fetch | EpochState | Truncate | Replicate
 
 
 class Envelope(msgspec.Struct, array_like=True):
@@ -100,7 +127,18 @@ class Failed(msgspec.Struct, tag="failed"):
     fields: dict[str, Any] = {}
 
 
-Result = Welcome | Produced | Fetched | Failed
+class EpochStated(msgspec.Struct, tag="epoch_stated"):
+    entries: list[tuple[int, int]]
+    log_end: int
+
+
+class LogEnd(msgspec.Struct, tag="log_end"):
+    """A follower's log end after a truncate or a replicate."""
+
+    log_end: int
+
+
+Result = Welcome | Produced | Fetched | EpochStated | LogEnd | Failed
 
 
 class Answer(msgspec.Struct, array_like=True):

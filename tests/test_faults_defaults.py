@@ -129,14 +129,32 @@ def test_defaults_sync_and_pipelined_producers_and_a_group_survive_leader_node_l
             thread.start()
         time.sleep(3)
         before = partition_info(broker, topic, partition)
+        # By default records travel over the data plane: clients to the leader, the leader
+        # to its followers (acks=all waits on those pushes).
+        leader = ray.get_actor(
+            f"ray_broker.partition.{broker.admin().describe_topic(topic).topic_id}"
+            f".{partition}.{before.leader}",
+            namespace=broker.namespace,
+        )
+        followers = len(before.replicas) - 1
+        wait_until(
+            lambda: len(ray.get(leader.info.remote(), timeout=10)["followers_direct"]) == followers,
+            timeout_s=30,
+        )
+        assert sync_producer._sender._transport.counts["direct"] > 0
+        direct_before = sync_producer._sender._transport.counts["direct"]
         acked_before = len(acked)
         local.kill_node(before.leader_node_id)
         wait_until(
             lambda: partition_info(broker, topic, partition).leader_epoch > before.leader_epoch,
             timeout_s=90,
         )
-        # The synchronous producer goes on after the failover.
+        # The synchronous producer goes on after the failover, over the data plane again.
         wait_until(lambda: len(acked) >= acked_before + 100, timeout_s=120)
+        wait_until(
+            lambda: sync_producer._sender._transport.counts["direct"] > direct_before + 20,
+            timeout_s=60,
+        )
         stop.set()
         for thread in threads:
             thread.join(timeout=240)

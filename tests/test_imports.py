@@ -23,6 +23,7 @@ COMMON = {
     "ray_broker.hops",
     "ray_broker.gc_pause",
     "ray_broker.frames",
+    "ray_broker.data_plane_connection",
 }
 STORAGE = "ray_broker.storage"
 ACTORS = "ray_broker.actors"

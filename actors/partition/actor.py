@@ -82,6 +82,7 @@ class PartitionActor(ProduceCalls, ShareGroupCalls, FollowerCalls, DataPlaneCall
             "offsets": self.core.offsets(),
             "unsealed_bytes": self.core.log.unsealed_bytes,
             "gc_frozen": gc.get_freeze_count(),  # ray_broker/gc_pause.py
+            "followers_direct": self.links.direct_followers(),  # over the data plane
         }
 
     # --- fetch ----------------------------------------------------------------------------------

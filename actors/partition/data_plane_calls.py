@@ -1,6 +1,7 @@
 """The partition's data-plane calls: where its listener is, and how a direct request is served
-— by the very ``produce`` and ``fetch`` Ray serves, with the connection's session (see
-``data_plane_server.py`` for the connection's rules)."""
+— by the very calls Ray serves (``produce`` and ``fetch`` with the connection's session; a
+leader's ``epoch_state``, ``truncate`` and ``replicate`` with the internal token its Hello
+carried, checked as over Ray). See ``data_plane_server.py`` for the connection's rules."""
 
 from __future__ import annotations
 
@@ -91,4 +92,26 @@ class DataPlaneCalls(PartitionShell):
                 fetched.last_stable_offset,
                 fetched.throttle_time_ms,
             ), memoryview(fetched.records_ipc)
+        if isinstance(request, frames.Replicate):
+            records = pa.py_buffer(body) if len(body) else None
+            end = await self.replicate(  # type: ignore[attr-defined]
+                request.epoch,
+                records,
+                [tuple(e) for e in request.epochs],
+                request.high_watermark,
+                token=session,
+            )
+            return frames.LogEnd(end), None
+        if isinstance(request, frames.EpochState):
+            entries, end = await self.epoch_state(request.epoch, token=session)  # type: ignore[attr-defined]
+            return frames.EpochStated([tuple(e) for e in entries], end), None
+        if isinstance(request, frames.Truncate):
+            end = await self.truncate(  # type: ignore[attr-defined]
+                request.epoch,
+                request.offset,
+                request.leader_log_start,
+                request.expected_end,
+                token=session,
+            )
+            return frames.LogEnd(end), None
         raise InvalidRequest(f"a data-plane request of kind {type(request).__name__}")

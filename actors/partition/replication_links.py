@@ -1,8 +1,10 @@
 """The leader side of replication over Ray: one sender task per follower, and the ISR watch.
 
 Each task drives a ``FollowerSender`` (``replication.py``): it sends the sender's next request
-with a Ray call to the follower's ``PartitionActor`` and hands the answer back. Every failure
-of a call is mapped once (``ray_broker._ray.classify``); the task never exits while its epoch
+to the follower's ``PartitionActor`` and hands the answer back — over the data plane (one
+connection per follower, opened from this actor's loop; ``acks=all`` then costs a socket
+round trip), or by a Ray call while the follower's endpoint is unknown or unreachable. Every
+failure is mapped once (``ray_broker._ray.classify``); the task never exits while its epoch
 lasts — a follower that is down simply stays out of the in-sync set until it answers again.
 
 The ISR watch proposes in-sync changes (``Replica.isr_proposal``) to the Controller, which
@@ -18,12 +20,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ray_broker import frames
 from ray_broker._ray import await_ref, classify, submit
 from ray_broker.actors.partition.core import Partition
 from ray_broker.actors.partition.replica import Replica
 from ray_broker.actors.partition.replication import EpochQuery, FollowerSender, Push
 from ray_broker.actors.partition.signals import PartitionSignals
-from ray_broker.errors import BrokerError, FencedLeaderEpoch, InvalidRecord
+from ray_broker.data_plane_connection import Connection
+from ray_broker.errors import (
+    BrokerError,
+    FencedLeaderEpoch,
+    InvalidRecord,
+    LeaderUnreachable,
+    PartitionUnavailable,
+)
 from ray_broker.storage.ipc import to_ipc
 
 logger = logging.getLogger(__name__)
@@ -41,6 +51,8 @@ LONE_CHECK_INTERVAL_MS = 1_000
 # Offsets and ISR gauges (ray_broker.metrics) are set this often.
 METRICS_INTERVAL_S = 1.0
 ALTER_ISR_TIMEOUT_S = 5.0
+ENDPOINT_TIMEOUT_S = 5.0
+DIRECT_RETRY_S = 10.0  # how long a follower that cannot be reached directly gets Ray calls
 
 
 class ReplicationLinks:
@@ -70,6 +82,8 @@ class ReplicationLinks:
         self._stepped_down = stepped_down
         self._report_state = report_state
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._direct: dict[str, Connection] = {}  # follower slot → data-plane connection
+        self._by_ray_until: dict[str, float] = {}  # follower slot → monotonic time
 
     def start(self, replicas: dict[str, Any]) -> None:
         """Start one sender per follower for the epoch this replica now leads."""
@@ -88,10 +102,17 @@ class ReplicationLinks:
             )
             self.tasks[slot] = loop.create_task(self._run(sender, handle))
 
+    def direct_followers(self) -> list[str]:
+        """The followers this leader reaches over the data plane now."""
+        return sorted(slot for slot, c in self._direct.items() if not c.broken)
+
     def stop(self) -> None:
         for task in self.tasks.values():
             task.cancel()
         self.tasks = {}
+        for connection in list(self._direct.values()):
+            connection.fail(PartitionUnavailable("replication to this follower stopped"))
+        self._direct = {}
 
     async def _run(self, sender: FollowerSender, handle: Any) -> None:
         while sender.active:
@@ -115,6 +136,9 @@ class ReplicationLinks:
                 return
             except InvalidRecord:
                 sender.on_log_moved()  # the follower's log moved (it restarted): compare again
+            except LeaderUnreachable:  # its address cannot be reached: Ray calls meanwhile
+                self._by_ray_until[sender.slot] = time.monotonic() + DIRECT_RETRY_S
+                sender.on_log_moved()
             except Exception as exc:
                 error = classify(exc)
                 if error.retriable:  # follower down or restarting: it stays out of the ISR
@@ -127,6 +151,10 @@ class ReplicationLinks:
                 await asyncio.sleep(REPLICA_RETRY_BACKOFF_MS / 1000)
 
     async def _send(self, sender: FollowerSender, handle: Any, request: EpochQuery | Push) -> None:
+        connection = await self._connection(sender.slot, handle)
+        if connection is not None:
+            await self._send_direct(sender, connection, request)
+            return
         token = self._token
         if isinstance(request, EpochQuery):
             epochs, end = await handle.epoch_state.remote(request.epoch, token=token)
@@ -142,6 +170,46 @@ class ReplicationLinks:
             request.epoch, payload, request.epochs, request.high_watermark, token=token
         )
         sender.on_pushed(request, end)
+
+    async def _send_direct(
+        self, sender: FollowerSender, connection: Connection, request: EpochQuery | Push
+    ) -> None:
+        token = self._token
+        if isinstance(request, EpochQuery):
+            stated, _ = await connection.call(token, frames.EpochState(request.epoch))
+            assert isinstance(stated, frames.EpochStated)
+            cut = sender.on_epoch_state([tuple(e) for e in stated.entries], stated.log_end)
+            if cut is not None:
+                ask = frames.Truncate(cut.epoch, cut.offset, cut.leader_log_start, cut.expected_end)
+                truncated, _ = await connection.call(token, ask)
+                assert isinstance(truncated, frames.LogEnd)
+                sender.on_truncated(truncated.log_end)
+            return
+        body = memoryview(to_ipc(request.records)) if request.records is not None else None
+        push = frames.Replicate(request.epoch, list(request.epochs), request.high_watermark)
+        replicated, _ = await connection.call(token, push, body)
+        assert isinstance(replicated, frames.LogEnd)
+        sender.on_pushed(request, replicated.log_end)
+
+    async def _connection(self, slot: str, handle: Any) -> Connection | None:
+        """The follower's data-plane connection, opened on first use; None (use Ray) when its
+        endpoint cannot be learned. A broken connection is dropped: the next request looks
+        the endpoint up again (a restarted follower listens on a new port)."""
+        connection = self._direct.get(slot)
+        if connection is not None and not connection.broken:
+            return connection
+        if self._by_ray_until.get(slot, 0.0) > time.monotonic():
+            return None
+        try:
+            host, port = await await_ref(
+                submit(handle.data_endpoint, session=self._token), ENDPOINT_TIMEOUT_S
+            )
+        except BrokerError:
+            self._by_ray_until[slot] = time.monotonic() + DIRECT_RETRY_S
+            return None
+        connection = Connection((str(host), int(port)), lambda: self._direct.pop(slot, None))
+        self._direct[slot] = connection
+        return connection
 
     # --- the ISR watch ----------------------------------------------------------------------------
 
