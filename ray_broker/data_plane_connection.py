@@ -8,6 +8,12 @@ drives it from its own event loop to push records to its followers
 (``actors/partition/replication_links.py``). A connection that fails fails every request on
 it: ``PartitionUnavailable`` (retriable) when the replica went away, ``LeaderUnreachable``
 when its address cannot be reached at all.
+
+When Ray's TLS is on (``RAY_USE_TLS`` with ``RAY_TLS_SERVER_CERT``, ``RAY_TLS_SERVER_KEY`` and
+``RAY_TLS_CA_CERT``, as every node of such a cluster has), data-plane sockets use TLS with the
+same files, both ways, as Ray's gRPC does: the listener requires a certificate of the
+cluster's CA and so does the client. Host names are not checked — the CA is the cluster's
+own, and replicas move between nodes.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import itertools
 import logging
+import os
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +38,26 @@ CONNECT_TIMEOUT_S = 5.0
 
 Endpoint = tuple[str, int]
 Reply = tuple[frames.Result, memoryview]
+
+
+@functools.cache
+def ray_tls() -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+    """(listener's, client's) TLS contexts from Ray's TLS settings; None when Ray's TLS is off.
+
+    Raises:
+        OSError, ssl.SSLError: Ray's TLS is on but its files cannot be read.
+    """
+    if os.environ.get("RAY_USE_TLS", "0").lower() not in ("1", "true"):
+        return None
+    cert, key = os.environ["RAY_TLS_SERVER_CERT"], os.environ["RAY_TLS_SERVER_KEY"]
+    authority = os.environ.get("RAY_TLS_CA_CERT")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=authority)
+    server.load_cert_chain(cert, key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=authority)
+    client.load_cert_chain(cert, key)
+    client.check_hostname = False
+    return server, client
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -86,8 +115,10 @@ class Connection(asyncio.BufferedProtocol):
         host, port = self.endpoint
         loop = asyncio.get_running_loop()
         try:
+            tls = ray_tls()
             await asyncio.wait_for(
-                loop.create_connection(lambda: self, host, port), CONNECT_TIMEOUT_S
+                loop.create_connection(lambda: self, host, port, ssl=tls[1] if tls else None),
+                CONNECT_TIMEOUT_S,
             )
         except ConnectionRefusedError as exc:  # nobody listens there: the actor moved on
             self.fail(PartitionUnavailable(f"the leader at {host}:{port} is gone: {exc}"))

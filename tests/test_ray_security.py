@@ -99,6 +99,7 @@ CLIENT = textwrap.dedent(
     producer = broker.producer(linger_ms=0)
     for i in range(10):
         producer.send("secure-orders", value=b"order-%d" % i).result(timeout=60)
+    direct = producer._sender._transport.counts["direct"]
     producer.close()
     consumer = broker.consumer("secure-orders", auto_offset_reset="earliest")
     got = []
@@ -111,7 +112,8 @@ CLIENT = textwrap.dedent(
         rb.connect(address, namespace="tls")
     except rb.errors.AuthenticationFailed as exc:
         refused = type(exc).__name__
-    print(json.dumps({"got": got, "whoami": broker.whoami(), "anonymous": refused}))
+    print(json.dumps({"got": got, "whoami": broker.whoami(), "anonymous": refused,
+                      "direct": direct}))
     broker.shutdown()
     """
 )
@@ -168,5 +170,6 @@ def test_the_broker_runs_on_a_ray_cluster_with_tls_and_token_authentication(tmp_
         assert report["got"] == [f"order-{i}" for i in range(10)]
         assert report["whoami"] == "User:root"
         assert report["anonymous"] == "AuthenticationFailed"
+        assert report["direct"] > 0, "records never took the data plane (TLS) under Ray's TLS"
     finally:
         stop_local_ray(address)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ray_broker import frames
+from ray_broker.data_plane_connection import ray_tls
 from ray_broker.errors import BrokerError, InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,14 @@ class DataPlaneServer:
         """Listen on ``host`` (a free port) once; returns the endpoint."""
         async with self._starting:
             if self._server is None:
-                self._server = await asyncio.start_server(self._accept, host, 0)
+                tls = ray_tls()  # Ray's TLS on: the cluster's certificates, both ways
+                self._server = await asyncio.start_server(
+                    self._accept,
+                    host,
+                    0,
+                    ssl=tls[0] if tls else None,
+                    ssl_handshake_timeout=PRE_AUTH_TIMEOUT_S if tls else None,
+                )
                 port = self._server.sockets[0].getsockname()[1]
                 self.endpoint = (host, port)
         assert self.endpoint is not None
