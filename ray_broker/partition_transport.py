@@ -60,10 +60,13 @@ class PartitionTransport:
         predecessors_in_flight: bool,
         transactional: bool,
         client_id: str,
+        session: str | None = None,
     ) -> concurrent.futures.Future[ProduceResult]:
-        """Raises BrokerError: the request could not be sent (retriable when the leader is
-        down)."""
-        endpoint = self._endpoint(leader)
+        """``session``: the token to send, for a bare leader handle (a handle from a client's
+        metadata carries its own). Raises BrokerError: the request could not be sent
+        (retriable when the leader is down)."""
+        extra = {} if session is None else {"session": session}
+        endpoint = self._endpoint(leader, extra)
         self.counts[RAY if endpoint is None else DIRECT] += 1
         if endpoint is None:
             return submit(
@@ -76,6 +79,7 @@ class PartitionTransport:
                 predecessors_in_flight,
                 transactional,
                 client_id,
+                **extra,
             ).future()
         request = frames.Produce(
             producer_id,
@@ -86,7 +90,7 @@ class PartitionTransport:
             transactional,
             client_id,
         )
-        return self._direct_call(leader, endpoint, request, _ipc_bytes(payload), _produced)
+        return self._direct_call(leader, endpoint, request, _ipc_bytes(payload), _produced, session)
 
     def fetch(
         self,
@@ -99,9 +103,11 @@ class PartitionTransport:
         flt: RecordFilter | None,
         consumer: str,
         client_id: str,
+        session: str | None = None,
     ) -> concurrent.futures.Future[FetchResponse]:
         """Raises BrokerError: the request could not be sent."""
-        endpoint = self._endpoint(leader) if flt is None else None
+        extra = {} if session is None else {"session": session}
+        endpoint = self._endpoint(leader, extra) if flt is None else None
         self.counts[RAY if endpoint is None else DIRECT] += 1
         if endpoint is None:
             return submit(
@@ -114,11 +120,12 @@ class PartitionTransport:
                 flt,
                 consumer,
                 client_id,
+                **extra,
             ).future()
         request = frames.Fetch(
             offset, max_records, max_bytes, max_wait_ms, read_committed, consumer, client_id
         )
-        return self._direct_call(leader, endpoint, request, None, _fetched)
+        return self._direct_call(leader, endpoint, request, None, _fetched, session)
 
     # --- the data plane -------------------------------------------------------------------------
 
@@ -129,9 +136,11 @@ class PartitionTransport:
         request: frames.Produce | frames.Fetch,
         body: Any,
         answer: Callable[[frames.Result, memoryview], Any],
+        session: str | None,
     ) -> concurrent.futures.Future[Any]:
         key = _actor_key(leader)
-        reply = DataPlane.shared().request(endpoint, self._lane, _session_of(leader), request, body)
+        tokens = _session_of(leader) if session is None else _FixedSession(session)
+        reply = DataPlane.shared().request(endpoint, self._lane, tokens, request, body)
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def settle(done: concurrent.futures.Future[Any]) -> None:
@@ -149,7 +158,7 @@ class PartitionTransport:
         reply.add_done_callback(settle)
         return result
 
-    def _endpoint(self, leader: Any) -> Endpoint | None:
+    def _endpoint(self, leader: Any, extra: dict[str, str]) -> Endpoint | None:
         """The leader's endpoint if requests to it go direct now; else None (Ray), starting
         the lookup when none is known."""
         if not self._direct:
@@ -166,7 +175,7 @@ class PartitionTransport:
             if known is not None:  # the lookup runs
                 return None
             try:
-                lookup = submit(leader.data_endpoint).future()
+                lookup = submit(leader.data_endpoint, **extra).future()
             except Exception:  # the leader cannot be reached: the Ray call will say why
                 return None
             self._endpoints[key] = lookup
@@ -197,6 +206,14 @@ def _actor_key(leader: Any) -> Any:
     handle = getattr(leader, "unwrapped", leader)
     actor_id = getattr(handle, "_actor_id", None)
     return None if actor_id is None else actor_id.binary()
+
+
+class _FixedSession:
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self) -> str:
+        return self.token
 
 
 def _session_of(leader: Any) -> Callable[[], str] | None:

@@ -168,7 +168,9 @@ async def _append(
             )
             for batch in batches
         ]
-        lane = conn.lanes.setdefault((topic, partition), PartitionLane())
+        lane = conn.lanes.setdefault(
+            (topic, partition), PartitionLane(conn.listener.link.produce_plane)
+        )
         for write in writes:
             lane.write(write)
         submitted.set_result(None)
@@ -337,8 +339,8 @@ async def _fetch_partition(
     link = conn.listener.link
     try:
         leader = _leader(await link.topic(topic, conn.session), partition)
-        response = await link.call(
-            leader.fetch,
+        response = await link.fetch(
+            leader,
             offset,
             1_000_000,
             max(max_bytes, 1),

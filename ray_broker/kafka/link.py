@@ -8,17 +8,20 @@ client refreshes its metadata on NOT_LEADER_OR_FOLLOWER.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 from typing import Any
 
-from ray_broker._ray import await_ref, submit
+from ray_broker._ray import await_ref, classify, submit
 from ray_broker.config import (
     CONTROLLER_NAME,
     GROUP_COORDINATOR_NAME,
     TRANSACTION_COORDINATOR_NAME,
 )
-from ray_broker.errors import BrokerError, BrokerNotRunning
+from ray_broker.errors import BrokerError, BrokerNotRunning, BrokerTimeoutError
 from ray_broker.kafka.error_codes import ErrorCode, error_code
+from ray_broker.partition_transport import DIRECT, PartitionTransport
 from ray_broker.placement import singleton
 from ray_broker.structs import TopicMetadata
 
@@ -32,6 +35,10 @@ class BrokerLink:
     def __init__(self, namespace: str, settings: dict[str, Any]) -> None:
         self.namespace = namespace
         self.settings = settings
+        # Records to and from partition leaders go over the data plane (or Ray, as clients'):
+        # produce and fetch on separate connections, so a parked fetch never holds a produce up.
+        self.produce_plane = PartitionTransport(DIRECT, lane="kafka-produce")
+        self._fetch_plane = PartitionTransport(DIRECT, lane="kafka-fetch")
         self._topics: dict[tuple[str, str], tuple[float, TopicMetadata]] = {}
 
     def _named(self, name: str) -> Any:
@@ -65,6 +72,11 @@ class BrokerLink:
         """``await method.remote(*args, **kwargs)`` with typed errors and a deadline."""
         return await await_ref(submit(method, *args, **kwargs), timeout_s)
 
+    async def fetch(self, leader: Any, *args: Any, session: str, timeout_s: float) -> Any:
+        """A leader's ``fetch`` (``PartitionTransport.fetch`` arguments) with typed errors and a
+        deadline."""
+        return await settled(self._fetch_plane.fetch(leader, *args, session=session), timeout_s)
+
     async def outcome(self, method: Any, *args: Any, **kwargs: Any) -> ErrorCode:
         """Call for its effect only: the Kafka error code a client should see (NONE when the
         call succeeded)."""
@@ -91,3 +103,19 @@ class BrokerLink:
     def invalidate(self, name: str) -> None:
         for key in [key for key in self._topics if key[0] == name]:
             del self._topics[key]
+
+
+async def settled(future: concurrent.futures.Future[Any], timeout_s: float) -> Any:
+    """A transport's answer on this loop, with typed errors and a deadline.
+
+    Raises:
+        BrokerError: the leader's typed error, a mapped Ray failure, or BrokerTimeoutError.
+    """
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+    except asyncio.TimeoutError:
+        raise BrokerTimeoutError(f"no answer within {timeout_s} s") from None
+    except BrokerError:
+        raise
+    except Exception as exc:  # Ray's own types: classify() maps them
+        raise classify(exc) from None

@@ -21,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ray_broker._ray import await_ref, submit
 from ray_broker.errors import BrokerError
+from ray_broker.kafka.link import settled
+from ray_broker.partition_transport import PartitionTransport
 from ray_broker.storage.ipc import to_ipc
 
 MAX_IN_FLIGHT = 1
@@ -59,7 +60,10 @@ class Write:
 
 
 class PartitionLane:
-    def __init__(self) -> None:
+    """``transport`` carries the calls (the data plane, or Ray)."""
+
+    def __init__(self, transport: PartitionTransport) -> None:
+        self._transport = transport
         self.in_flight = 0
         self.queue: list[Write] = []
 
@@ -89,8 +93,8 @@ class PartitionLane:
                 first.records if len(group) == 1 else pa.concat_tables([w.records for w in group])
             )
             try:  # submitted here, synchronously: calls leave in queue order
-                call = submit(
-                    first.leader.produce,
+                call = self._transport.produce(
+                    first.leader,
                     to_ipc(records),
                     first.producer_id,
                     first.producer_epoch,
@@ -110,7 +114,7 @@ class PartitionLane:
 
     async def _settle(self, group: list[Write], call: Any) -> None:
         try:
-            result = await await_ref(call, max(w.timeout_s for w in group))
+            result = await settled(call, max(w.timeout_s for w in group))
         except BaseException as exc:  # every waiting request gets the failure
             failure = exc if isinstance(exc, BrokerError) else BrokerError(str(exc))
             for write in group:
