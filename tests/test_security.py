@@ -528,6 +528,7 @@ def _data_plane_said(endpoint, data: bytes) -> bytes:
 
 def test_the_data_plane_refuses_a_session_it_cannot_authenticate(secured):
     from ray_broker import frames
+    from ray_broker.storage.ipc import to_ipc
 
     name = _topic(secured)
     leader = secured.root._metadata.topic(name).leader(0)
@@ -542,6 +543,24 @@ def test_the_data_plane_refuses_a_session_it_cannot_authenticate(secured):
     assert len(said) == frames.LENGTH.size + frames.LENGTH.unpack_from(said)[0], (
         "the fetch after a refused Hello was answered"
     )
+    # A renewed session that is refused ends the connection: nothing after it is served.
+    good = frames.Envelope(0, frames.NO_EPOCH, frames.Hello(session=secured.root.session_token()))
+    bad = frames.Envelope(1, frames.NO_EPOCH, frames.Hello(session="forged-token"))
+    record = pa.table({"value": pa.array([b"after a refused session"], pa.binary())})
+    produce = frames.Envelope(2, frames.NO_EPOCH, frames.Produce(None, 0, 0, 1, False, False))
+    parts = frames.frame(good) + frames.frame(bad) + frames.frame(produce, to_ipc(record))
+    end_before = secured.admin.describe_topic(name).partitions[0].log_end_offset
+    said = _data_plane_said(endpoint, b"".join(bytes(p) for p in parts))
+    time.sleep(0.5)
+    assert secured.admin.describe_topic(name).partitions[0].log_end_offset == end_before
+    answers = []
+    while said:
+        size = frames.LENGTH.unpack_from(said)[0]
+        header, _ = frames.split(said[frames.LENGTH.size : frames.LENGTH.size + size])
+        answers.append(frames.decode_answer(header))
+        said = said[frames.LENGTH.size + size :]
+    assert [type(a.result).__name__ for a in answers] == ["Welcome", "Failed"]
+    assert answers[1].result.error == "AuthenticationFailed"
     # A stranger's large frame is refused from its length alone, before it is read.
     huge = _data_plane_said(endpoint, frames.LENGTH.pack(frames.PRE_AUTH_FRAME_MAX + 1))
     assert b"InvalidRequest" in huge

@@ -103,8 +103,9 @@ class DataPlaneServer:
                 header, body = frames.split(payload)
                 envelope = frames.decode_request(header)
                 if isinstance(envelope.request, frames.Hello):  # a renewed session token
-                    welcome = await self._welcome(envelope, answers)
-                    session = envelope.request.session if welcome else session
+                    if not await self._welcome(envelope, answers):
+                        return  # refused: nothing after it is served, under any session
+                    session = envelope.request.session
                     continue
                 await answers.put(asyncio.ensure_future(self._answer(session, envelope, body)))
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
