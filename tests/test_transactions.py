@@ -325,7 +325,7 @@ def _exactly_once_with_kills(broker, total: int, rounds: int) -> None:
     deadline = time.monotonic() + 120
     while len(seen) < total and time.monotonic() < deadline:
         ray.get(finisher.run.remote(2.0), timeout=120)
-        for records in reader.poll(timeout_ms=500).values():
+        for records in reader.poll(timeout_ms=500, max_records=10_000).values():
             seen.extend(records)
     seen.extend(_read_all(reader, 0, timeout_s=1))
     values = [r.value for r in seen]
