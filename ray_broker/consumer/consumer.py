@@ -102,8 +102,7 @@ class Consumer:
             self._metadata.topic(name)  # TopicNotFound now, not in a later poll
         self._check_open()
         if self.config.group_id is not None:
-            for ref in self._subscriptions.assign([]):
-                self._fetcher.abandon(ref)
+            self._subscriptions.assign([])  # fetches in flight are dropped, answers ignored
             if self._membership is not None:
                 self._membership.close(leave=True)
             self._membership = GroupMembership(
@@ -139,8 +138,7 @@ class Consumer:
                     topic=tp.topic,
                     partition=tp.partition,
                 )
-        for ref in self._subscriptions.assign(wanted):
-            self._fetcher.abandon(ref)
+        self._subscriptions.assign(wanted)
 
     def assignment(self) -> set[TopicPartition]:
         return self._subscriptions.assigned()
@@ -170,7 +168,7 @@ class Consumer:
         return offsets.high_watermark
 
     def _move(self, tp: TopicPartition, offset: int) -> None:
-        self._fetcher.abandon(self._subscriptions.move(tp, offset))
+        self._subscriptions.move(tp, offset)
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Read ``tp`` from ``offset`` next.
@@ -320,7 +318,6 @@ class Consumer:
         self, timeout_ms: int, max_records: int
     ) -> list[tuple[TopicPartition, pa.Table]]:
         self._check_open()
-        self._fetcher.reap_abandoned()
         self._maybe_auto_commit()
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000
         while True:
@@ -346,7 +343,7 @@ class Consumer:
             return
         revoked, assigned = self._membership.reconcile(self._commit_before_revoke)
         for tp in revoked:
-            self._fetcher.abandon(self._subscriptions.remove(tp))
+            self._subscriptions.remove(tp)
         for tp in assigned:
             self._subscriptions.add(tp)
 
@@ -464,9 +461,7 @@ class Consumer:
             self._membership = None
         # Fetches still parked at their leaders end there within fetch.max.wait.ms; nothing
         # waits for them here.
-        for fetch in self._subscriptions.assign([]):
-            self._fetcher.abandon(fetch)
-        self._fetcher.reap_abandoned()
+        self._subscriptions.assign([])
         self._closed = True
 
     def __enter__(self) -> Consumer:

@@ -52,7 +52,6 @@ class Fetcher:
         self._config = config
         self._subscriptions = subscriptions
         self._reset = reset
-        self._abandoned: list[concurrent.futures.Future[Any]] = []
         self._transport = PartitionTransport(config.data_plane, lane="fetch")
 
     def leader_call(self, tp: TopicPartition, method: str, *args: Any) -> Any:
@@ -68,24 +67,12 @@ class Fetcher:
     def _leader(self, tp: TopicPartition) -> Any:
         return self._metadata.topic(tp.topic).leader(tp.partition)
 
-    def abandon(self, fetch: Any) -> None:
-        """Drop a fetch in flight; its answer is ignored."""
-        if fetch is not None:
-            self._abandoned.append(fetch)
-
-    def reap_abandoned(self, timeout_s: float = 0) -> None:
-        """Let abandoned fetches end (up to ``timeout_s``) and forget the ended ones."""
-        if self._abandoned and timeout_s > 0:
-            concurrent.futures.wait(self._abandoned, timeout=timeout_s)
-        self._abandoned = [fetch for fetch in self._abandoned if not fetch.done()]
-
     def send_fetches(self) -> None:
         config, subscriptions = self._config, self._subscriptions
         now = time.monotonic()
         patience = (config.fetch_max_wait_ms + config.request_timeout_ms) / 1000
-        for tp, ref in subscriptions.hung(now, patience):
-            self.abandon(ref)  # a hung leader: ask the current one
-            self._metadata.forget(tp.topic)
+        for tp, _dropped in subscriptions.hung(now, patience):
+            self._metadata.forget(tp.topic)  # a hung leader: ask the current one
         for tp in subscriptions.to_fetch(now):
             state = subscriptions.partitions[tp]
             if state.position is None:
