@@ -35,6 +35,10 @@ from ray_broker.errors import BrokerError, LeaderUnreachable, PartitionUnavailab
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
+# How long a replica whose data-plane address cannot be reached (or that cannot say where it
+# listens) gets Ray calls instead, before the data plane is tried again — for clients and
+# leaders alike.
+RAY_FALLBACK_S = 10.0
 
 Endpoint = tuple[str, int]
 Reply = tuple[frames.Result, memoryview]

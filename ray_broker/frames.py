@@ -193,6 +193,19 @@ def decode_answer(header: memoryview) -> Answer:
         raise errors.InvalidRequest(f"a malformed data-plane answer: {exc}") from None
 
 
+def arguments(struct: msgspec.Struct) -> dict[str, Any]:
+    """A request's (or an answer's) fields by name. ``Produce`` and ``Fetch`` name their fields
+    as ``PartitionActor.produce``/``fetch`` name their parameters, and ``Produced``/``Fetched``
+    as ``ProduceResult``/``FetchResponse`` name theirs, so one struct describes a call whichever
+    transport carries it (checked in tests/test_frames.py)."""
+    return msgspec.structs.asdict(struct)
+
+
+def carried(kind: type[msgspec.Struct], value: Any) -> Any:
+    """A struct of ``kind`` with the same-named fields of ``value`` (a result dataclass)."""
+    return kind(**{name: getattr(value, name) for name in kind.__struct_fields__})
+
+
 def failed(exc: BaseException) -> Failed:
     """An error as it crosses the wire: its class name, message and typed fields."""
     if isinstance(exc, errors.BrokerError):

@@ -8,7 +8,7 @@ failure a ``BrokerError``.
 
 The first request to a leader goes by Ray while its endpoint is looked up (one Ray call,
 cached per actor); later ones go direct. A connection that cannot be made (a firewall between
-nodes) sends that leader's requests by Ray for ``FALLBACK_S``; a lost connection forgets the
+nodes) sends that leader's requests by Ray for ``RAY_FALLBACK_S``; a lost connection forgets the
 endpoint (a restarted actor listens on a new port). ``data.plane="ray"`` keeps every request
 on Ray. A filtered fetch goes by Ray: a filter is an Arrow expression, which the data plane
 does not carry.
@@ -27,11 +27,11 @@ import pyarrow as pa
 from ray_broker import frames
 from ray_broker._ray import submit
 from ray_broker.data_plane import DataPlane, Endpoint
+from ray_broker.data_plane_connection import RAY_FALLBACK_S
 from ray_broker.errors import LeaderUnreachable, PartitionUnavailable
 from ray_broker.storage.record_filter import RecordFilter
 from ray_broker.structs import FetchResponse, ProduceResult
 
-FALLBACK_S = 10.0
 DIRECT = "direct"
 RAY = "ray"
 
@@ -65,22 +65,6 @@ class PartitionTransport:
         """``session``: the token to send, for a bare leader handle (a handle from a client's
         metadata carries its own). Raises BrokerError: the request could not be sent
         (retriable when the leader is down)."""
-        extra = {} if session is None else {"session": session}
-        endpoint = self._endpoint(leader, extra)
-        self.counts[RAY if endpoint is None else DIRECT] += 1
-        if endpoint is None:
-            return submit(
-                leader.produce,
-                payload,
-                producer_id,
-                producer_epoch,
-                base_sequence,
-                acks,
-                predecessors_in_flight,
-                transactional,
-                client_id,
-                **extra,
-            ).future()
         request = frames.Produce(
             producer_id,
             producer_epoch,
@@ -90,6 +74,11 @@ class PartitionTransport:
             transactional,
             client_id,
         )
+        extra = {} if session is None else {"session": session}
+        endpoint = self._endpoint(leader, extra)
+        self.counts[RAY if endpoint is None else DIRECT] += 1
+        if endpoint is None:
+            return submit(leader.produce, payload, **frames.arguments(request), **extra).future()
         return self._direct_call(leader, endpoint, request, _ipc_bytes(payload), _produced, session)
 
     def fetch(
@@ -106,25 +95,14 @@ class PartitionTransport:
         session: str | None = None,
     ) -> concurrent.futures.Future[FetchResponse]:
         """Raises BrokerError: the request could not be sent."""
+        request = frames.Fetch(
+            offset, max_records, max_bytes, max_wait_ms, read_committed, consumer, client_id
+        )
         extra = {} if session is None else {"session": session}
         endpoint = self._endpoint(leader, extra) if flt is None else None
         self.counts[RAY if endpoint is None else DIRECT] += 1
         if endpoint is None:
-            return submit(
-                leader.fetch,
-                offset,
-                max_records,
-                max_bytes,
-                max_wait_ms,
-                read_committed,
-                flt,
-                consumer,
-                client_id,
-                **extra,
-            ).future()
-        request = frames.Fetch(
-            offset, max_records, max_bytes, max_wait_ms, read_committed, consumer, client_id
-        )
+            return submit(leader.fetch, **frames.arguments(request), flt=flt, **extra).future()
         return self._direct_call(leader, endpoint, request, None, _fetched, session)
 
     # --- the data plane -------------------------------------------------------------------------
@@ -188,7 +166,7 @@ class PartitionTransport:
                 host, port = done.result()
             except Exception:  # an actor that cannot say: Ray serves it for a while
                 self._endpoints.pop(key, None)
-                self._by_ray_until[key] = time.monotonic() + FALLBACK_S
+                self._by_ray_until[key] = time.monotonic() + RAY_FALLBACK_S
                 return
             self._endpoints[key] = (str(host), int(port))
 
@@ -199,7 +177,7 @@ class PartitionTransport:
     def _by_ray(self, key: Any) -> None:
         with self._lock:
             self._endpoints.pop(key, None)
-            self._by_ray_until[key] = time.monotonic() + FALLBACK_S
+            self._by_ray_until[key] = time.monotonic() + RAY_FALLBACK_S
 
 
 def _actor_key(leader: Any) -> Any:
@@ -231,14 +209,7 @@ def _produced(result: frames.Result, _body: memoryview) -> ProduceResult:
         raise frames.raised(result)
     if not isinstance(result, frames.Produced):
         raise PartitionUnavailable(f"a produce was answered with {type(result).__name__}")
-    return ProduceResult(
-        result.base_offset,
-        result.last_offset,
-        result.log_append_time,
-        result.log_start_offset,
-        result.duplicate,
-        result.throttle_time_ms,
-    )
+    return ProduceResult(**frames.arguments(result))
 
 
 def _fetched(result: frames.Result, body: memoryview) -> FetchResponse:
@@ -246,12 +217,4 @@ def _fetched(result: frames.Result, body: memoryview) -> FetchResponse:
         raise frames.raised(result)
     if not isinstance(result, frames.Fetched):
         raise PartitionUnavailable(f"a fetch was answered with {type(result).__name__}")
-    return FetchResponse(
-        pa.py_buffer(body),
-        result.num_records,
-        result.high_watermark,
-        result.log_start_offset,
-        result.next_offset,
-        result.last_stable_offset,
-        result.throttle_time_ms,
-    )
+    return FetchResponse(pa.py_buffer(body), **frames.arguments(result))

@@ -84,3 +84,28 @@ def test_errors_cross_the_wire_with_their_class_and_fields() -> None:
     assert type(not_ours) is errors.BrokerError
     plain = frames.failed(ZeroDivisionError("boom"))
     assert plain.error == "BrokerError" and "ZeroDivisionError" in plain.message
+
+
+@pytest.mark.parametrize(
+    ("struct", "target"),
+    [
+        ("Produce", "produce"),
+        ("Fetch", "fetch"),
+        ("Produced", "ProduceResult"),
+        ("Fetched", "FetchResponse"),
+    ],
+)
+def test_frames_name_their_fields_as_the_calls_and_results_they_carry(struct, target) -> None:
+    """Both transports build one struct per call and read one per answer by field name."""
+    import dataclasses
+    import inspect
+
+    from ray_broker import structs
+    from ray_broker.actors.partition.actor import PartitionActor
+
+    fields = set(getattr(frames, struct).__struct_fields__)
+    if target[0].islower():
+        names = set(inspect.signature(getattr(PartitionActor, target)).parameters)
+    else:
+        names = {f.name for f in dataclasses.fields(getattr(structs, target))}
+    assert fields <= names, fields - names

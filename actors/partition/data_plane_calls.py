@@ -54,44 +54,14 @@ class DataPlaneCalls(PartitionShell):
         request = envelope.request
         if isinstance(request, frames.Produce):
             produced = await self.produce(  # type: ignore[attr-defined]
-                pa.py_buffer(body),
-                request.producer_id,
-                request.producer_epoch,
-                request.base_sequence,
-                request.acks,
-                request.predecessors_in_flight,
-                request.transactional,
-                request.client_id,
-                session=session,
+                pa.py_buffer(body), **frames.arguments(request), session=session
             )
-            return frames.Produced(
-                produced.base_offset,
-                produced.last_offset,
-                produced.log_append_time,
-                produced.log_start_offset,
-                produced.duplicate,
-                produced.throttle_time_ms,
-            ), None
+            return frames.carried(frames.Produced, produced), None
         if isinstance(request, frames.Fetch):
             fetched = await self.fetch(  # type: ignore[attr-defined]
-                request.offset,
-                request.max_records,
-                request.max_bytes,
-                request.max_wait_ms,
-                request.read_committed,
-                None,
-                request.consumer,
-                request.client_id,
-                session=session,
+                **frames.arguments(request), session=session
             )
-            return frames.Fetched(
-                fetched.num_records,
-                fetched.high_watermark,
-                fetched.log_start_offset,
-                fetched.next_offset,
-                fetched.last_stable_offset,
-                fetched.throttle_time_ms,
-            ), memoryview(fetched.records_ipc)
+            return frames.carried(frames.Fetched, fetched), memoryview(fetched.records_ipc)
         if isinstance(request, frames.Replicate):
             records = pa.py_buffer(body) if len(body) else None
             end = await self.replicate(  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from ray_broker.actors.partition.core import Partition
 from ray_broker.actors.partition.replica import Replica
 from ray_broker.actors.partition.replication import EpochQuery, FollowerSender, Push
 from ray_broker.actors.partition.signals import PartitionSignals
-from ray_broker.data_plane_connection import Connection
+from ray_broker.data_plane_connection import RAY_FALLBACK_S, Connection
 from ray_broker.errors import (
     BrokerError,
     FencedLeaderEpoch,
@@ -52,7 +52,6 @@ LONE_CHECK_INTERVAL_MS = 1_000
 METRICS_INTERVAL_S = 1.0
 ALTER_ISR_TIMEOUT_S = 5.0
 ENDPOINT_TIMEOUT_S = 5.0
-DIRECT_RETRY_S = 10.0  # how long a follower that cannot be reached directly gets Ray calls
 
 
 class ReplicationLinks:
@@ -137,7 +136,7 @@ class ReplicationLinks:
             except InvalidRecord:
                 sender.on_log_moved()  # the follower's log moved (it restarted): compare again
             except LeaderUnreachable:  # its address cannot be reached: Ray calls meanwhile
-                self._by_ray_until[sender.slot] = time.monotonic() + DIRECT_RETRY_S
+                self._by_ray_until[sender.slot] = time.monotonic() + RAY_FALLBACK_S
                 sender.on_log_moved()
             except Exception as exc:
                 error = classify(exc)
@@ -205,7 +204,7 @@ class ReplicationLinks:
                 submit(handle.data_endpoint, session=self._token), ENDPOINT_TIMEOUT_S
             )
         except BrokerError:
-            self._by_ray_until[slot] = time.monotonic() + DIRECT_RETRY_S
+            self._by_ray_until[slot] = time.monotonic() + RAY_FALLBACK_S
             return None
         connection = Connection((str(host), int(port)), lambda: self._direct.pop(slot, None))
         self._direct[slot] = connection
